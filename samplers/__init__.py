@@ -1,0 +1,1 @@
+"""samplers: diffusion samplers and noise schedulers behind one step() protocol."""

@@ -1,0 +1,6 @@
+"""Kernels' Python face: the fused sampler update and attention, with their references."""
+
+from samplers.ops.reference import COEFF, COEFF_NAMES, NUM_COEFFS, batch_seeds, philox_normal
+from samplers.ops.update import sampler_update
+
+__all__ = ["COEFF", "COEFF_NAMES", "NUM_COEFFS", "batch_seeds", "philox_normal", "sampler_update"]

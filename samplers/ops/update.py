@@ -1,0 +1,99 @@
+"""Python face of the fused sampler update: argument checks, backend choice, dispatch.
+
+See :mod:`samplers.ops.reference` for the exact semantics of the op.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from samplers.ops import reference
+from samplers.ops.reference import NUM_COEFFS
+
+Backend = Literal["auto", "fused", "torch"]
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_like(name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != x.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but sample has shape {tuple(x.shape)}; they must match")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but sample has dtype {x.dtype}; they must match")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but sample is on {x.device}; they must be on one device")
+
+
+def check_update_args(
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    coeffs: torch.Tensor,
+    uncond: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    seeds: torch.Tensor | None,
+    history0: torch.Tensor | None,
+    history1: torch.Tensor | None,
+) -> None:
+    """Raise a clear error for any argument the op cannot take (checked before any launch, no device sync)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"sample must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"sample must be a floating tensor, got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"sample must have a non-empty batch dimension first, got shape {tuple(x.shape)}")
+    _check_like("model_output", model_output, x)
+    _check_like("uncond", uncond, x)
+    _check_like("noise", noise, x)
+    _check_like("history0", history0, x)
+    _check_like("history1", history1, x)
+    if coeffs.dim() != 2 or coeffs.shape[1] != NUM_COEFFS or coeffs.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"coeffs must have shape [1, {NUM_COEFFS}] or [batch={x.shape[0]}, {NUM_COEFFS}], got {tuple(coeffs.shape)}"
+        )
+    if coeffs.device != x.device:
+        raise ValueError(f"coeffs is on {coeffs.device} but sample is on {x.device}")
+    if seeds is not None:
+        if seeds.dtype != torch.int64 or seeds.shape != (x.shape[0],):
+            raise ValueError(f"seeds must be int64 of shape [{x.shape[0]}], got {seeds.dtype} {tuple(seeds.shape)}")
+        if seeds.device != x.device:
+            raise ValueError(f"seeds is on {seeds.device} but sample is on {x.device}")
+
+
+def sampler_update(
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    coeffs: torch.Tensor,
+    *,
+    uncond: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
+    noise_stream: int = 0,
+    history0: torch.Tensor | None = None,
+    history1: torch.Tensor | None = None,
+    write_x0: bool = True,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused sampler update. Returns ``(prev, x0)``; shapes and dtype of ``x``.
+
+    Args:
+        x: current sample ``[B, ...]``.
+        model_output: model output for ``x`` (the conditional branch when ``uncond`` is given).
+        coeffs: ``[1 or B, NUM_COEFFS]`` rows of :data:`samplers.ops.reference.COEFF_NAMES`.
+        uncond: unconditional model output for classifier-free guidance (weight in column ``w``).
+        noise: explicit noise; else drawn in-op from ``seeds`` and ``noise_stream`` (Philox).
+        history0, history1: extra tensors for multistep / second-order rules.
+        write_x0: also return the predicted clean sample (else an empty tensor).
+        backend: ``"fused"`` (compiled op, error if unavailable), ``"torch"`` (reference), or
+            ``"auto"`` (compiled op when it is built and supports the dtype).
+    """
+    check_update_args(x, model_output, coeffs, uncond, noise, seeds, history0, history1)
+    if backend not in ("auto", "fused", "torch"):
+        raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
+    return reference.sampler_update(
+        x, model_output, coeffs, uncond, noise, seeds, noise_stream, history0, history1, write_x0
+    )
