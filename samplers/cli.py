@@ -1,0 +1,141 @@
+"""The ``samplers`` command: ``list``, ``info`` and ``bench`` (``samplers --help``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="samplers",
+    help="Diffusion samplers and noise schedulers: list them, inspect the install, benchmark them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow", "score")
+
+
+@app.command("list")
+def list_schedulers(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Every registered scheduler (built-in and plugins) with its metadata and source."""
+    from samplers.registry import registry
+
+    reg = registry()
+    rows = []
+    for name, entry in sorted(reg.entries.items()):
+        meta = entry.cls.metadata()
+        meta.update(distribution=entry.source.distribution, version=entry.source.version, plugin=entry.source.plugin)
+        rows.append(meta)
+    if as_json:
+        typer.echo(json.dumps({"schedulers": rows, "load_errors": [e.__dict__ for e in reg.load_errors]}, indent=2))
+        return
+    table = Table(title="samplers: registered schedulers")
+    for col in ("name", "family", "order", "NFE/step", "stochastic", "prediction types", "source"):
+        table.add_column(col, no_wrap=col in ("name", "source"))
+    for m in rows:
+        types = "all" if set(m["prediction_types"]) >= set(PREDICTION_TYPES) else ",".join(m["prediction_types"])
+        table.add_row(
+            m["name"], m["family"], str(m["order"]), str(m["nfe_per_step"]), "yes" if m["stochastic"] else "no",
+            types, f"{m['distribution']} {m['version']}",
+        )
+    if any(set(m["prediction_types"]) >= set(PREDICTION_TYPES) for m in rows):
+        table.caption = "all = " + ", ".join(PREDICTION_TYPES)
+    console.print(table)
+    _print_load_errors(reg.load_errors)
+
+
+def _print_load_errors(errors: list) -> None:
+    for err in errors:
+        console.print(f"[red]plugin {err.plugin!r} from {err.distribution} failed to load:[/red] {err.error}")
+
+
+@app.command("info")
+def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
+    """Versions, the live kernel backends (and why), plugins and their load errors."""
+    import torch
+
+    import samplers
+    from samplers.registry import registry
+
+    reg = registry()
+    report: dict = {
+        "samplers": samplers.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "plugin_autoload": reg.autoload,
+        "plugins": sorted({e.source.plugin + " (" + e.source.distribution + " " + e.source.version + ")" for e in reg.entries.values()}),
+        "load_errors": [e.__dict__ for e in reg.load_errors],
+        "kernels": _kernel_status(),
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    for key, value in report.items():
+        if key in ("load_errors", "kernels"):
+            continue
+        console.print(f"[bold]{key}[/bold]: {value}")
+    console.print("[bold]kernels[/bold]:")
+    for name, status in report["kernels"].items():
+        console.print(f"  {name}: {status}")
+    _print_load_errors(reg.load_errors)
+
+
+def _kernel_status() -> dict[str, str]:
+    """Which backend each op uses, building/loading the extension if needed (that is the question asked)."""
+    status: dict[str, str] = {}
+    try:
+        from samplers.ops import update
+
+        if hasattr(update, "backend_status"):
+            status.update({k: str(v) for k, v in update.backend_status().items()})
+        else:
+            status["sampler_update"] = "torch reference (no compiled op wired in)"
+    except Exception as exc:  # info must always print
+        status["sampler_update"] = f"error: {exc}"
+    try:
+        from samplers.ops import attention
+
+        if hasattr(attention, "attention_dispatch_report"):
+            status["attention"] = str(attention.attention_dispatch_report())
+    except ImportError:
+        status["attention"] = "PyTorch SDPA (no fused attention module installed)"
+    except Exception as exc:
+        status["attention"] = f"error: {exc}"
+    return status
+
+
+def _register_optional_commands() -> None:
+    try:
+        from samplers.bench.command import bench
+    except ImportError:
+        return
+    app.command("bench")(bench)
+
+
+_register_optional_commands()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="samplers")
+    except SystemExit:
+        raise
+    except Exception as exc:  # one clear line, no traceback (commands add --debug for more)
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Hook specifications: what a plugin can add to samplers (pluggy, as pytest uses it).
+
+A plugin is any module or object with functions marked ``@hookimpl``; a distribution exposes it
+through the entry-point group ``samplers``::
+
+    [project.entry-points.samplers]
+    my_samplers = "my_samplers.plugin"
+
+The built-in schedulers are registered through these same hooks (``samplers.schedulers``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "samplers"
+API_VERSION = 1  # bumped when a hook's meaning changes; plugins may declare SAMPLERS_API_VERSION
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class SamplersHookSpec:
+    @hookspec
+    def samplers_register_schedulers(self) -> list[type]:
+        """Return scheduler classes (subclasses of ``samplers.protocol.Scheduler`` with a ``name``)."""
+
+    @hookspec
+    def samplers_register_schedules(self) -> dict[str, type]:
+        """Return ``{name: NoiseSchedule subclass}`` for continuous noise schedules."""
+
+    @hookspec
+    def samplers_register_problems(self) -> dict[str, Any]:
+        """Return ``{name: factory}`` of oracle problems for ``samplers bench``."""

@@ -1,0 +1,32 @@
+"""Built-in schedulers, registered through the same hook a third-party plugin implements."""
+
+from samplers.hookspecs import hookimpl
+from samplers.schedulers.ddim import DDIMScheduler
+from samplers.schedulers.ddpm import DDPMScheduler
+from samplers.schedulers.euler import EulerDiscreteScheduler
+from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
+from samplers.schedulers.flow_euler import FlowMatchEulerDiscreteScheduler
+from samplers.schedulers.heun import HeunDiscreteScheduler
+from samplers.schedulers.langevin import AnnealedLangevinScheduler
+from samplers.schedulers.posterior import PosteriorSamplingScheduler
+from samplers.schedulers.predictor_corrector import PredictorCorrectorScheduler
+
+BUILTIN_SCHEDULERS = [
+    DDPMScheduler,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    EulerAncestralDiscreteScheduler,
+    HeunDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    AnnealedLangevinScheduler,
+    PredictorCorrectorScheduler,
+    PosteriorSamplingScheduler,
+]
+
+
+@hookimpl
+def samplers_register_schedulers() -> list[type]:
+    return list(BUILTIN_SCHEDULERS)
+
+
+__all__ = [cls.__name__ for cls in BUILTIN_SCHEDULERS] + ["BUILTIN_SCHEDULERS"]
