@@ -9,7 +9,8 @@ See ``samplers.available()`` for every registered scheduler (built-in and plugin
 
 from samplers.protocol import SamplerState, Scheduler, StepOutput
 from samplers.registry import available, get, registry
+from samplers.sampling import GraphedSampler, sample
 
 __version__ = "0.1.0"
 
-__all__ = ["Scheduler", "SamplerState", "StepOutput", "available", "get", "registry", "__version__"]
+__all__ = ["Scheduler", "SamplerState", "StepOutput", "available", "get", "registry", "sample", "GraphedSampler", "__version__"]

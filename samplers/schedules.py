@@ -190,6 +190,10 @@ class NoiseSchedule(ABC):
         alpha, sigma = self.alpha_sigma(torch.as_tensor(t, dtype=F64))
         return log_snr_of(alpha, sigma)
 
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """Descending model times [num_steps] a sampler visits by default (evenly in t from 1 to 1e-3)."""
+        return torch.linspace(1.0, 1e-3, num_steps, dtype=F64)
+
     def ve_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """``sigma_t / alpha_t``: the noise level in k-diffusion's sigma space."""
         alpha, sigma = self.alpha_sigma(torch.as_tensor(t, dtype=F64))
@@ -294,6 +298,9 @@ class VPCosineSchedule(NoiseSchedule):
         # t_max keeps alpha away from 0 (at t = 1 it is exactly 0 and sigma_ve is infinite).
         self.s, self.t_max = s, t_max
 
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        return torch.linspace(self.t_max, 1e-3, num_steps, dtype=F64)
+
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         abar = cosine_alpha_bar(torch.as_tensor(t, dtype=F64), self.s).clamp(0, 1)
         return abar.sqrt(), (1 - abar).sqrt()
@@ -324,6 +331,10 @@ class VESchedule(NoiseSchedule):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """Geometric noise levels from sigma_max down to sigma_min inclusive (NCSN)."""
+        return torch.linspace(1.0, 0.0, num_steps, dtype=F64)
+
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=F64)
         sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
@@ -334,6 +345,13 @@ class EDMSchedule(NoiseSchedule):
     """EDM (Karras et al. 2022): ``alpha = 1`` and ``sigma(t) = t`` (Table 1), so model time is sigma."""
 
     family = "ve"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> None:
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """EDM's rho-spaced levels (eq. 5): model time is sigma here."""
+        return karras_sigmas(num_steps, self.sigma_min, self.sigma_max, self.rho)
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = torch.as_tensor(t, dtype=F64)
@@ -350,6 +368,10 @@ class RectifiedFlowSchedule(NoiseSchedule):
 
     def __init__(self, timestep_scale: float = 1.0) -> None:
         self.timestep_scale = timestep_scale
+
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """Evenly in t from 1 to 1/num_steps (alpha = 0 at t = 1: only flow/sample/v outputs invert there)."""
+        return torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=F64) * self.timestep_scale
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=F64) / self.timestep_scale

@@ -27,7 +27,7 @@ def model_times(
     """Descending model times [N] for a run: custom ``timesteps``, or ``num_inference_steps`` spaced.
 
     Discrete schedules use the config's ``timestep_spacing`` (and ``steps_offset``); continuous
-    ones go evenly from ``t_max`` (config ``t_max``, default 1) down to ``t_min`` (default 1/N).
+    ones use the schedule's ``default_times`` (or evenly from config ``t_max`` down to ``t_min``).
     """
     cfg = scheduler.config
     schedule = scheduler.schedule
@@ -40,9 +40,11 @@ def model_times(
         return schedules.spaced_timesteps(
             schedule.num_train_timesteps, num_inference_steps, spacing, cfg.get("steps_offset", 0)
         ).to(F64)
-    t_max = float(cfg.get("t_max", getattr(schedule, "t_max", 1.0)))
-    low = t_min if t_min is not None else t_max / num_inference_steps
-    return torch.linspace(t_max, low, num_inference_steps, dtype=F64)
+    if cfg.get("t_max") is not None or t_min is not None:
+        high = float(cfg.get("t_max") or 1.0)
+        low = t_min if t_min is not None else high / num_inference_steps
+        return torch.linspace(high, low, num_inference_steps, dtype=F64)
+    return schedule.default_times(num_inference_steps)
 
 
 def _check_range(scheduler: Scheduler, t: torch.Tensor) -> None:
@@ -111,7 +113,7 @@ def sigma_range(scheduler: Scheduler) -> tuple[float, float]:
     if isinstance(schedule, schedules.VESchedule):
         return schedule.sigma_min, schedule.sigma_max
     if isinstance(schedule, schedules.EDMSchedule):
-        return 0.002, 80.0
+        return schedule.sigma_min, schedule.sigma_max
     t_max = float(scheduler.config.get("t_max", getattr(schedule, "t_max", 1.0)))
     scale = getattr(schedule, "timestep_scale", 1.0)
     return float(schedule.ve_sigma(torch.tensor(1e-3 * scale))), float(schedule.ve_sigma(torch.tensor(t_max * scale * 0.999)))

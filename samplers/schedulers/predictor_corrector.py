@@ -13,7 +13,9 @@ Per level ``sigma_{i+1} -> sigma_i``:
     eps = 2 (r ||z|| / ||score||)^2;   x <- x + eps score + sqrt(2 eps) z
 
 The corrector's step size depends on the norms of the score and the noise, a per-sample
-reduction: those calls compute their rows on the device and pass the noise explicitly.
+reduction: those calls compute their rows on the device and pass the noise explicitly. As in the
+paper's code, the norms are averaged over the batch by default (``corrector_norm="batch"``): a
+per-sample ratio (``"sample"``) is only stable for high-dimensional samples such as images.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         corrector_steps: int = 1,
         snr: float = 0.16,
         final_denoise: bool = True,
+        corrector_norm: str = "batch",
         use_karras_sigmas: bool = False,
         rho: float = 7.0,
         timestep_spacing: str = "linspace",
@@ -55,6 +58,8 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
             raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
         if snr <= 0:
             raise ValueError(f"snr must be > 0, got {snr}")
+        if corrector_norm not in ("batch", "sample"):
+            raise ValueError(f"corrector_norm must be 'batch' or 'sample', got {corrector_norm!r}")
         super().__init__(**init_args(locals()))
         self.nfe_per_step = 1 + corrector_steps
 
@@ -117,7 +122,11 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         x0 = row[COEFF["p"]] * sample.float() + row[COEFF["q"]] * out
         level_sq = float(self._levels[index]) ** 2
         score = (x0 - sample.float()) / level_sq
-        ratio = noise.float().reshape(batch, -1).norm(dim=1) / score.reshape(batch, -1).norm(dim=1).clamp(min=1e-30)
+        noise_norm = noise.float().reshape(batch, -1).norm(dim=1)
+        score_norm = score.reshape(batch, -1).norm(dim=1)
+        if self.config.corrector_norm == "batch":
+            noise_norm, score_norm = noise_norm.mean().expand(batch), score_norm.mean().expand(batch)
+        ratio = noise_norm / score_norm.clamp(min=1e-30)
         eps = 2 * (self.config.snr * ratio) ** 2
         rows = row.view(1, -1).repeat(batch, 1)
         rows[:, COEFF["a"]] = 1 - eps / level_sq  # x + eps * (x0 - x) / sigma^2

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command from the README: sets up .venv (CPU torch 2.13.0 first, so no CUDA build is
+# pulled), installs samplers with its test extra, and runs the whole suite (GPU tests skip
+# themselves without a GPU). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+.venv/bin/python -m pip install -q -e ".[test]"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
