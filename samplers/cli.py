@@ -116,11 +116,19 @@ def _kernel_status() -> dict[str, str]:
 
 
 def _register_optional_commands() -> None:
+    """Commands that live beside their capability (bench/, testing.py) and register here."""
     try:
         from samplers.bench.command import bench
     except ImportError:
-        return
-    app.command("bench")(bench)
+        pass
+    else:
+        app.command("bench")(bench)
+    try:
+        from samplers.testing import check
+    except ImportError:
+        pass
+    else:
+        app.command("check")(check)
 
 
 _register_optional_commands()

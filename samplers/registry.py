@@ -135,6 +135,39 @@ class Registry:
                 entries[cls.name] = Entry(cls.name, cls, source)
         return entries
 
+    def _collect_named(self, hook_name: str) -> dict[str, tuple[Any, Source]]:
+        """``{name: (object, source)}`` from a hook returning dicts; failures recorded, clashes raise."""
+        found: dict[str, tuple[Any, Source]] = {}
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            source = self._sources.get(impl.plugin_name, Source(impl.plugin_name, "?", "?"))
+            try:
+                items = dict(impl.function() or {})
+            except Exception as exc:
+                self.load_errors.append(LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}"))
+                continue
+            for name, obj in items.items():
+                if name in found and found[name][0] is not obj:
+                    raise PluginNameClashError(
+                        f"{hook_name.removeprefix('samplers_register_')} name {name!r} is registered twice: "
+                        f"by {found[name][1]} and by {source}"
+                    )
+                found[name] = (obj, source)
+        return found
+
+    def schedules(self) -> dict[str, type]:
+        """Continuous noise schedules: built-ins plus ``samplers_register_schedules`` plugins."""
+        from samplers import schedules as builtin
+
+        extra = {name: obj for name, (obj, _) in self._collect_named("samplers_register_schedules").items()}
+        clash = sorted(set(extra) & set(builtin.SCHEDULES))
+        if clash:
+            raise PluginNameClashError(f"schedule name(s) {clash} are built in and registered again by a plugin")
+        return {**builtin.SCHEDULES, **extra}
+
+    def problems(self) -> dict[str, Any]:
+        """Oracle problems for ``samplers bench`` added by plugins (``samplers_register_problems``)."""
+        return {name: obj for name, (obj, _) in self._collect_named("samplers_register_problems").items()}
+
     @property
     def entries(self) -> dict[str, Entry]:
         with self._lock:

@@ -388,10 +388,16 @@ SCHEDULES: dict[str, type[NoiseSchedule]] = {
 
 
 def get_schedule(name: str, **kwargs: float) -> NoiseSchedule:
-    """A continuous schedule by name (``vp_cosine``, ``vp_linear``, ``ve``, ``edm``, ``flow``)."""
+    """A continuous schedule by name: built-in (``vp_cosine``, ``vp_linear``, ``ve``, ``edm``, ``flow``)
+    or registered by a plugin through ``samplers_register_schedules``."""
+    table = SCHEDULES
     if name not in SCHEDULES:
-        raise _unknown("schedule", name, SCHEDULES)
-    return SCHEDULES[name](**kwargs)
+        from samplers.registry import registry  # plugins only when a name is not built in
+
+        table = registry().schedules()
+    if name not in table:
+        raise _unknown("schedule", name, table)
+    return table[name](**kwargs)
 
 
 # --------------------------------------------------------------------------------------------
