@@ -319,7 +319,12 @@ class Scheduler:
         for label, grid in (("timesteps", grid_t), ("sigmas", grid_sigma)):
             if grid is not None and (len(grid) == 0 or bool((grid[1:] > grid[:-1]).any())):
                 raise ValueError(f"custom {label} must be a non-empty descending sequence")
-        plan = self._make_plan(num_inference_steps, grid_t, grid_sigma, mu)
+        try:
+            plan = self._make_plan(num_inference_steps, grid_t, grid_sigma, mu)
+        except ValueError as exc:
+            if "non-finite update coefficient" not in str(exc):
+                raise
+            raise ValueError(f"prediction_type={self.prediction_type!r} cannot be used on this grid: {exc}") from exc
         self.plan = plan
         self.num_inference_steps = num_inference_steps if num_inference_steps is not None else len(
             grid_t if grid_t is not None else grid_sigma
@@ -443,9 +448,8 @@ class Scheduler:
             )
         device = sample.device
         # Plan times descend; search on the negated copy. First occurrence only (single-call steps).
-        keys = self._on_device(("neg_t", device), lambda: (-plan.timesteps).to(torch.float64).to(device))
-        idx = torch.searchsorted(keys, -timestep.to(device=device, dtype=torch.float64))
-        return idx.clamp(max=len(plan.timesteps) - 1)
+        times = self._on_device(("plan_t", device), lambda: plan.timesteps.to(torch.float64).to(device))
+        return (timestep.to(device=device, dtype=torch.float64)[:, None] - times[None, :]).abs().argmin(dim=1)
 
     # ---- model-input scaling and noising ----------------------------------------------------
 

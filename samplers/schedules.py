@@ -187,7 +187,8 @@ class NoiseSchedule(ABC):
         """``(alpha_t, sigma_t)`` float64 tensors shaped like ``t``."""
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = self.alpha_sigma(torch.as_tensor(t, dtype=F64))
+        t = torch.as_tensor(t)
+        alpha, sigma = self.alpha_sigma(t if not t.is_floating_point() else t.to(F64))
         return log_snr_of(alpha, sigma)
 
     def default_times(self, num_steps: int) -> torch.Tensor:
@@ -258,9 +259,8 @@ class DiscreteVPSchedule(NoiseSchedule):
         if not t.is_floating_point():
             abar = self.alphas_cumprod.to(t.device)[t.long()]
             return abar.sqrt(), (1 - abar).sqrt()
-        sigma_ve = self.sigma_at(t.to(F64))
-        alpha = 1 / torch.sqrt(1 + sigma_ve**2)
-        return alpha, sigma_ve * alpha
+        log_s = torch.log(self.sigma_at(t.to(F64)))
+        return torch.sigmoid(-2 * log_s).sqrt(), torch.sigmoid(2 * log_s).sqrt()
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -419,7 +419,7 @@ def flow_time_shift(t: torch.Tensor, shift: float = 1.0) -> torch.Tensor:
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
     t = torch.as_tensor(t, dtype=F64)
-    return shift * t / (1 + (shift - 1) * t)
+    return shift * t / (shift * t + (1 - t))
 
 
 def flow_time_shift_exponential(t: torch.Tensor, mu: float, sigma: float = 1.0) -> torch.Tensor:
@@ -448,7 +448,7 @@ def spaced_timesteps(
         steps = (np.arange(n) * ratio).round()[::-1].astype(np.int64) + steps_offset
     elif spacing == "trailing":
         ratio = t_count / n
-        steps = np.round(np.arange(t_count, 0, -ratio)).astype(np.int64) - 1
+        steps = np.round(np.arange(t_count, 0, -ratio))[:n].astype(np.int64) - 1
     elif spacing == "linspace":
         steps = np.linspace(0, t_count - 1, n).round()[::-1].astype(np.int64)
     else:

@@ -29,6 +29,8 @@ class SigmaSpaceScheduler(Scheduler):
         if levels is not None:
             return times_for_sigmas(self, levels), levels.to(F64)
         schedule = self.schedule
+        if isinstance(schedule, DiscreteVPSchedule) and num_inference_steps is not None and num_inference_steps > schedule.num_train_timesteps:
+            raise ValueError(f"num_inference_steps={num_inference_steps} cannot exceed num_train_timesteps={schedule.num_train_timesteps}")
         if isinstance(schedule, DiscreteVPSchedule) and timesteps is None:
             spacing = self.config.get("timestep_spacing", "linspace")
             n_train = schedule.num_train_timesteps
@@ -44,9 +46,10 @@ class SigmaSpaceScheduler(Scheduler):
         """Sigma-space level at model times; ``interpolation_type='linear'`` interpolates the discrete table linearly."""
         schedule = self.schedule
         if isinstance(schedule, DiscreteVPSchedule) and self.config.get("interpolation_type", "linear") == "linear":
-            table = schedule.sigmas.numpy()
+            table = torch.nan_to_num(schedule.sigmas, posinf=4096.0).numpy()  # zero terminal SNR: diffusers' 2**12
             return torch.from_numpy(np.interp(t.numpy(), np.arange(len(table)), table))
-        return sigma_space(self, t)[0]
+        s = sigma_space(self, t)[0]
+        return torch.where(torch.isinf(s), torch.full_like(s, 4096.0), s)
 
     def _model_space(self, t: torch.Tensor, sigma_ve: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(p, q, input_scale, model_alpha, model_sigma)`` for calls at sigma-space levels ``sigma_ve``.

@@ -86,7 +86,7 @@ class DDIMScheduler(Scheduler):
             eps_from_raw_output=clip is not None and not self.config.use_clipped_model_output,
             clip=clip,
         )
-        return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t)
+        return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t, init_noise_sigma=float((alpha_t[0]**2 + sigma_t[0]**2).sqrt()))
 
     def _step_overrides(self, eta: float | None = None, use_clipped_model_output: bool | None = None, **kwargs: Any):
         super()._step_overrides(**kwargs)
