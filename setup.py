@@ -1,21 +1,62 @@
-"""Optional ahead-of-time build of the ``samplers._C`` extension.
+"""Optional ahead-of-time build of the compiled ops (``samplers._C_update``, ...).
 
-``pip install .`` builds nothing native by default: the kernels are JIT-compiled with
-ninja on first use (see ``samplers/ops/_build.py``). Set ``SAMPLERS_BUILD_EXT=1`` to
-compile them ahead of time (CUDA sources too when ``nvcc`` and a CUDA torch are there).
+``pip install .`` builds nothing native: the kernels are JIT-compiled with ninja on first use
+(``samplers/ops/_build.py``), and the pure-PyTorch reference runs where no compiler is found.
+To compile them ahead of time, with torch already installed in the environment::
+
+    SAMPLERS_BUILD_EXT=1 pip install --no-build-isolation .        # or: python setup.py build_ext --inplace
+
+This builds a ``CppExtension`` with a CPU-only torch and a ``CUDAExtension`` when torch has CUDA
+and nvcc is found (``SAMPLERS_BUILD_CUDA=0`` forces CPU only). CUDA targets sm_80 and sm_90
+unless ``TORCH_CUDA_ARCH_LIST`` says otherwise. Flags and source lists come from
+``samplers/ops/_build.py`` so the JIT and ahead-of-time builds compile the same thing.
 """
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 from setuptools import setup
 
-ext_modules = []
-cmdclass = {}
-if os.environ.get("SAMPLERS_BUILD_EXT", "0") == "1":
-    from samplers_build import extension_for_setup  # noqa: E402  (defined in csrc build helper)
+ROOT = Path(__file__).resolve().parent
 
-    ext, build_ext = extension_for_setup()
-    ext_modules = [ext]
-    cmdclass = {"build_ext": build_ext}
+
+def _build_config():
+    # Load samplers/ops/_build.py by path: importing the package would import torch-dependent code.
+    spec = importlib.util.spec_from_file_location("_samplers_build_config", ROOT / "samplers" / "ops" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    cfg = _build_config()
+    with_cuda = (
+        torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("SAMPLERS_BUILD_CUDA", "1") != "0"
+    )
+    define = ["-DSAMPLERS_WITH_CUDA"] if with_cuda else []
+    gencode = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else list(cfg.DEFAULT_GENCODE)
+    modules = []
+    for name, (cpu_sources, cuda_sources) in cfg.EXTENSIONS.items():
+        sources = [f"csrc/{s}" for s in cpu_sources + (cuda_sources if with_cuda else [])]
+        kwargs = dict(
+            name=f"samplers._C_{name}",
+            sources=sources,
+            include_dirs=[str(ROOT / "csrc")],
+            extra_compile_args={"cxx": cfg.CXX_FLAGS + define, "nvcc": cfg.NVCC_FLAGS + define + gencode},
+            extra_link_args=list(cfg.LD_FLAGS),
+        )
+        modules.append(CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs))
+    return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = [], {}
+if os.environ.get("SAMPLERS_BUILD_EXT", "0") == "1":
+    ext_modules, cmdclass = extensions()
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,21 +1,53 @@
 """Finding or building the compiled extensions, and saying why when there is none.
 
-Order: a prebuilt module (``setup.py`` with ``SAMPLERS_BUILD_EXT=1``), else a JIT build with
-ninja into torch's extension cache (once per source hash), else ``None`` and the pure-PyTorch
-reference is used. ``SAMPLERS_DISABLE_EXT=1`` forces the reference. The outcome of every
-attempt is kept in :data:`BUILD_STATUS` for ``samplers info``.
+Order: a prebuilt module ``samplers._C_<name>`` (``setup.py`` with ``SAMPLERS_BUILD_EXT=1``),
+else a JIT build with ninja into torch's extension cache (rebuilt only when a source or flag
+changes), else ``None`` and the pure-PyTorch reference is used. ``SAMPLERS_DISABLE_EXT=1``
+forces the reference. The outcome of every attempt is kept in :data:`BUILD_STATUS` for
+``samplers info``. Nothing here runs at import time: the first call of :func:`load_extension`
+builds.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+# Host flags: IEEE float32 without contraction into FMA (so the CPU, the CUDA kernels and the
+# reference agree bit for bit), no errno/trap semantics so the math loops vectorize, and OpenMP,
+# which at::parallel_for (inline in torch's headers) needs to run in parallel at all.
+# SAMPLERS_PY_MODULE also gives the library a PyInit__C_<name>, so a JIT-built file can be
+# reused as the prebuilt module samplers/_C_<name>.so (benchmarks/gpu_update.sh does).
+# The C++ standard is torch's choice (c++17 or c++20 by version); our code is valid in both.
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+             "-DSAMPLERS_PY_MODULE"]
+LD_FLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+# Architectures an ahead-of-time CUDA build targets (A100, H100) when TORCH_CUDA_ARCH_LIST is unset.
+DEFAULT_GENCODE = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+
+
+# Sources of each extension, relative to csrc/: (C++ sources, CUDA sources). setup.py builds every
+# entry ahead of time as samplers._C_<name>; the ops modules JIT-build their entry on first use.
+EXTENSIONS: dict[str, tuple[list[str], list[str]]] = {
+    "update": (
+        ["update/update_cpu.cpp", "bindings/update_ops.cpp"],
+        [
+            "update/update_launch.cu",
+            "update/update_launch_f32.cu",
+            "update/update_launch_f16.cu",
+            "update/update_launch_bf16.cu",
+            "bindings/update_cuda.cu",
+        ],
+    ),
+}
 
 
 @dataclass
@@ -28,11 +60,15 @@ class BuildStatus:
 
 BUILD_STATUS: dict[str, BuildStatus] = {}
 _LOCK = threading.Lock()
-_MODULES: dict[str, ModuleType | None] = {}
+_MODULES: dict[str, object | None] = {}
 
 
-def load_extension(name: str, cpu_sources: list[str], cuda_sources: list[str] = ()) -> ModuleType | None:
-    """Load extension ``name`` (sources relative to ``csrc/``) or return None with the reason recorded."""
+def load_extension(name: str, cpu_sources: list[str], cuda_sources: list[str] = ()) -> object | None:
+    """Load extension ``name`` (sources relative to ``csrc/``) or return None with the reason recorded.
+
+    Returns the imported module (prebuilt) or the path of the loaded library (JIT); either way its
+    ``TORCH_LIBRARY`` registrations are live in ``torch.ops`` afterwards. Cached per process.
+    """
     with _LOCK:
         if name in _MODULES:
             return _MODULES[name]
@@ -41,39 +77,75 @@ def load_extension(name: str, cpu_sources: list[str], cuda_sources: list[str] = 
         return module
 
 
-def _load(name: str, cpu_sources: list[str], cuda_sources: list[str]) -> ModuleType | None:
+def cuda_gencode_flags() -> list[str]:
+    """``-gencode`` flags for a JIT build: the visible GPUs' architectures (one build per machine)."""
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return []  # torch's cpp_extension turns the list into flags itself
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    if not caps:
+        return list(DEFAULT_GENCODE)
+    # Hopper (9.0) gets its arch-specific target (sm_90a: wgmma, setmaxnreg); a JIT build only
+    # has to run on the GPUs that are here.
+    arch = [f"{a}{b}a" if (a, b) == (9, 0) else f"{a}{b}" for a, b in caps]
+    return [f"-gencode=arch=compute_{x},code=sm_{x}" for x in arch]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if "error" in ln.lower()] or text.splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _load(name: str, cpu_sources: list[str], cuda_sources: list[str]) -> object | None:
     if os.environ.get("SAMPLERS_DISABLE_EXT") == "1":
         BUILD_STATUS[name] = BuildStatus(name, "torch", "SAMPLERS_DISABLE_EXT=1")
         return None
     try:
-        module = importlib.import_module(f"samplers.{name}")
-        BUILD_STATUS[name] = BuildStatus(name, "prebuilt", f"imported samplers.{name}", getattr(module, "WITH_CUDA", False))
+        module = importlib.import_module(f"samplers._C_{name}")
+        BUILD_STATUS[name] = BuildStatus(
+            name, "prebuilt", f"imported prebuilt samplers._C_{name}", bool(getattr(module, "WITH_CUDA", 0))
+        )
         return module
     except ImportError:
         pass
     if not CSRC.is_dir():
-        BUILD_STATUS[name] = BuildStatus(name, "torch", f"no prebuilt module and no sources at {CSRC}")
+        BUILD_STATUS[name] = BuildStatus(name, "torch", f"no prebuilt samplers._C_{name} and no sources at {CSRC}")
+        return None
+    missing = [s for s in cpu_sources + cuda_sources if not (CSRC / s).is_file()]
+    if missing:
+        BUILD_STATUS[name] = BuildStatus(name, "torch", f"sources missing under {CSRC}: {', '.join(missing)}")
+        return None
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+        BUILD_STATUS[name] = BuildStatus(name, "torch", "no C++ compiler on PATH (set CXX or install g++)")
         return None
     try:
         import torch
         from torch.utils import cpp_extension
 
+        if not cpp_extension.is_ninja_available():
+            BUILD_STATUS[name] = BuildStatus(name, "torch", "ninja is not installed (pip install ninja)")
+            return None
         with_cuda = bool(cuda_sources) and torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
         sources = [str(CSRC / s) for s in cpu_sources + (cuda_sources if with_cuda else [])]
-        flags = ["-O3", "-fopenmp", "-DSAMPLERS_WITH_CUDA" if with_cuda else "-USAMPLERS_WITH_CUDA"]
-        module = cpp_extension.load(
+        define = ["-DSAMPLERS_WITH_CUDA"] if with_cuda else []
+        path = cpp_extension.load(
             name=f"samplers_{name}",
             sources=sources,
-            extra_cflags=flags,
-            extra_cuda_cflags=["-O3", "-DSAMPLERS_WITH_CUDA", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_80,code=sm_80"],
-            extra_ldflags=["-fopenmp"],
+            extra_cflags=CXX_FLAGS + define,
+            extra_cuda_cflags=NVCC_FLAGS + define + cuda_gencode_flags() if with_cuda else None,
+            extra_ldflags=LD_FLAGS,
             extra_include_paths=[str(CSRC)],
+            with_cuda=with_cuda,
             is_python_module=False,
             verbose=os.environ.get("SAMPLERS_VERBOSE_BUILD") == "1",
         )
-        BUILD_STATUS[name] = BuildStatus(name, "jit", "built with ninja (cached in torch's extension dir)", with_cuda)
-        return module
-    except Exception as exc:  # no compiler, no ninja, a build error: fall back, but say why
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        BUILD_STATUS[name] = BuildStatus(name, "torch", f"build failed: {type(exc).__name__}: {first_line}")
+        why = "built with ninja, cached in torch's extension dir"
+        if bool(cuda_sources) and not with_cuda:
+            why += "; CPU only (" + ("no CUDA device" if not torch.cuda.is_available() else "CUDA_HOME not found") + ")"
+        BUILD_STATUS[name] = BuildStatus(name, "jit", why, with_cuda)
+        return path
+    except Exception as exc:  # no compiler, a build error: fall back, but say why
+        BUILD_STATUS[name] = BuildStatus(name, "torch", f"build failed: {type(exc).__name__}: {_first_line(exc)}")
         return None

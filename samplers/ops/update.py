@@ -9,11 +9,54 @@ from typing import Literal
 
 import torch
 
-from samplers.ops import reference
+from samplers.ops import _build, reference
 from samplers.ops.reference import NUM_COEFFS
 
 Backend = Literal["auto", "fused", "torch"]
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+EXTENSION = "update"
+CPU_SOURCES, CUDA_SOURCES = _build.EXTENSIONS[EXTENSION]
+
+
+def _ops_loaded() -> bool:
+    """Build or load the extension on first use; True when ``torch.ops.samplers.sampler_update`` exists."""
+    if _build.load_extension(EXTENSION, CPU_SOURCES, CUDA_SOURCES) is None:
+        return False
+    return hasattr(torch.ops.samplers, "sampler_update")
+
+
+def _fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the compiled op cannot run on (device, dtype), or None when it can."""
+    if dtype not in KERNEL_DTYPES:
+        return f"dtype {dtype} is not supported by the fused op (float16, bfloat16, float32)"
+    if device.type not in ("cpu", "cuda"):
+        return f"the fused op has no kernel for device type {device.type!r}"
+    if not _ops_loaded():
+        status = _build.BUILD_STATUS.get(EXTENSION)
+        return f"the compiled extension is not available ({status.reason if status else 'not loaded'})"
+    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("samplers::sampler_update", "CUDA"):
+        status = _build.BUILD_STATUS.get(EXTENSION)
+        return f"the compiled extension has no CUDA kernel ({status.reason if status else 'CPU-only build'})"
+    return None
+
+
+def backend_status() -> dict[str, str]:
+    """Which backend ``sampler_update(backend='auto')`` uses and why (for ``samplers info``).
+
+    Loads (and on first use builds) the extension: that is the question being asked.
+    """
+    _ops_loaded()
+    status = _build.BUILD_STATUS.get(EXTENSION)
+    if status is None or status.backend == "torch":
+        why = status.reason if status else "extension not loaded"
+        return {"sampler_update": f"torch reference ({why})"}
+    devices = "CPU and CUDA" if status.cuda else "CPU"
+    where = "prebuilt" if status.backend == "prebuilt" else "JIT"
+    return {
+        "sampler_update": f"fused {where} kernels for {devices} in float16/bfloat16/float32 ({status.reason}); "
+        "other dtypes and devices use the torch reference"
+    }
 
 
 def _check_like(name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -51,6 +94,9 @@ def check_update_args(
     _check_like("noise", noise, x)
     _check_like("history0", history0, x)
     _check_like("history1", history1, x)
+    if not isinstance(coeffs, torch.Tensor) or not coeffs.is_floating_point():
+        got = getattr(coeffs, "dtype", type(coeffs).__name__)
+        raise TypeError(f"coeffs must be a floating torch.Tensor [1 or batch, {NUM_COEFFS}], got {got}")
     if coeffs.dim() != 2 or coeffs.shape[1] != NUM_COEFFS or coeffs.shape[0] not in (1, x.shape[0]):
         raise ValueError(
             f"coeffs must have shape [1, {NUM_COEFFS}] or [batch={x.shape[0]}, {NUM_COEFFS}], got {tuple(coeffs.shape)}"
@@ -94,6 +140,14 @@ def sampler_update(
     check_update_args(x, model_output, coeffs, uncond, noise, seeds, history0, history1)
     if backend not in ("auto", "fused", "torch"):
         raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
+    if backend != "torch":
+        why_not = _fused_unavailable(x.device, x.dtype)
+        if why_not is None:
+            return torch.ops.samplers.sampler_update.default(
+                x, model_output, coeffs, uncond, noise, seeds, int(noise_stream), history0, history1, bool(write_x0)
+            )
+        if backend == "fused":
+            raise RuntimeError(f"backend='fused' cannot run: {why_not}; use backend='auto' or 'torch'")
     return reference.sampler_update(
         x, model_output, coeffs, uncond, noise, seeds, noise_stream, history0, history1, write_x0
     )

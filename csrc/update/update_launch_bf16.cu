@@ -1,0 +1,9 @@
+// Instantiates every variant of the update kernels for __nv_bfloat16 storage (one file per storage type so
+// the CUDA build compiles them in parallel). Torch-free.
+#include "update_kernel.cuh"
+
+namespace samplers {
+namespace cuda {
+cudaError_t launch_update_bf16(const UpdateParams& p, cudaStream_t s) { return launch_update_typed<__nv_bfloat16>(p, s); }
+}  // namespace cuda
+}  // namespace samplers
