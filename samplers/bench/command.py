@@ -1,0 +1,333 @@
+"""``samplers bench``: the Typer command (registered by ``samplers/cli.py`` as ``app.command("bench")(bench)``).
+
+Runs :func:`samplers.bench.runner.run_benchmark`, prints a rich table, and writes JSON / CSV / PNG.
+Under torchrun (``WORLD_SIZE > 1``) it shards the samples across ranks; only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from samplers.bench import runner as R
+from samplers.bench.metrics import METRICS
+
+# Which noise-floor comparisons make sense (exact references have no floor).
+_FLOOR_METRICS = ("sw", "sw1", "mmd", "frechet", "kl")
+
+
+class _RichProgress:
+    """Progress bars on stderr: one for the whole run (rows), one for the row's model calls."""
+
+    def __init__(self, total_rows: int, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self.overall = self.progress.add_task("benchmark", total=total_rows)
+        self.row: Any = None
+
+    def __enter__(self) -> "_RichProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def row_started(self, label: str, calls: int) -> None:
+        self.row = self.progress.add_task(label, total=calls)
+
+    def advanced(self, calls: int) -> None:
+        if self.row is not None:
+            self.progress.advance(self.row, calls)
+
+    def row_finished(self) -> None:
+        if self.row is not None:
+            self.progress.remove_task(self.row)
+            self.row = None
+        self.progress.advance(self.overall, 1)
+
+
+def _set_threads(threads: int) -> None:
+    """Apply ``--threads`` (0 keeps torch's default of one thread per core).
+
+    The default is 1: the oracle problems are small (a 10,000 x 2 sample is 160 k elements per op),
+    and on a machine whose cores are busy with anything else torch's OpenMP workers wait on each
+    other at every parallel op. Measured on the 2-core CI box with other jobs running: the default
+    run took 123 s with 2 threads and 18 s with 1.
+    """
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _split(text: str, flag: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not items:
+        raise R.BenchInputError(f"{flag}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _parse_steps(text: str) -> tuple[int, ...]:
+    out = []
+    for item in _split(text, "--steps"):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise R.BenchInputError(f"--steps: {item!r} is not an integer (expected e.g. 5,10,20,50)") from None
+    return tuple(out)
+
+
+def _parse_options(items: List[str]) -> dict[str, Any]:
+    from samplers.bench.problems import _parse_value
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise R.BenchInputError(f"--option {item!r}: expected KEY=VALUE (e.g. use_karras_sigmas=true)")
+        out[key.strip()] = None if value.strip().lower() == "none" else _parse_value(value.strip())
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000 or abs(v) < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:.3g}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _within_floor(result: R.BenchResult, metric: str, value: float) -> bool:
+    floor = result.noise_floor.get(metric)
+    return bool(floor) and math.isfinite(value) and value <= floor["mean"] + 2 * floor["std"]
+
+
+def render(result: R.BenchResult, console: Console) -> None:
+    """Print the result table, the noise floor, the fitted orders and where the time went."""
+    cfg, env, timing = result.config, result.environment, result.timing
+    problem = result.problem
+    console.print(
+        f"[bold]samplers bench[/bold]: problem [cyan]{problem.get('spec')}[/cyan] "
+        f"({problem.get('layout', problem.get('name'))}, dim {problem.get('dim')}), {cfg['samples']} samples, "
+        f"{cfg['device']} {cfg['dtype']}, seed {cfg['seed']}, model schedule {cfg['schedule']}, "
+        f"world size {env.get('world_size', 1)}"
+        + (f", {env.get('cpu_threads')} CPU thread(s)" if str(cfg["device"]).startswith("cpu") else "")
+        + f"; update backend: {env.get('sampler_update_backend')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    load, cores = env.get("load_avg_1min"), env.get("cpu_count")
+    if load is not None and cores and str(cfg["device"]).startswith("cpu") and load >= cores:
+        console.print(f"[yellow]note:[/yellow] load average {load} on {cores} cores when the run began: timings are noisy", soft_wrap=True)
+    table = Table(show_lines=False, header_style="bold")
+    for col in ("scheduler", "steps", "NFE"):
+        table.add_column(col, justify="right" if col != "scheduler" else "left", no_wrap=True)
+    for m in result.metric_names:
+        table.add_column(METRICS[m].label, justify="right", no_wrap=True)
+    for col in ("wall s", "samples/s", "step ovh ms", "peak mem"):
+        table.add_column(col, justify="right", no_wrap=True)
+    marked = False
+    previous = None
+    for r in result.rows:
+        if previous is not None and r.scheduler != previous:
+            table.add_section()
+        previous = r.scheduler
+        cells = [r.scheduler, str(r.steps), str(r.nfe)]
+        for m in result.metric_names:
+            v = r.metrics.get(m)
+            text = _fmt(v)
+            if v is not None and m in _FLOOR_METRICS and _within_floor(result, m, v):
+                text += "*"
+                marked = True
+            cells.append(text)
+        cells += [f"{r.wall_s:.3f}", f"{r.samples_per_s:,.0f}", f"{r.step_overhead_ms:.3f}", _fmt_bytes(r.peak_mem_bytes)]
+        table.add_row(*cells)
+    notes = []
+    if marked:
+        notes.append("* within the sampling noise floor (<= floor mean + 2 sd)")
+    kinds = {r.peak_mem_kind for r in result.rows}
+    if kinds & {"rss_peak", "ru_maxrss"}:
+        notes.append("peak mem: growth of the process's peak RSS during the run")
+    elif "cuda_max_allocated" in kinds:
+        notes.append("peak mem: CUDA max_memory_allocated above the run's start")
+    if notes:
+        table.caption = "; ".join(notes)
+    console.print(table)
+    if result.noise_floor:
+        parts = [f"{METRICS[m].label} {_fmt(f['mean'])} ± {_fmt(f['std'])}" for m, f in result.noise_floor.items()]
+        console.print(
+            f"sampling noise floor (the metric on {cfg['samples']} exact samples, mean ± sd over "
+            f"{next(iter(result.noise_floor.values()))['sets']} sets): " + ", ".join(parts),
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.orders:
+        for metric in dict.fromkeys(m for fits in result.orders.values() for m in fits):
+            parts = [
+                f"{name} {fits[metric]['order']:.2f} (R² {fits[metric]['r2']:.3f})"
+                for name, fits in result.orders.items()
+                if metric in fits
+            ]
+            console.print(f"empirical order ({METRICS[metric].label} vs NFE): " + ", ".join(parts), highlight=False, soft_wrap=True)
+    console.print(
+        f"time {timing['total_s']:.2f} s: sampling {timing['sampling_s']:.2f} s (model {timing['model_s']:.2f} s), "
+        f"metrics {timing['metrics_s']:.2f} s, exact references {timing['reference_s']:.2f} s, "
+        f"warm-up {timing['warmup_s']:.2f} s, "
+        + (f"gather/sync across ranks {timing['gather_s'] + timing['sync_s']:.2f} s, " if env.get("world_size", 1) > 1 else "")
+        + f"runner bookkeeping {timing['harness_s']:.3f} s "
+        f"({100 * timing['harness_fraction']:.2f} %)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def bench(
+    scheduler: str = typer.Option(
+        ",".join(R.DEFAULT_SCHEDULERS), "--scheduler", "-s", help="Comma-separated scheduler names (see `samplers list`; plugins work too)."
+    ),
+    steps: str = typer.Option(
+        ",".join(map(str, R.DEFAULT_STEPS)), "--steps", "-n", help="Comma-separated inference step counts (each >= 1)."
+    ),
+    problem: str = typer.Option(
+        R.DEFAULT_PROBLEM, "--problem", "-p",
+        help="Oracle problem: gaussian, gaussian_nd, gmm2d, gmm_nd, swissroll; options as NAME:key=value,... "
+        "(e.g. gmm2d:layout=ring, gmm_nd:dim=16).",
+    ),
+    samples: int = typer.Option(R.DEFAULT_SAMPLES, "--samples", help="Number of samples (split across ranks under torchrun)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Sample storage dtype: float32, float64, float16 or bfloat16."),
+    seed: int = typer.Option(0, "--seed", help="Base seed of the per-sample Philox keys."),
+    prediction_type: Optional[str] = typer.Option(
+        None, "--prediction-type", help="Oracle output: epsilon, sample, v_prediction, flow or score (default: each scheduler's own)."
+    ),
+    metric: Optional[str] = typer.Option(
+        None, "--metric", "-m", help=f"Comma-separated metrics: {', '.join(METRICS)} (default depends on the problem)."
+    ),
+    schedule: str = typer.Option(
+        "linear", "--schedule", help=f"The model's training schedule, given to every scheduler that runs on any schedule "
+        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)}."
+    ),
+    option: List[str] = typer.Option(
+        [], "--option", "-o", help="Scheduler config KEY=VALUE, applied where accepted (repeatable), e.g. use_karras_sigmas=true."
+    ),
+    backend: str = typer.Option("auto", "--backend", help="Sampler-update backend: auto, fused or torch."),
+    ode_samples: int = typer.Option(1000, "--ode-samples", help="Samples given an exact PF-ODE reference (ODE error)."),
+    threads: int = typer.Option(
+        1, "--threads", help="CPU threads for torch; 0 = torch's default (one per core). The oracle problems are small, "
+        "and one thread is the fast, stable choice on a shared machine.",
+    ),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Write one CSV line per run here."),
+    plot_path: Optional[str] = typer.Option(None, "--plot", help="Write a PNG: accuracy vs NFE and, in 2-D, samples vs truth."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (the table is still printed)."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Accuracy and speed of samplers on problems with an exact denoiser: a table per (scheduler, steps).
+
+    With no options: five built-in schedulers at 10, 20, 50 and 100 steps on a 2-D Gaussian mixture,
+    10,000 samples on the CPU. Metrics compare against the exact distribution and the exact
+    probability-flow ODE solution, next to the sampling noise floor of the sample count.
+    """
+    import torch
+
+    err = Console(stderr=True, highlight=False)
+    dist = None
+    threads_before = torch.get_num_threads()
+    try:
+        config = R.BenchConfig(
+            schedulers=_split(scheduler, "--scheduler"),
+            steps=_parse_steps(steps),
+            problem=problem,
+            samples=samples,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            prediction_type=prediction_type,
+            metrics=_split(metric, "--metric") if metric is not None else None,
+            schedule=schedule,
+            options=_parse_options(option),
+            ode_samples=ode_samples,
+            backend=backend,
+        )
+        for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
+            if path is not None:
+                R.check_writable(path, flag)
+        if plot_path is not None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise R.BenchInputError("--plot needs matplotlib (pip install 'samplers[bench]')") from None
+        R.prepare(config)  # every name and number checked before any process group or sampling
+        if threads < 0:
+            raise R.BenchInputError(f"--threads must be >= 0, got {threads}")
+        _set_threads(threads)
+
+        from samplers.bench.distributed import init_from_env
+
+        dist = init_from_env(device)
+        if dist.active and device.startswith("cuda") and ":" not in device:
+            import dataclasses
+
+            config = dataclasses.replace(config, device=f"cuda:{dist.local_rank}")
+        main = dist.is_main
+        out = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+        show_progress = main and not quiet and err.is_terminal
+        total_rows = len(config.schedulers) * len(config.steps)
+        keep = 2000 if plot_path is not None else 0
+        t0 = time.perf_counter()
+        if show_progress:
+            with _RichProgress(total_rows, err) as progress:
+                result = R.run_benchmark(config, progress=progress, dist=dist, keep_samples=keep)
+        else:
+            result = R.run_benchmark(config, dist=dist, keep_samples=keep)
+        if main:
+            render(result, out)
+            if json_path is not None:
+                R.write_json(result, json_path)
+            if csv_path is not None:
+                R.write_csv(result, csv_path)
+            if plot_path is not None:
+                from samplers.bench.plots import plot_result
+
+                plot_result(result, plot_path)
+            written = [p for p in (json_path, csv_path, plot_path) if p is not None]
+            if written:
+                out.print(f"wrote {', '.join(written)} ({time.perf_counter() - t0:.1f} s in all)")
+    except R.BenchInputError as exc:
+        if debug:
+            raise
+        if dist is None or dist.is_main:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        if dist is None or dist.is_main:
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)", soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        torch.set_num_threads(threads_before)
+        if dist is not None:
+            dist.close()

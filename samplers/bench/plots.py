@@ -1,0 +1,122 @@
+"""PNG plots of a benchmark (matplotlib, Agg backend: no display needed).
+
+Top row: accuracy vs NFE on log-log axes, one line per scheduler (a distribution metric with the
+sampling noise floor as a band, and the ODE error with reference slopes). Bottom row, for 2-D
+problems: samples of each scheduler at its smallest step count over the true samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from samplers.bench.metrics import METRICS
+from samplers.bench.runner import BenchResult
+
+SCATTER_POINTS = 2000
+_PRIMARY_ORDER = ("sw1", "sw", "mmd", "frechet", "kl", "kl_exact")  # SW1: least noisy on multimodal data
+
+
+def _series(result: BenchResult, metric: str) -> dict[str, tuple[list[int], list[float]]]:
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for r in result.rows:
+        v = r.metrics.get(metric)
+        if v is None or not math.isfinite(v) or v <= 0:
+            continue
+        xs, ys = out.setdefault(r.scheduler, ([], []))
+        xs.append(r.nfe)
+        ys.append(v)
+    for name, (xs, ys) in out.items():
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        out[name] = ([xs[i] for i in order], [ys[i] for i in order])
+    return out
+
+
+def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write the benchmark figure to ``path`` (PNG); returns the path.
+
+    The scatter row needs the samples: run the benchmark with ``keep_samples`` (the CLI does when
+    ``--plot`` is given). Raises ``ValueError`` when there is nothing to plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    metric_names = [m for m in result.metric_names if m in METRICS]
+    primary = next((m for m in _PRIMARY_ORDER if m in metric_names and _series(result, m)), None)
+    panels = [m for m in (primary, "ode_error" if "ode_error" in metric_names and _series(result, "ode_error") else None) if m]
+    if not panels:
+        panels = [m for m in metric_names if _series(result, m)][:1]
+    if not panels:
+        raise ValueError("no finite positive metric values to plot")
+    dim = int(result.problem.get("dim", 0))
+    scatter_runs: list[tuple[str, Any]] = []
+    if dim == 2 and result.samples and result.truth is not None:
+        for name in dict.fromkeys(r.scheduler for r in result.rows):
+            rows = sorted((r for r in result.rows if r.scheduler == name), key=lambda r: r.steps)
+            key = f"{name}@{rows[0].steps}"
+            if key in result.samples:
+                scatter_runs.append((f"{name}, {rows[0].steps} steps (NFE {rows[0].nfe})", result.samples[key]))
+    ncols = max(len(panels), len(scatter_runs), 1)
+    nrows = 2 if scatter_runs else 1
+    fig = plt.figure(figsize=(4.2 * ncols, 3.8 * nrows), dpi=110)
+    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r.scheduler for r in result.rows))}
+
+    for i, metric in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        series = _series(result, metric)
+        for name, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=name)
+        floor = result.noise_floor.get(metric)
+        all_x = [x for xs, _ in series.values() for x in xs]
+        if floor and floor.get("mean", 0) > 0 and all_x:
+            lo, hi = max(floor["mean"] - floor["std"], floor["mean"] * 0.1), floor["mean"] + floor["std"]
+            ax.axhspan(lo, hi, color="0.85", zorder=0, label="noise floor")
+            ax.axhline(floor["mean"], color="0.5", lw=1, ls="--", zorder=0)
+        if metric == "ode_error" and all_x:
+            x0, x1 = min(all_x), max(all_x)
+            y0 = max(ys[0] for _, ys in series.values())
+            for order, style in ((1, ":"), (2, "-.")):
+                ax.plot([x0, x1], [y0, y0 * (x0 / x1) ** order], color="0.4", ls=style, lw=1, label=f"order {order}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE (model evaluations)")
+        ax.set_ylabel(METRICS[metric].label)
+        ax.set_title(METRICS[metric].description, fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+
+    if scatter_runs:
+        truth = result.truth[:SCATTER_POINTS].cpu().numpy()
+        # one frame for all panels: the truth, widened for samples that overshoot (99th percentile)
+        spread = max([float(abs(truth).max()) * 1.15] + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, s in scatter_runs])
+        lim = min(spread, float(abs(truth).max()) * 3) + 1e-9
+        for j, (label, samples) in enumerate(scatter_runs[:ncols]):
+            ax = fig.add_subplot(nrows, ncols, ncols + j + 1)
+            pts = samples[:SCATTER_POINTS].cpu().numpy()
+            ax.scatter(truth[:, 0], truth[:, 1], s=2, color="0.75", label="truth", rasterized=True)
+            name = label.split(",")[0]
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, color=colors.get(name, "C0"), label="samples", rasterized=True)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+            ax.set_title(label, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.legend(fontsize=7, markerscale=4, loc="upper right")
+
+    cfg = result.config
+    fig.suptitle(
+        title
+        or f"samplers bench: {result.problem.get('spec', result.problem.get('name'))}, n={cfg['samples']}, "
+        f"{cfg['device']} {cfg['dtype']}, seed {cfg['seed']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out

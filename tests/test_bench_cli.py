@@ -1,0 +1,142 @@
+"""``samplers bench`` through Typer's test runner: table, files, plots, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from samplers.bench.command import bench
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these tests check numbers, and on a busy 2-core CI box OpenMP workers
+    waiting on each other make small ops orders of magnitude slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL = ["--scheduler", "ddim,heun", "--steps", "4,8", "--samples", "300", "--ode-samples", "100", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("bench")(bench)
+
+    @app.command("noop")
+    def noop() -> None:  # a second command keeps `bench` a subcommand, as in samplers/cli.py
+        """Nothing."""
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _err(result) -> str:
+    return getattr(result, "stderr", "") or result.output
+
+
+def test_table_json_csv_and_plot(app, runner, tmp_path):
+    js, cs, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
+    result = runner.invoke(app, ["bench", *SMALL, "--json", str(js), "--csv", str(cs), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in ("ddim", "heun", "NFE", "SW2", "ODE err", "samples/s", "step ovh ms", "sampling noise floor", "empirical order"):
+        assert text in out
+    doc = json.loads(js.read_text())
+    assert doc["schema_version"] == 1 and len(doc["rows"]) == 4
+    assert [r["nfe"] for r in doc["rows"]] == [4, 8, 7, 15]
+    rows = list(csv.DictReader(cs.open()))
+    assert [r["scheduler"] for r in rows] == ["ddim", "ddim", "heun", "heun"]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # curves and scatter panels drawn
+
+
+def test_gaussian_problem_prediction_type_and_threads(app, runner):
+    torch.set_num_threads(2)
+    result = runner.invoke(app, ["bench", *SMALL, "--problem", "gaussian", "--prediction-type", "v_prediction",
+                                 "--metric", "kl_exact,ode_error", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "KL exact" in result.stdout and "ODE err" in result.stdout and "MMD" not in result.stdout
+    assert "1 CPU thread(s)" in result.stdout
+    assert torch.get_num_threads() == 2  # the command restores the process setting
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scheduler", "eulr"], "did you mean 'euler'"),
+        (["--problem", "swissrol"], "did you mean 'swissroll'"),
+        (["--metric", "mdd"], "did you mean 'mmd'"),
+        (["--steps", "0,5"], "integer >= 1"),
+        (["--steps", "5,x"], "not an integer"),
+        (["--json", "/nonexistent-dir/out.json"], "does not exist"),
+        (["--option", "karras"], "KEY=VALUE"),
+        (["--dtype", "float8"], "unknown dtype"),
+        (["--threads", "-1"], "--threads must be >= 0"),
+    ],
+)
+def test_bad_input_one_line_no_traceback(app, runner, args, message):
+    result = runner.invoke(app, ["bench", "--samples", "100", "--quiet", *args])
+    assert result.exit_code == 2
+    err = _err(result)
+    assert message in err and "error:" in err
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_prediction_type_a_scheduler_does_not_take(app, runner):
+    from samplers.hookspecs import hookimpl
+    from samplers.registry import registry
+    from samplers.schedulers.ddim import DDIMScheduler
+
+    class EpsOnlyDDIM(DDIMScheduler):
+        name = "test_cli_eps_only"
+        prediction_types = ("epsilon",)
+
+    class Plugin:
+        @hookimpl
+        def samplers_register_schedulers(self):
+            return [EpsOnlyDDIM]
+
+    reg = registry()
+    reg.register(Plugin(), "test-cli-plugin")
+    try:
+        result = runner.invoke(app, ["bench", "--scheduler", "test_cli_eps_only", "--prediction-type", "sample", "--quiet"])
+        assert result.exit_code == 2
+        assert "does not take prediction type 'sample'" in _err(result)
+        ok = runner.invoke(app, ["bench", "--scheduler", "test_cli_eps_only", "--steps", "5", "--samples", "200",
+                                 "--metric", "sw", "--quiet"])
+        assert ok.exit_code == 0 and "test_cli_eps_only" in ok.stdout
+    finally:
+        reg.pm.unregister(name="test-cli-plugin")
+        reg._entries = None
+
+
+def test_debug_shows_the_exception(app, runner):
+    from samplers.bench.runner import BenchInputError
+
+    result = runner.invoke(app, ["bench", "--scheduler", "nope", "--debug"])
+    assert result.exit_code != 0 and isinstance(result.exception, BenchInputError)
+
+
+def test_registered_in_the_samplers_cli(runner):
+    from samplers.cli import app as samplers_app
+
+    result = runner.invoke(samplers_app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--scheduler", "--steps", "--problem", "--samples", "--device", "--dtype", "--seed",
+                 "--json", "--csv", "--plot", "--quiet", "--debug", "--threads"):
+        assert flag in result.output
