@@ -76,7 +76,10 @@ class DDPMScheduler(Scheduler):
         if sigmas is not None:
             raise ValueError("DDPM takes custom timesteps, not sigmas")
         t = model_times(self, num_inference_steps, timesteps)
-        s = previous_times(self, t, num_inference_steps, timesteps is not None)
+        # Each step lands on the next timestep the run visits (not t - T // n): with linspace spacing, or
+        # trailing with n not dividing T, the stride would leave the sample at a level the next call does
+        # not model (diffusers' DDPMScheduler.previous_timestep does the same).
+        s = previous_times(self, t, num_inference_steps, custom=True)
         alpha_t, sigma_t = chain_alpha_sigma(self, t)
         alpha_s, sigma_s = chain_alpha_sigma(self, s)
         post = schedules.posterior(alpha_s, sigma_s, alpha_t, sigma_t)  # eq. 6-7 for any s < t
