@@ -18,7 +18,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output (CI logs, `| less`) has no terminal width; rich would assume 80 columns and cut headers.
+console = Console(width=None if sys.stdout.isatty() else 140)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow", "score")
 
 
