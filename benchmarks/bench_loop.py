@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import samplers  # noqa: E402
 from samplers.ops import batch_seeds, update  # noqa: E402
+from samplers.sampling import capture_cuda_graph  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
@@ -78,15 +79,7 @@ def model_only(noise: torch.Tensor, steps: int, graph: bool) -> Callable[[], obj
 
     if not graph:
         return run
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        run()
-    return g.replay
+    return capture_cuda_graph(run)[0].replay
 
 
 def diffusers_loop(name: str, noise: torch.Tensor, steps: int) -> Callable[[], object] | None:

@@ -83,16 +83,23 @@ def sample(
     if callback is not None:
         raise ValueError("callback is not supported with cuda_graph=True (nothing runs on the host per step)")
     static_in = x0.clone()
+    graph, static_out = capture_cuda_graph(lambda: run(static_in, scheduler.init_state(), False))
+    graph.replay()
+    return static_out.clone()
+
+
+def capture_cuda_graph(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture ``fn()`` as a CUDA graph after one warm-up run on a side stream (so lazy inits and
+    kernel loads stay out of the graph); returns the graph and its static output tensor."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up: lazy inits and kernel loads stay out of the graph
-        run(static_in, scheduler.init_state(), False)
+    with torch.cuda.stream(side):
+        fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = run(static_in, scheduler.init_state(), False)
-    graph.replay()
-    return static_out.clone()
+        out = fn()
+    return graph, out
 
 
 class GraphedSampler:
@@ -133,14 +140,7 @@ class GraphedSampler:
                 x = result.prev_sample
             return x
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._out = run()
+        self.graph, self._out = capture_cuda_graph(run)
 
     def __call__(self, noise: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
         if noise.shape != self._noise.shape:

@@ -60,6 +60,16 @@ def run_exact(
     return x
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tests that check numbers on a busy 2-core CI box, where
+    OpenMP workers waiting on each other make small ops orders of magnitude slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def oracle() -> SimpleNamespace:
     """Helpers for the exact Gaussian model (session scope, so hypothesis tests may use it)."""

@@ -13,14 +13,7 @@ from typer.testing import CliRunner
 from samplers.bench.command import bench
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tests check numbers, and on a busy 2-core CI box OpenMP workers
-    waiting on each other make small ops orders of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = ["--scheduler", "ddim,heun", "--steps", "4,8", "--samples", "300", "--ode-samples", "100", "--quiet"]

@@ -12,14 +12,7 @@ from samplers.bench import problems as P
 from samplers.ops.reference import batch_seeds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tests check numbers, and on a busy 2-core CI box OpenMP workers
-    waiting on each other make small ops orders of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 F64 = torch.float64

@@ -14,14 +14,7 @@ from samplers.registry import registry
 from samplers.schedulers.euler import EulerDiscreteScheduler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tests check numbers, and on a busy 2-core CI box OpenMP workers
-    waiting on each other make small ops orders of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class EpsOnlyEuler(EulerDiscreteScheduler):
