@@ -13,4 +13,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -e ".[test]"
+# k-diffusion parity tests load its sampling module only: --no-deps keeps torch at the CPU build
+# (k-diffusion's own requirements would pull torchvision and a CUDA torch).
+.venv/bin/python -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

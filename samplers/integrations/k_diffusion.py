@@ -1,0 +1,505 @@
+"""k-diffusion-style sampling: ``sample_<name>(model, x, sigmas, ...)`` over a denoiser ``D(x, sigma)``.
+
+k-diffusion (and the pipelines built on it: ComfyUI, A1111) works in *sigma space*: the sample is
+``x = x_model / alpha`` with noise level ``sigma = sigma_model / alpha``, and the network is wrapped
+as a denoiser ``D(x, sigma) ~ E[x0 | x]`` (Karras et al. 2022, eq. 2-3). In our terms that is the
+EDM schedule (``alpha = 1``, model time = sigma) with a ``sample`` (x0) prediction. So each
+function here configures one of *our* schedulers that way on the caller's ``sigmas`` and drives it
+call by call: the coefficients come from its plan and the update from the fused op
+(``samplers.ops``), and no step formula is written a second time.
+
+    denoiser = DiscreteVPDenoiser(unet, alphas_cumprod)            # eps-model -> D(x, sigma)
+    sigmas = get_sigmas_karras(20, denoiser.sigma_min, denoiser.sigma_max)
+    x = sample_heun(denoiser, torch.randn(4, 4, 64, 64) * sigmas[0], sigmas)
+
+Pieces:
+
+* samplers: :func:`sample_euler`, :func:`sample_euler_ancestral`, :func:`sample_heun` (k-diffusion's
+  signatures, callback dict and random-number order), :func:`sample_ddim`, :func:`sample_ddpm`, and
+  :func:`sample_scheduler` for any registered scheduler that takes ``schedule="edm"``;
+* denoisers: :class:`Denoiser` (a network on any of our noise schedules), :class:`DiscreteVPDenoiser`
+  (``alphas_cumprod`` tables: epsilon / v / x0 models), :class:`FlowDenoiser` (rectified flow);
+* sigma grids: :func:`get_sigmas_karras`, :func:`get_sigmas_exponential`,
+  :func:`get_sigmas_polyexponential`, :func:`get_sigmas_vp`, :func:`append_zero`.
+
+Shapes: ``x`` is ``[B, ...]``; ``sigmas`` is a descending 1-D tensor ``[N + 1]`` whose last entry is
+usually 0 (only the last may be 0); the denoiser is called as ``model(x, sigma * ones(B), **extra_args)``
+and returns x0_hat shaped like ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import trange
+
+from samplers import parameterization, schedules
+from samplers.protocol import SamplerState, Scheduler, model_space_x0_coefficients
+from samplers.registry import get as get_scheduler
+from samplers.schedulers._grid import sigma_range, times_for_sigmas
+from samplers.schedules import DiscreteVPSchedule, NoiseSchedule, RectifiedFlowSchedule
+
+F64 = torch.float64
+
+DenoiserFn = Callable[..., torch.Tensor]  # D(x [B, ...], sigma [B], **extra_args) -> x0_hat [B, ...]
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (sigma, sigma_next) -> N(0, I) like x
+Callback = Callable[[dict[str, Any]], None]
+
+__all__ = [
+    "Denoiser",
+    "DiscreteVPDenoiser",
+    "FlowDenoiser",
+    "append_zero",
+    "default_noise_sampler",
+    "get_sigmas_exponential",
+    "get_sigmas_karras",
+    "get_sigmas_polyexponential",
+    "get_sigmas_vp",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_scheduler",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Sigma grids (built on samplers.schedules; float64 math, float32 result as k-diffusion returns)
+# --------------------------------------------------------------------------------------------
+
+
+def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    """``[N] -> [N + 1]``: the final level 0 (x0 itself) that sampling grids end on."""
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def _grid(levels: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    return append_zero(levels.to(torch.float32)).to(device)
+
+
+def get_sigmas_karras(
+    n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """EDM's rho-spaced levels (Karras et al. 2022, eq. 5) from ``sigma_max`` to ``sigma_min``, then 0: ``[n + 1]``."""
+    return _grid(schedules.karras_sigmas(n, float(sigma_min), float(sigma_max), rho), device)
+
+
+def get_sigmas_polyexponential(
+    n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``log sigma`` moving as ``ramp^rho`` from ``log sigma_max`` to ``log sigma_min`` (ramp 1 -> 0), then 0.
+
+    This is the VE (NCSN) schedule ``sigma_min (sigma_max / sigma_min)^t`` at ``t = ramp^rho``.
+    """
+    t = torch.linspace(1.0, 0.0, n, dtype=F64) ** rho
+    return _grid(schedules.VESchedule(float(sigma_min), float(sigma_max)).alpha_sigma(t)[1], device)
+
+
+def get_sigmas_exponential(
+    n: int, sigma_min: float, sigma_max: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Levels evenly spaced in ``log sigma`` (NCSN's geometric sequence), then 0: ``[n + 1]``."""
+    return get_sigmas_polyexponential(n, sigma_min, sigma_max, 1.0, device)
+
+
+def get_sigmas_vp(
+    n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The continuous VP-SDE (Song et al. 2021, ``beta(t) = beta_min + beta_d t``) at ``t`` evenly from 1
+    to ``eps_s``, as sigma-space levels ``sigma / alpha``, then 0: ``[n + 1]``."""
+    schedule = schedules.VPLinearSchedule(beta_min, beta_min + beta_d)
+    return _grid(schedule.ve_sigma(torch.linspace(1.0, eps_s, n, dtype=F64)), device)
+
+
+# --------------------------------------------------------------------------------------------
+# Denoisers: a network of any prediction type -> D(x, sigma)
+# --------------------------------------------------------------------------------------------
+
+
+def _on(schedule: NoiseSchedule) -> Any:
+    """What ``samplers.schedulers._grid``'s helpers read from a scheduler (its schedule and config)."""
+    return SimpleNamespace(schedule=schedule, config={})
+
+
+class Denoiser(torch.nn.Module):
+    """``D(x, sigma)``: a network trained on ``schedule`` with ``prediction_type``, read as x0_hat.
+
+    For a sigma-space level ``sigma`` the network runs at model time ``t(sigma)`` (the schedule's
+    inverse of ``sigma_t / alpha_t``) on its own input scale ``alpha_t * x``, and its output becomes
+    x0 through ``parameterization`` -- the same ``(p, q)`` our schedulers use. This generalises
+    k-diffusion's ``CompVisDenoiser`` (epsilon), ``CompVisVDenoiser`` / ``VDenoiser`` (v) and a
+    flow-matching wrapper to every schedule and prediction type here.
+
+    Args:
+        model: ``model(x_in [B, ...], t [B], **kwargs) -> output [B, ...]``.
+        schedule: the training schedule (any :class:`samplers.schedules.NoiseSchedule`).
+        prediction_type: ``epsilon``, ``v_prediction``, ``sample``, ``flow`` or ``score``.
+        quantize: feed the nearest integer timestep (discrete schedules whose model only knows integers).
+
+    Mapping ``sigma -> t`` runs in float64 on the host (one small copy per call); levels outside the
+    schedule's range are clamped to its ends, as k-diffusion's discrete wrappers do.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        schedule: NoiseSchedule,
+        prediction_type: str = "epsilon",
+        quantize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inner_model = model
+        self.schedule = schedule
+        self.prediction_type = parameterization.canonical_prediction_type(prediction_type)
+        self.quantize = quantize
+
+    @property
+    def sigma_min(self) -> float:
+        """Smallest sigma-space level the training schedule reaches."""
+        return sigma_range(_on(self.schedule))[0]
+
+    @property
+    def sigma_max(self) -> float:
+        """Largest sigma-space level the training schedule reaches."""
+        return sigma_range(_on(self.schedule))[1]
+
+    def sigma_to_t(self, sigma: torch.Tensor, quantize: bool | None = None) -> torch.Tensor:
+        """Model times [B] (host) for sigma-space levels [B]: float64, or int64 nearest timesteps when quantizing."""
+        t = times_for_sigmas(_on(self.schedule), torch.as_tensor(sigma).detach().to("cpu", F64).reshape(-1))
+        return t.round().long() if (self.quantize if quantize is None else quantize) else t
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Sigma-space levels ``sigma_t / alpha_t`` (float64) at model times ``t``."""
+        return self.schedule.ve_sigma(torch.as_tensor(t, dtype=F64))
+
+    def get_sigmas(self, n: int) -> torch.Tensor:
+        """``n`` levels at the schedule's default model times, then 0: ``[n + 1]`` float32."""
+        return _grid(self.t_to_sigma(self.schedule.default_times(n)), "cpu")
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """x0_hat [B, ...] for sigma-space samples ``x`` [B, ...] at levels ``sigma`` ([B] or scalar)."""
+        batch = x.shape[0]
+        sigma = torch.as_tensor(sigma).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(batch)
+        if sigma.shape != (batch,):
+            raise ValueError(f"sigma must be a scalar or have shape [batch={batch}], got {tuple(sigma.shape)}")
+        t = self.sigma_to_t(sigma, quantize=False)
+        alpha, sigma_model = self.schedule.alpha_sigma(t)  # model space at the exact (unquantized) level
+        p, q = model_space_x0_coefficients(self.prediction_type, alpha, sigma_model, alpha)
+        view = (batch,) + (1,) * (x.dim() - 1)
+        col = lambda v: v.to(device=x.device, dtype=x.dtype).view(view)  # noqa: E731
+        # float32 times at least: a half-precision t (up to 999) would lose the fraction.
+        t_model = t.round().long() if self.quantize else t.to(F64 if x.dtype == F64 else torch.float32)
+        out = self.inner_model(x * col(alpha), t_model.to(x.device), **kwargs)
+        return col(p) * x + col(q) * out
+
+
+class DiscreteVPDenoiser(Denoiser):
+    """An ``alphas_cumprod``-table model (DDPM / Stable Diffusion UNets) as ``D(x, sigma)``.
+
+    Sigma-space levels are ``sqrt((1 - abar) / abar)``; fractional timesteps between table entries
+    interpolate ``log sigma`` linearly (k-diffusion's ``DiscreteSchedule``, our ``DiscreteVPSchedule``).
+    ``prediction_type="epsilon"`` is k-diffusion's ``CompVisDenoiser``, ``"v_prediction"`` its
+    ``CompVisVDenoiser``.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        alphas_cumprod: torch.Tensor | Sequence[float],
+        prediction_type: str = "epsilon",
+        quantize: bool = False,
+    ) -> None:
+        schedule = DiscreteVPSchedule(alphas_cumprod=torch.as_tensor(alphas_cumprod, dtype=F64))
+        super().__init__(model, schedule, prediction_type, quantize)
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The training table's levels [T], ascending with the timestep."""
+        return self.schedule.sigmas
+
+    def get_sigmas(self, n: int | None = None) -> torch.Tensor:
+        """``n`` levels at timesteps evenly from ``T - 1`` to 0 (all ``T`` table levels if None), then 0."""
+        if n is None:
+            return _grid(self.sigmas.flip(0), "cpu")
+        t = torch.linspace(self.schedule.num_train_timesteps - 1, 0, n, dtype=F64)
+        return _grid(self.schedule.sigma_at(t), "cpu")
+
+
+class FlowDenoiser(Denoiser):
+    """A rectified-flow model (``x_t = (1 - t) x0 + t eps``, output the velocity ``eps - x0``) as ``D(x, sigma)``.
+
+    Sigma space here is the true VE picture of the flow: ``sigma = t / (1 - t)`` and the model sees
+    ``x / (1 + sigma)``; every sampler (ancestral ones included) keeps its meaning. ``t = 1`` is
+    ``sigma = inf``, so grids start just below it (:meth:`get_sigmas`).
+
+    Args:
+        timestep_scale: what the model is fed per unit of t (SD3 / diffusers feed ``1000 t``).
+    """
+
+    def __init__(
+        self, model: Callable[..., torch.Tensor], timestep_scale: float = 1.0, prediction_type: str = "flow"
+    ) -> None:
+        super().__init__(model, RectifiedFlowSchedule(timestep_scale), prediction_type)
+
+    def get_sigmas(self, n: int, shift: float = 1.0, t_max: float = 1.0 - 1e-3) -> torch.Tensor:
+        """``n`` levels at flow times evenly from ``t_max`` to ``1/n`` after SD3's shift (eq. 23), then 0."""
+        t = schedules.flow_time_shift(torch.linspace(t_max, 1.0 / n, n, dtype=F64), shift)
+        return _grid(t / (1 - t), "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers
+# --------------------------------------------------------------------------------------------
+
+
+def default_noise_sampler(x: torch.Tensor) -> NoiseSampler:
+    """Fresh ``randn_like(x)`` at every call (k-diffusion's default)."""
+    return lambda sigma, sigma_next: torch.randn_like(x)
+
+
+def _check_inputs(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Validate ``x`` and ``sigmas``; return ``sigmas`` as a 1-D tensor. Errors name the argument."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating torch.Tensor [B, ...], got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must have a non-empty batch dimension first, got shape {tuple(x.shape)}")
+    if not isinstance(sigmas, torch.Tensor):
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+    if sigmas.dim() != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D tensor of at least 2 noise levels, got shape {tuple(sigmas.shape)}")
+    host = sigmas.detach().to("cpu", F64)
+    if not bool(torch.isfinite(host).all()) or bool((host < 0).any()):
+        raise ValueError(f"sigmas must be finite and >= 0, got {host.tolist()}")
+    if bool((host[1:] > host[:-1]).any()):
+        raise ValueError(f"sigmas must be descending (non-increasing), got {host.tolist()}")
+    if bool((host[:-1] == 0).any()):
+        raise ValueError(f"sigmas may reach 0 only at its last entry, got {host.tolist()}")
+    return sigmas
+
+
+def _on_edm(name: str, sigmas: torch.Tensor, **config: Any) -> Scheduler:
+    """Our scheduler ``name`` in a denoiser's coordinates, planned on the non-zero levels of ``sigmas``.
+
+    On the EDM schedule ``alpha = 1`` and the model time is sigma itself, so the custom timesteps are
+    the levels and a ``sample`` (x0) prediction is exactly ``D(x, sigma)``.
+    """
+    scheduler = get_scheduler(name, schedule="edm", prediction_type="sample", **config)
+    levels = sigmas.detach().to("cpu", F64)
+    scheduler.set_timesteps(timesteps=levels[levels > 0])
+    return scheduler
+
+
+def _denoise(model: DenoiserFn, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict[str, Any]) -> torch.Tensor:
+    denoised = model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
+    if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
+        got = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
+        raise ValueError(f"the denoiser must return x0_hat shaped like x {tuple(x.shape)}, got {got}")
+    return denoised.to(x.dtype)  # mixed-precision models may answer in another dtype
+
+
+def _level(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d noise level in ``sigmas``' dtype and device (what k-diffusion hands to models and callbacks)."""
+    return torch.as_tensor(float(value), dtype=like.dtype, device=like.device)
+
+
+@torch.no_grad()
+def sample_scheduler(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    scheduler: str = "euler",
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    **config: Any,
+) -> torch.Tensor:
+    """Run our registered scheduler ``scheduler`` (configured by ``config``) over ``sigmas``, k-diffusion style.
+
+    The scheduler is planned on the EDM schedule with an x0 output at the non-zero levels of
+    ``sigmas`` and stepped call by call; ``x`` [B, ...] starts at ``sigmas[0]`` and the run stops at
+    ``sigmas[-1]`` (0: a clean sample). Every call the plan marks stochastic gets
+    ``noise_sampler(sigma, sigma_next) * s_noise``; schedulers that draw data-dependent noise
+    themselves (predictor-corrector) use their own Philox stream. ``callback`` receives
+    ``{x, i, sigma, sigma_hat, denoised}`` per model call, before the update.
+    """
+    sigmas = _check_inputs(x, sigmas)
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    sched = _on_edm(scheduler, sigmas, **config)
+    plan = sched._require_plan()
+    levels = plan.model_sigma  # alpha = 1: the model-space sigma is the sigma-space level
+    stop = float(sigmas[-1])
+    calls = int((levels > stop).sum())  # levels descend: the calls above the final level
+    state = sched.init_state()
+    for k in trange(calls, disable=disable):
+        sigma = _level(levels[k], sigmas)
+        sigma_next = _level(levels[k + 1] if k + 1 < len(levels) else 0.0, sigmas)
+        denoised = _denoise(model, x, sigma, extra_args)
+        if callback is not None:
+            callback({"x": x, "i": k, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        noise = noise_sampler(sigma, sigma_next).to(x.dtype) * s_noise if plan.stochastic_calls[k] else None
+        out, state = sched.step_functional(state, denoised, float(plan.timesteps[k]), x, noise=noise)
+        x = out.prev_sample
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """Euler down to ``sigma_down`` plus fresh noise ``sigma_up`` (our ``euler_ancestral`` scheduler).
+
+    ``sigma_up = eta * sqrt(posterior variance)``, ``sigma_up^2 + sigma_down^2 = sigma_next^2``; the noise is
+    ``noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise``, not drawn on the step into 0. ``eta`` in [0, 1].
+    """
+    return sample_scheduler(
+        model, x, sigmas, "euler_ancestral", extra_args, callback, disable, s_noise, noise_sampler, eta=eta
+    )
+
+
+@torch.no_grad()
+def sample_ddim(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12 and 16) on the caller's levels: our ``ddim`` scheduler, unclipped.
+
+    In sigma space DDIM's eta-family is exactly Euler ancestral with the same eta (eta = 0: Euler).
+    """
+    return sample_scheduler(
+        model, x, sigmas, "ddim", extra_args, callback, disable, s_noise, noise_sampler, eta=eta, clip_sample=False
+    )
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    variance_type: str = "fixed_small",
+) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): draw from ``q(x_next | x, x0_hat)`` each step.
+
+    ``fixed_small`` (the posterior variance) is Euler ancestral with eta = 1; ``fixed_large`` adds the
+    forward transition's variance instead.
+    """
+    return sample_scheduler(
+        model, x, sigmas, "ddpm", extra_args, callback, disable, s_noise, noise_sampler,
+        variance_type=variance_type, clip_sample=False,
+    )
+
+
+def _churn_std(sigma: float, sigma_hat: float) -> float:
+    """Std that raises the noise level from ``sigma`` to ``sigma_hat``: the forward transition in sigma space."""
+    _, variance = schedules.transition(1.0, sigma, 1.0, sigma_hat)
+    return math.sqrt(max(variance, 0.0))
+
+
+def _karras_algorithm2(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: Callback | None,
+    disable: bool | None,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    second_order: bool,
+) -> torch.Tensor:
+    """Karras et al. 2022, Algorithm 2, with (Heun) or without (Euler) the correction of lines 9-11.
+
+    The grid -- ``sigma_hat_i`` and each call's coefficients -- is our ``heun`` scheduler's plan; its
+    first call of a step *is* the Euler step from ``sigma_hat_i`` (line 8). The churn of lines 5-6 is
+    added here at the start of each step from ``torch.randn_like`` (drawn every step, used or not), as
+    k-diffusion does, so the plan is built with its own in-update churn switched off (``s_noise=0``).
+    """
+    sigmas = _check_inputs(x, sigmas)
+    extra_args = extra_args or {}
+    steps = len(sigmas) - 1
+    planned = int((sigmas > 0).sum())
+    # gamma = s_churn / (number of steps); the plan divides by its level count, one more when sigmas[-1] > 0.
+    sched = _on_edm("heun", sigmas, s_churn=s_churn * planned / steps, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=0.0)
+    plan = sched._require_plan()
+    starts = [k for k, used in enumerate(plan.use) if not used]  # each step's first call
+    for i in trange(steps, disable=disable):
+        k = starts[i]
+        sigma, sigma_hat = sigmas[i], _level(plan.model_sigma[k], sigmas)
+        z = torch.randn_like(x) * s_noise
+        if sigma_hat > sigma:  # lines 5-6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) z
+            x = x + z * _churn_std(float(sigma), float(sigma_hat))
+        denoised = _denoise(model, x, sigma_hat, extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+        out, state = sched.step_functional(SamplerState(step_index=k), denoised, float(plan.timesteps[k]), x)
+        corrector = k + 1 < len(plan.use) and bool(plan.use[k + 1])  # line 9: not on the step into 0
+        if second_order and corrector:
+            denoised_2 = _denoise(model, out.prev_sample, _level(plan.model_sigma[k + 1], sigmas), extra_args)
+            out, _ = sched.step_functional(state, denoised_2, float(plan.timesteps[k + 1]), out.prev_sample)
+        x = out.prev_sample
+    return x
+
+
+@torch.no_grad()
+def sample_euler(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Euler steps on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` with optional
+    EDM churn (Karras et al. 2022, Algorithm 2 without its second-order correction)."""
+    return _karras_algorithm2(model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, False)
+
+
+@torch.no_grad()
+def sample_heun(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Heun's second-order method with EDM's stochastic churn (Karras et al. 2022, Algorithm 2); two
+    model calls per step except the Euler step into sigma = 0."""
+    return _karras_algorithm2(model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, True)
