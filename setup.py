@@ -6,9 +6,13 @@ To compile them ahead of time, with torch already installed in the environment::
 
     SAMPLERS_BUILD_EXT=1 pip install --no-build-isolation .        # or: python setup.py build_ext --inplace
 
-This builds a ``CppExtension`` with a CPU-only torch and a ``CUDAExtension`` when torch has CUDA
-and nvcc is found (``SAMPLERS_BUILD_CUDA=0`` forces CPU only). CUDA targets sm_80 and sm_90
-unless ``TORCH_CUDA_ARCH_LIST`` says otherwise. Flags and source lists come from
+This builds one module per entry of ``EXTENSIONS`` (``samplers._C_update``, the sampler update;
+``samplers._C_attention_ext``, the attention op): a ``CppExtension`` with a CPU-only torch and a
+``CUDAExtension`` when torch has CUDA and nvcc is found (``SAMPLERS_BUILD_CUDA=0`` forces CPU
+only; ``SAMPLERS_BUILD_ONLY=update`` builds a subset). The attention kernels are CUDA-only; its
+CPU-only module holds the op schema and the plain CPU implementation. CUDA targets sm_80 and sm_90
+(the attention kernels sm_80 and sm_90a, where their wgmma path lives) unless
+``TORCH_CUDA_ARCH_LIST`` says otherwise (e.g. ``"8.0;9.0a"``). Flags and source lists come from
 ``samplers/ops/_build.py`` so the JIT and ahead-of-time builds compile the same thing.
 """
 
@@ -40,9 +44,16 @@ def extensions():
         torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("SAMPLERS_BUILD_CUDA", "1") != "0"
     )
     define = ["-DSAMPLERS_WITH_CUDA"] if with_cuda else []
-    gencode = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else list(cfg.DEFAULT_GENCODE)
+    only = {n.strip() for n in os.environ.get("SAMPLERS_BUILD_ONLY", "").split(",") if n.strip()}
+    unknown = only - set(cfg.EXTENSIONS)
+    if unknown:
+        raise SystemExit(f"SAMPLERS_BUILD_ONLY names unknown extension(s) {sorted(unknown)}; known: {sorted(cfg.EXTENSIONS)}")
     modules = []
     for name, (cpu_sources, cuda_sources) in cfg.EXTENSIONS.items():
+        if only and name not in only:
+            continue
+        # torch's BuildExtension adds no arch flags of its own once -gencode is in the nvcc flags.
+        gencode = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else cfg.aot_gencode(name, torch.version.cuda)
         sources = [f"csrc/{s}" for s in cpu_sources + (cuda_sources if with_cuda else [])]
         kwargs = dict(
             name=f"samplers._C_{name}",

@@ -79,16 +79,24 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
         "load_errors": [e.__dict__ for e in reg.load_errors],
         "kernels": _kernel_status(),
     }
+    try:  # the dispatcher's cached per-shape choices (measured timings), beside the one-line summary
+        report["attention_dispatch"] = _attention_report()
+    except Exception as exc:  # info must always print
+        report["attention_dispatch"] = {"error": str(exc)}
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
         return
     for key, value in report.items():
-        if key in ("load_errors", "kernels"):
+        if key in ("load_errors", "kernels", "attention_dispatch"):
             continue
-        console.print(f"[bold]{key}[/bold]: {value}")
+        console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
     console.print("[bold]kernels[/bold]:")
     for name, status in report["kernels"].items():
-        console.print(f"  {name}: {status}")
+        console.print(f"  {name}: {status}", highlight=False)
+    for key, choice in report["attention_dispatch"].get("choices", {}).items():
+        picked = choice.get("backend", "?") + (f" ({choice['kernel']})" if choice.get("kernel") else "")
+        times = ", ".join(f"{n} {t:.4f} ms" for n, t in sorted(choice.get("times_ms", {}).items(), key=lambda kv: kv[1]))
+        console.print(f"    {key}: {picked}" + (f" [{times}]" if times else ""), highlight=False)
     _print_load_errors(reg.load_errors)
 
 
@@ -105,15 +113,34 @@ def _kernel_status() -> dict[str, str]:
     except Exception as exc:  # info must always print
         status["sampler_update"] = f"error: {exc}"
     try:
-        from samplers.ops import attention
-
-        if hasattr(attention, "attention_dispatch_report"):
-            status["attention"] = str(attention.attention_dispatch_report())
-    except ImportError:
-        status["attention"] = "PyTorch SDPA (no fused attention module installed)"
+        status["attention"] = _attention_summary(_attention_report())
     except Exception as exc:
         status["attention"] = f"error: {exc}"
     return status
+
+
+def _attention_report() -> dict:
+    """The attention dispatcher's report; on a CUDA machine the kernel is loaded (built) first, so
+    the report says whether it is live rather than "not loaded yet"."""
+    import torch
+
+    from samplers.ops import attention
+
+    if torch.cuda.is_available():
+        attention._load_kernel()
+    return attention.attention_dispatch_report()
+
+
+def _attention_summary(report: dict) -> str:
+    """One line: the kernel's state and how many shape buckets the dispatcher has measured."""
+    kernel = report.get("kernel", "unknown")
+    if report.get("kernel_impl"):
+        kernel += f" [{report['kernel_impl']}]"
+    if "SDPA" not in kernel:  # the dispatcher sends CPU tensors to SDPA whatever the kernel's state
+        kernel += "; CPU tensors run on PyTorch SDPA"
+    n = len(report.get("choices", {}))
+    measured = f"{n} measured choice(s) cached in this process" if n else "no choices measured yet in this process"
+    return f"{kernel}; dispatcher (backend='auto'): {measured}"
 
 
 def _register_optional_commands() -> None:

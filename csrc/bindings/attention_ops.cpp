@@ -158,3 +158,19 @@ TORCH_LIBRARY_IMPL(samplers, Meta, m) {
   m.impl("attention_fwd", &samplers::attention_fwd_meta);
   m.impl("attention_fwd_out", &samplers::attention_fwd_out_meta);
 }
+
+#if defined(SAMPLERS_PY_MODULE)
+// Ahead-of-time builds (setup.py) import this library as the module samplers._C_attention_ext
+// (the name samplers/ops/attention.py loads); importing it runs the registrations above.
+#include <Python.h>
+extern "C" PyObject* PyInit__C_attention_ext(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C_attention_ext", "samplers' fused attention op", -1, nullptr};
+  PyObject* module = PyModule_Create(&def);
+#if defined(SAMPLERS_WITH_CUDA)
+  if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", 1);
+#else
+  if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", 0);
+#endif
+  return module;
+}
+#endif

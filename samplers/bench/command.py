@@ -126,9 +126,17 @@ def render(result: R.BenchResult, console: Console) -> None:
     """Print the result table, the noise floor, the fitted orders and where the time went."""
     cfg, env, timing = result.config, result.environment, result.timing
     problem = result.problem
+    speed_only = bool(problem.get("speed_only"))
+    if speed_only:  # a network: say which, and its size
+        shape = "x".join(map(str, problem.get("sample_shape", [problem.get("dim")])))
+        params = problem.get("params")
+        what = f"{problem.get('model', problem.get('name'))}" + (f", {params / 1e6:.2f} M params" if params else "")
+        what += f", sample {shape}"
+    else:
+        what = f"{problem.get('layout', problem.get('name'))}, dim {problem.get('dim')}"
     console.print(
         f"[bold]samplers bench[/bold]: problem [cyan]{problem.get('spec')}[/cyan] "
-        f"({problem.get('layout', problem.get('name'))}, dim {problem.get('dim')}), {cfg['samples']} samples, "
+        f"({what}), {cfg['samples']} samples, "
         f"{cfg['device']} {cfg['dtype']}, seed {cfg['seed']}, model schedule {cfg['schedule']}, "
         f"world size {env.get('world_size', 1)}"
         + (f", {env.get('cpu_threads')} CPU thread(s)" if str(cfg["device"]).startswith("cpu") else "")
@@ -160,9 +168,12 @@ def render(result: R.BenchResult, console: Console) -> None:
                 text += "*"
                 marked = True
             cells.append(text)
-        cells += [f"{r.wall_s:.3f}", f"{r.samples_per_s:,.0f}", f"{r.step_overhead_ms:.3f}", _fmt_bytes(r.peak_mem_bytes)]
+        rate = f"{r.samples_per_s:,.0f}" if r.samples_per_s >= 100 else f"{r.samples_per_s:.3g}"
+        cells += [f"{r.wall_s:.3f}", rate, f"{r.step_overhead_ms:.3f}", _fmt_bytes(r.peak_mem_bytes)]
         table.add_row(*cells)
     notes = []
+    if speed_only:
+        notes.append("speed only: a random-weight network has no exact answer, so no accuracy metrics")
     if marked:
         notes.append("* within the sampling noise floor (<= floor mean + 2 sd)")
     kinds = {r.peak_mem_kind for r in result.rows}
@@ -189,10 +200,15 @@ def render(result: R.BenchResult, console: Console) -> None:
                 if metric in fits
             ]
             console.print(f"empirical order ({METRICS[metric].label} vs NFE): " + ", ".join(parts), highlight=False, soft_wrap=True)
+    attn = env.get("attention")
+    if isinstance(attn, dict):  # speed-only runs: what the attention dispatcher did
+        picks = [f"{key}: {c.get('backend')}" + (f" ({c['kernel']})" if c.get("kernel") else "") for key, c in attn.get("choices", {}).items()]
+        console.print(f"attention: {attn.get('kernel')}" + (f"; dispatch {'; '.join(picks)}" if picks else ""), highlight=False, soft_wrap=True)
     console.print(
         f"time {timing['total_s']:.2f} s: sampling {timing['sampling_s']:.2f} s (model {timing['model_s']:.2f} s), "
-        f"metrics {timing['metrics_s']:.2f} s, exact references {timing['reference_s']:.2f} s, "
-        f"warm-up {timing['warmup_s']:.2f} s, "
+        + (f"model init {timing.get('model_init_s', 0.0):.2f} s, " if speed_only else
+           f"metrics {timing['metrics_s']:.2f} s, exact references {timing['reference_s']:.2f} s, ")
+        + f"warm-up {timing['warmup_s']:.2f} s, "
         + (f"gather/sync across ranks {timing['gather_s'] + timing['sync_s']:.2f} s, " if env.get("world_size", 1) > 1 else "")
         + f"runner bookkeeping {timing['harness_s']:.3f} s "
         f"({100 * timing['harness_fraction']:.2f} %)",
@@ -211,7 +227,8 @@ def bench(
     problem: str = typer.Option(
         R.DEFAULT_PROBLEM, "--problem", "-p",
         help="Oracle problem: gaussian, gaussian_nd, gmm2d, gmm_nd, swissroll; options as NAME:key=value,... "
-        "(e.g. gmm2d:layout=ring, gmm_nd:dim=16).",
+        "(e.g. gmm2d:layout=ring, gmm_nd:dim=16). Speed only (random-weight network, no metrics): dit "
+        "(dit:preset=dit-s, presets dit-tiny/dit-s/dit-b/dit-l/dit-xl, image_size=N, seed=N).",
     ),
     samples: int = typer.Option(R.DEFAULT_SAMPLES, "--samples", help="Number of samples (split across ranks under torchrun)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
@@ -277,7 +294,9 @@ def bench(
                 import matplotlib  # noqa: F401
             except ImportError:
                 raise R.BenchInputError("--plot needs matplotlib (pip install 'samplers[bench]')") from None
-        R.prepare(config)  # every name and number checked before any process group or sampling
+        prepared = R.prepare(config)  # every name and number checked before any process group or sampling
+        if plot_path is not None and not prepared.metrics:
+            raise R.BenchInputError(f"--plot: problem {problem!r} is speed only; there is no accuracy to plot")
         if threads < 0:
             raise R.BenchInputError(f"--threads must be >= 0, got {threads}")
         _set_threads(threads)

@@ -13,6 +13,10 @@ the oracle *is* the perfect model, and every error a benchmark measures is the s
   is a mixture of many small Gaussians along the classic curve. Its ODE reference is a float64
   RK4 integration in ``log s`` (:meth:`Problem.ode_solution`).
 
+* :class:`ModelProblem` (``MODEL_PROBLEMS``: ``dit``) is the exception, a speed-only problem: a
+  real network with seeded random weights (:mod:`samplers.models`) and no exact answer, so
+  ``samplers bench`` times it end to end and reports no accuracy.
+
 All math is float64; results are cast back to the input dtype. Every per-sample quantity is
 computed row by row (no cross-sample reduction, no shape-dependent GEMM), so a batch split
 across processes gives bit-identical rows. Samples are drawn from counter-based Philox keyed by
@@ -543,6 +547,96 @@ def make_gaussian_nd(dim: int = 16, seed: int = 0, std: float = 1.0, anisotropy:
     return make_gaussian(dim=dim, seed=seed, std=std, anisotropy=anisotropy, shift=shift)
 
 
+# --------------------------------------------------------------------------------------------
+# Speed-only problems: a real network, no exact answer
+# --------------------------------------------------------------------------------------------
+
+
+class ModelProblem:
+    """A speed-only benchmark problem: a network with seeded random weights and no oracle.
+
+    Nothing is known about the right answer, so a benchmark on it measures time (wall, samples/s,
+    per-step overhead, peak memory) and no accuracy. Samples are ``[B, *sample_shape]``; the runner
+    keeps them flat as ``[B, dim]`` and :class:`NetworkModel` reshapes (views of contiguous samples).
+
+    Args:
+        name: problem name (``"dit"``).
+        sample_shape: per-sample shape, e.g. ``(4, 16, 16)``.
+        build: ``build(device, dtype) -> model``, the network called as ``model(x, t)``.
+        info: JSON-able description for records (preset, parameter count, ...).
+    """
+
+    speed_only = True
+
+    def __init__(self, name: str, sample_shape: tuple[int, ...], build: Callable[[torch.device, torch.dtype], Any],
+                 info: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.dim = math.prod(self.sample_shape)
+        self._build = build
+        self.info = dict(info or {})
+
+    def make_model(self, device: torch.device, dtype: torch.dtype) -> "NetworkModel":
+        """The network on ``device`` in ``dtype``, wrapped to take and return flat ``[B, dim]`` samples."""
+        net = self._build(device, dtype)
+        if hasattr(net, "parameters"):
+            self.info["params"] = sum(p.numel() for p in net.parameters())
+        return NetworkModel(net, self.sample_shape)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "sample_shape": list(self.sample_shape), "speed_only": True, **self.info}
+
+
+def is_speed_only(problem: Any) -> bool:
+    """True for problems with no exact denoiser (a network benchmark: timings only)."""
+    return bool(getattr(problem, "speed_only", False))
+
+
+class NetworkModel:
+    """``model(x_in [B, dim], t) -> [B, dim]`` around a network on ``[B, *sample_shape]``.
+
+    Runs under ``torch.inference_mode`` (no autograd bookkeeping in a timing), counts calls (the NFE).
+    """
+
+    def __init__(self, net: Any, sample_shape: tuple[int, ...]) -> None:
+        self.net = net
+        self.sample_shape = tuple(sample_shape)
+        self.calls = 0
+
+    def __call__(self, x_in: torch.Tensor, t: Any, **kwargs: Any) -> torch.Tensor:
+        self.calls += 1
+        with torch.inference_mode():
+            out = self.net(x_in.reshape(x_in.shape[0], *self.sample_shape), t, **kwargs)
+        return out.reshape(x_in.shape[0], -1)
+
+
+def make_dit(preset: str = "dit-tiny", image_size: int | None = None, seed: int = 0, init: str = "random") -> ModelProblem:
+    """Speed-only problem: the reference DiT (:mod:`samplers.models.dit`) with seeded random weights.
+
+    ``preset``: ``dit-tiny`` (default, CPU-sized: 4 x 16 x 16 inputs, 0.7 M parameters) or the
+    paper's ``dit-s`` / ``dit-b`` / ``dit-l`` / ``dit-xl`` (4 x 32 x 32 latents, 256 tokens);
+    ``image_size`` overrides the input height and width; ``init`` is ``random`` or ``adaln_zero``.
+    The model runs unconditionally (the null class).
+    """
+    from dataclasses import replace
+
+    from samplers.models.dit import DIT_PRESETS, build_dit
+
+    key = str(preset).lower().replace("_", "-")
+    if key not in DIT_PRESETS:
+        raise _unknown("DiT preset", preset, DIT_PRESETS)
+    if init not in ("random", "adaln_zero"):
+        raise _unknown("DiT init", init, ("random", "adaln_zero"))
+    # Config errors (an image size the patch size does not divide) surface here, before any run.
+    cfg = replace(DIT_PRESETS[key], **({} if image_size is None else {"input_size": int(image_size)}))
+
+    def build(device: torch.device, dtype: torch.dtype) -> Any:
+        return build_dit(cfg, seed=seed, init=init, device=device, dtype=dtype)  # type: ignore[arg-type]
+
+    info = {"model": key, "seed": seed, "init": init, "config": cfg.to_dict()}
+    return ModelProblem("dit", (cfg.in_channels, cfg.input_size, cfg.input_size), build, info)
+
+
 ProblemFactory = Callable[..., Problem]
 
 PROBLEMS: dict[str, ProblemFactory] = {
@@ -553,10 +647,15 @@ PROBLEMS: dict[str, ProblemFactory] = {
     "swissroll": make_swissroll,
 }
 
+# Speed-only problems (a network, no exact denoiser): benchmarked for time, never scored.
+MODEL_PROBLEMS: dict[str, Callable[..., ModelProblem]] = {
+    "dit": make_dit,
+}
+
 
 def problem_factories() -> dict[str, ProblemFactory]:
-    """Built-in problems plus those plugins add through ``samplers_register_problems``."""
-    table = dict(PROBLEMS)
+    """Built-in problems (oracle and speed-only) plus those plugins add through ``samplers_register_problems``."""
+    table: dict[str, Callable[..., Any]] = {**PROBLEMS, **MODEL_PROBLEMS}
     try:
         from samplers.registry import registry
 
@@ -614,7 +713,9 @@ def get_problem(spec: str, **options: Any) -> Problem:
         if bad:
             raise ValueError(f"problem {name!r} has no option(s) {bad}; it takes {sorted(params)}")
     problem = factory(**parsed)
-    for attr in ("dim", "sample", "denoise"):
+    # An oracle problem has an exact denoiser; a speed-only one (ModelProblem) builds a network.
+    needed = ("dim", "make_model") if is_speed_only(problem) else ("dim", "sample", "denoise")
+    for attr in needed:
         if not hasattr(problem, attr):
             raise TypeError(f"problem {name!r} factory returned {type(problem).__name__} without {attr!r}")
     return problem

@@ -16,6 +16,10 @@ Timing of one row: ``wall_s`` covers ``set_timesteps`` through the last update (
 CUDA); ``model_s`` is the time inside the oracle's calls; ``step_overhead_ms = (wall - model) / steps``
 is what the scheduler itself costs per step. The runner's own bookkeeping is reported in
 ``BenchResult.timing`` (``harness_s``).
+
+Speed-only problems (``--problem dit``: a network with seeded random weights, see
+:class:`~samplers.bench.problems.ModelProblem`) run the same loop with the network in place of the
+oracle. There is no right answer to compare with, so their rows carry timings and no metrics.
 """
 
 from __future__ import annotations
@@ -43,9 +47,12 @@ from samplers.bench.problems import (
     INIT_STREAM,
     REFERENCE_STREAM,
     GaussianProblem,
+    ModelProblem,
+    NetworkModel,
     OracleModel,
     Problem,
     get_problem,
+    is_speed_only,
 )
 from samplers.ops.reference import batch_seeds, philox_normal
 
@@ -144,7 +151,7 @@ class Prepared:
     """A validated configuration: the problem, scheduler configs and metric specs."""
 
     config: BenchConfig
-    problem: Problem
+    problem: Problem | ModelProblem
     schedulers: list[ResolvedScheduler]
     metrics: list[M.MetricSpec]
     device: torch.device
@@ -251,6 +258,13 @@ def prepare(config: BenchConfig) -> Prepared:
                 _build_scheduler(rs).set_timesteps(steps)
             except (ValueError, TypeError) as exc:
                 raise BenchInputError(f"scheduler {rs.name!r} at {steps} steps: {exc}") from None
+    if is_speed_only(problem):
+        if config.metrics:
+            raise BenchInputError(
+                f"problem {config.problem!r} is speed only (a network with random weights, no exact answer "
+                "to score against): it takes no --metric"
+            )
+        return Prepared(config, problem, scheds, [], device, DTYPES[config.dtype])
     names = config.metrics
     if names is None:
         names = GAUSSIAN_METRICS if isinstance(problem, GaussianProblem) else MIXTURE_METRICS
@@ -511,15 +525,21 @@ def sample_oracle(
     backend: str = "auto",
     progress: ProgressSink | None = None,
     measure_memory: bool = True,
+    model: NetworkModel | None = None,
 ) -> SampleRun:
     """Run ``scheduler`` for ``steps`` steps with the exact oracle from standard-normal ``noise`` [n, d].
 
     The loop is the diffusers one (set_timesteps, scale_model_input, model, step). The oracle is
     evaluated at the scheduler's own (alpha, sigma) for each call when its plan exposes them.
+    ``model``, if given, replaces the oracle: a network called as ``model(x_in, t)`` with the
+    scheduler's timestep (speed-only problems).
     """
     device = noise.device
-    prediction_type = getattr(scheduler, "prediction_type", None) or scheduler.config.get("prediction_type", "epsilon")
-    model = OracleModel(problem, scheduler.schedule, prediction_type)
+    network = model is not None
+    if model is None:
+        prediction_type = getattr(scheduler, "prediction_type", None) or scheduler.config.get("prediction_type", "epsilon")
+        model = OracleModel(problem, scheduler.schedule, prediction_type)
+    calls_before = model.calls
     on_cuda = device.type == "cuda"
     clock = time.perf_counter
     mem = _PeakMemory(device) if measure_memory else None
@@ -533,7 +553,7 @@ def sample_oracle(
     scheduler.set_timesteps(steps, device=device)
     plan = getattr(scheduler, "plan", None)
     table = None
-    if plan is not None and getattr(plan, "model_alpha", None) is not None:
+    if not network and plan is not None and getattr(plan, "model_alpha", None) is not None:
         table = (plan.model_alpha.tolist(), plan.model_sigma.tolist())
     x = noise * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
@@ -575,7 +595,7 @@ def sample_oracle(
     else:
         a0, s0 = scheduler.schedule.alpha_sigma(torch.as_tensor(timesteps[0]).cpu())
         start = (float(scheduler.init_noise_sigma), 1.0, float(a0), float(s0))
-    return SampleRun(x, model.calls, wall, model_s, peak, mem.kind if mem else "none", stochastic, start)
+    return SampleRun(x, model.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start)
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,16 +710,23 @@ def run_benchmark(
     main = dist.is_main
     timing = {
         "reference_s": 0.0, "warmup_s": 0.0, "sampling_s": 0.0, "model_s": 0.0, "metrics_s": 0.0, "gather_s": 0.0, "sync_s": 0.0,
+        "model_init_s": 0.0,
     }
+    speed_only = is_speed_only(problem)
+    network: NetworkModel | None = None
+    if speed_only:  # the network is built (weights drawn, moved to the device) once, outside the rows
+        t_init = time.perf_counter()
+        network = problem.make_model(device, dtype)
+        timing["model_init_s"] = time.perf_counter() - t_init
 
     # Exact references, on rank 0 only (they do not depend on the split).
     t_ref = time.perf_counter()
     truth = target = None
     bandwidth = 1.0
-    mean, cov = problem.mean(), problem.covariance()
+    mean, cov = (None, None) if speed_only else (problem.mean(), problem.covariance())
     noise_floor: dict[str, dict[str, float]] = {}
     want = {s.name for s in prepared.metrics}
-    if main:
+    if main and not speed_only:
         all_seeds = batch_seeds(config.seed, n)
         truth = problem.sample(n, all_seeds, DATA_STREAM)
         bandwidth = M.median_bandwidth(truth)
@@ -722,9 +749,16 @@ def run_benchmark(
     if config.warmup:
         t_w = time.perf_counter()
         w = min(16, n_local) or 1
+        if network is not None:
+            # One call at the timed batch size: the attention dispatcher measures each new shape once,
+            # and that (and cuDNN / allocator warm-up) must not land in a timed row.
+            network(noise_local, torch.zeros((), device=device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         for rs in prepared.schedulers:
             sample_oracle(_build_scheduler(rs), problem, _initial_noise(batch_seeds(config.seed, w, device=device), d, dtype),
-                          batch_seeds(config.seed, w, device=device), min(config.steps), config.backend, measure_memory=False)
+                          batch_seeds(config.seed, w, device=device), min(config.steps), config.backend, measure_memory=False,
+                          model=network)
         timing["warmup_s"] = time.perf_counter() - t_w
 
     rows: list[BenchRow] = []
@@ -732,7 +766,7 @@ def run_benchmark(
     for rs in prepared.schedulers:
         for steps in config.steps:
             sched = _build_scheduler(rs)
-            run = sample_oracle(sched, problem, noise_local, seeds_local, steps, config.backend, progress)
+            run = sample_oracle(sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network)
             t_s = time.perf_counter()
             wall = dist.reduce_max(run.wall_s, device)
             model_s = dist.reduce_max(run.model_s, device)
@@ -740,13 +774,15 @@ def run_benchmark(
             timing["sync_s"] += time.perf_counter() - t_s  # waiting for the slowest rank (0 in one process)
             timing["sampling_s"] += run.wall_s
             timing["model_s"] += run.model_s
-            t_g = time.perf_counter()
-            gathered = dist.gather_rows(run.samples, n)
-            timing["gather_s"] += time.perf_counter() - t_g
             values: dict[str, float] = {}
+            gathered = None
+            if not speed_only:  # nothing to score a speed-only run against: no gather, no metrics
+                t_g = time.perf_counter()
+                gathered = dist.gather_rows(run.samples, n)
+                timing["gather_s"] += time.perf_counter() - t_g
             t_m = time.perf_counter()
             ref_s = 0.0
-            if main:
+            if main and not speed_only:
                 assert gathered is not None and truth is not None
                 ode_ref = None
                 if "ode_error" in want and not run.stochastic:
@@ -789,16 +825,21 @@ def run_benchmark(
     orders = fit_orders(rows, prepared.metrics) if main else {}
     sched_info = {rs.name: _scheduler_info(rs) for rs in prepared.schedulers}
     total = time.perf_counter() - t_begin
-    accounted = sum(timing[k] for k in ("reference_s", "warmup_s", "sampling_s", "metrics_s", "gather_s", "sync_s"))
+    accounted = sum(timing[k] for k in ("reference_s", "warmup_s", "sampling_s", "metrics_s", "gather_s", "sync_s", "model_init_s"))
     timing["total_s"] = total
     timing["harness_s"] = max(0.0, total - accounted)
     timing["harness_fraction"] = timing["harness_s"] / total if total > 0 else 0.0
     problem_info = dict(problem.describe()) if hasattr(problem, "describe") else {"name": config.problem, "dim": d}
     problem_info["spec"] = config.problem
+    environment = _environment(prepared, dist)
+    if speed_only:
+        from samplers.ops.attention import attention_dispatch_report
+
+        environment["attention"] = attention_dispatch_report()
     return BenchResult(
         config=config.to_dict(),
         problem=problem_info,
-        environment=_environment(prepared, dist),
+        environment=environment,
         metric_names=[s.name for s in prepared.metrics],
         rows=rows,
         noise_floor=noise_floor,

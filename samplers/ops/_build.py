@@ -47,7 +47,43 @@ EXTENSIONS: dict[str, tuple[list[str], list[str]]] = {
             "bindings/update_cuda.cu",
         ],
     ),
+    # Named as samplers/ops/attention.py loads it (_EXT_NAME), so the prebuilt module is
+    # samplers._C_attention_ext; tests/test_models.py checks the source lists agree with that file.
+    "attention_ext": (
+        ["bindings/attention_ops.cpp"],
+        [
+            "bindings/attention_cuda.cu",
+            "attention/attention_launch.cu",
+            "attention/attention_mma.cu",
+            "attention/attention_wgmma.cu",
+        ],
+    ),
 }
+
+# Extensions whose ahead-of-time CUDA build needs other targets than DEFAULT_GENCODE: the attention
+# kernels' wgmma path exists only in the arch-specific sm_90a target (a plain sm_90 build compiles
+# it to placeholders), and sm_90a cubins run on compute capability 9.0 only, so it replaces sm_90.
+AOT_GENCODE: dict[str, list[str]] = {
+    "attention_ext": ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"],
+}
+
+
+def aot_gencode(name: str, cuda_version: str | None) -> list[str]:
+    """``-gencode`` flags for the ahead-of-time CUDA build of extension ``name`` (setup.py).
+
+    ``cuda_version`` is torch's CUDA version string (``torch.version.cuda``); arch-specific targets
+    such as sm_90a need CUDA 12, so older toolkits get the plain DEFAULT_GENCODE instead.
+    """
+    flags = AOT_GENCODE.get(name)
+    if flags is None:
+        return list(DEFAULT_GENCODE)
+    try:
+        major = int(str(cuda_version).split(".")[0])
+    except ValueError:
+        major = 0
+    if major < 12 and any("90a" in f for f in flags):
+        return list(DEFAULT_GENCODE)
+    return list(flags)
 
 
 @dataclass
