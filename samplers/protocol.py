@@ -637,7 +637,10 @@ class Scheduler:
                 if name not in plan.store[index]:
                     kept.pop(name, None)
         next_state = SamplerState(
-            step_index=state.step_index + (1 if index is not None else 0), kept=kept, seeds=run_seeds if index is not None else state.seeds
+            # index + 1, not step_index + 1: a run that starts mid-schedule resolved index from the timestep
+            step_index=index + 1 if index is not None else state.step_index,
+            kept=kept,
+            seeds=run_seeds if index is not None else state.seeds,
         )
         return StepOutput(prev, x0), next_state
 
