@@ -83,7 +83,10 @@ class DDIMScheduler(Scheduler):
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         rows = eps_form_rows(
             p, q, alpha_t, sigma_t, coef_x0, coef_eps, std,
-            eps_from_raw_output=clip is not None and not self.config.use_clipped_model_output,
+            # eps comes from the raw output whenever x0 is clipped or thresholded (DDIM eq. 12 uses the
+            # model's own eps; diffusers does the same), unless use_clipped_model_output asks otherwise.
+            eps_from_raw_output=(clip is not None or bool(self.config.thresholding))
+            and not self.config.use_clipped_model_output,
             clip=clip,
         )
         return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t, init_noise_sigma=float((alpha_t[0]**2 + sigma_t[0]**2).sqrt()))
