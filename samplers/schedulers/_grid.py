@@ -98,10 +98,22 @@ def karras_or_custom_sigmas(
     if not scheduler.config.get("use_karras_sigmas", False):
         return None
     assert num_inference_steps is not None
-    lo, hi = sigma_range(scheduler)
+    lo, hi = _spaced_sigma_range(scheduler, num_inference_steps)
     lo = scheduler.config.get("sigma_min") or lo
     hi = scheduler.config.get("sigma_max") or hi
     return schedules.karras_sigmas(num_inference_steps, lo, hi, scheduler.config.get("rho", 7.0))
+
+
+def _spaced_sigma_range(scheduler: Scheduler, num_inference_steps: int) -> tuple[float, float]:
+    """Karras' default range: on a discrete schedule, the sigma-space levels at the extremes of the
+    ``timestep_spacing`` grid (``leading`` / ``trailing`` do not reach both ends of the training table; diffusers'
+    Euler and Heun take the range from this grid too); elsewhere the schedule's whole range."""
+    schedule = scheduler.schedule
+    if not isinstance(schedule, DiscreteVPSchedule):
+        return sigma_range(scheduler)
+    t = model_times(scheduler, num_inference_steps, None, default_spacing="linspace")
+    table = torch.nan_to_num(schedule.sigmas, posinf=4096.0)  # zero terminal SNR: diffusers' 2**12
+    return float(table[int(t.min().round())]), float(table[int(t.max().round())])
 
 
 def sigma_range(scheduler: Scheduler) -> tuple[float, float]:
