@@ -255,3 +255,11 @@ def test_cuda_half_precision_models_match_the_default_processor(backend):
     assert ((out - ref).norm() / ref.norm()).item() < 1e-2
     if backend == "auto":
         assert A.attention_dispatch_report()["choices"]  # the dispatcher measured these shapes
+
+
+def test_processor_is_part_of_the_diffusers_integration():
+    """Issue 5 names `samplers.integrations.diffusers` as the processor's home: one import for diffusers users."""
+    from samplers.integrations import diffusers as integration
+
+    assert integration.SamplersAttnProcessor is SamplersAttnProcessor
+    assert "SamplersAttnProcessor" in integration.__all__
