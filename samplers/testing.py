@@ -47,6 +47,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import tempfile
 import time
 import traceback
@@ -788,7 +789,7 @@ def check(
         colors = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow"}
         for r in results:
             table.add_row(r.name, f"[{colors[r.status]}]{r.status}[/]", f"{r.seconds:.2f}s", escape(r.detail))
-        out = Console()
+        out = Console(width=None if sys.stdout.isatty() else 140)  # piped: no terminal width to read
         out.print(table)
         failed = sum(not r.passed for r in results)
         out.print(f"[bold red]{failed} failed[/]" if failed else f"[green]all {len(results)} checks passed[/]", highlight=False)
