@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from samplers import ops, parameterization, schedules
@@ -177,6 +180,49 @@ def _config_value(value: Any) -> Any:
     return value
 
 
+# Options every scheduler may take, with the values they accept whatever schedule is configured
+# (so a typo is caught even where the option is unused, e.g. beta_schedule on a continuous schedule).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "beta_schedule": schedules.BETA_SCHEDULES,
+    "timestep_spacing": schedules.TIMESTEP_SPACINGS,
+}
+_POSITIVE = ("clip_sample_range", "sample_max_value", "num_train_timesteps")
+
+
+def _check_config(cls: type, config: Mapping[str, Any]) -> None:
+    """Types against the ``__init__`` defaults, choices and ranges: errors name the option."""
+    defaults = cls._signature_defaults()
+    for key, value in config.items():
+        default = defaults.get(key, inspect.Parameter.empty)
+        if value is None or default is None or default is inspect.Parameter.empty:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, (bool, np.bool_))
+        elif isinstance(default, int):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise TypeError(
+                f"{cls.__name__}: {key} must be {type(default).__name__} (default {default!r}), "
+                f"got {type(value).__name__} {value!r}"
+            )
+    for key, choices in _CHOICES.items():
+        if key in config and config[key] is not None and config[key] not in choices:
+            raise schedules._unknown(key, config[key], choices)
+    for key in _POSITIVE:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ValueError(f"{cls.__name__}: {key} must be > 0, got {value!r}")
+    ratio = config.get("dynamic_thresholding_ratio")
+    if isinstance(ratio, (int, float)) and not 0 < ratio <= 1:
+        raise ValueError(f"{cls.__name__}: dynamic_thresholding_ratio must be in (0, 1], got {ratio!r}")
+
+
 class Scheduler:
     """Base class of every scheduler (built-in or plugin). Subclasses implement :meth:`_make_plan`.
 
@@ -192,12 +238,30 @@ class Scheduler:
     stochastic: ClassVar[bool] = False
     prediction_types: ClassVar[tuple[str, ...]] = parameterization.PREDICTION_TYPES
     supports_per_sample_timesteps: ClassVar[bool] = True
+    uses_mu: ClassVar[bool] = False  # whether set_timesteps(mu=...) means something (flow dynamic shifting)
     config_name: ClassVar[str] = CONFIG_NAME
     _compatibles: ClassVar[list] = []  # diffusers pipelines read this
 
     # ---- construction and config --------------------------------------------------------
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Check option types/choices before a subclass __init__ runs its own checks (which may compare
+        # a str with a float): the error then names the option. wraps() keeps the signature visible.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked_init(self: "Scheduler", *args: Any, **config: Any) -> None:
+            if type(self) is cls:
+                _check_config(cls, config)
+            init(self, *args, **config)
+
+        cls.__init__ = checked_init  # type: ignore[method-assign]
+
     def __init__(self, **config: Any) -> None:
+        _check_config(type(self), config)
         self.config = SchedulerConfig({k: _config_value(v) for k, v in config.items()})
         prediction_type = config.get("prediction_type", "epsilon")
         canonical = parameterization.canonical_prediction_type(prediction_type)
@@ -317,8 +381,19 @@ class Scheduler:
         grid_t = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
         grid_sigma = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
         for label, grid in (("timesteps", grid_t), ("sigmas", grid_sigma)):
-            if grid is not None and (len(grid) == 0 or bool((grid[1:] > grid[:-1]).any())):
+            if grid is None:
+                continue
+            if not bool(torch.isfinite(grid).all()):
+                raise ValueError(f"custom {label} must be finite, got {grid.tolist()}")
+            if len(grid) == 0 or bool((grid[1:] > grid[:-1]).any()):
                 raise ValueError(f"custom {label} must be a non-empty descending sequence")
+            if num_inference_steps is not None and num_inference_steps != len(grid):
+                raise ValueError(
+                    f"num_inference_steps={num_inference_steps} disagrees with the {len(grid)} custom {label}; "
+                    "give one or the other"
+                )
+        if mu is not None and not self.uses_mu:
+            raise ValueError(f"mu (the dynamic time shift) only applies to flow schedulers; {type(self).__name__} does not use it")
         try:
             plan = self._make_plan(num_inference_steps, grid_t, grid_sigma, mu)
         except ValueError as exc:
@@ -447,9 +522,21 @@ class Scheduler:
                 f"per-sample timestep must have shape [batch={sample.shape[0]}], got {tuple(timestep.shape)}"
             )
         device = sample.device
-        # Plan times descend; search on the negated copy. First occurrence only (single-call steps).
         times = self._on_device(("plan_t", device), lambda: plan.timesteps.to(torch.float64).to(device))
-        return (timestep.to(device=device, dtype=torch.float64)[:, None] - times[None, :]).abs().argmin(dim=1)
+        gap = (timestep.to(device=device, dtype=torch.float64)[:, None] - times[None, :]).abs()
+        best, indices = gap.min(dim=1)
+        tolerance = 1e-4 * times.abs().clamp(min=1.0)[indices]
+        if timestep.device.type == "cpu":
+            off = (best > tolerance).nonzero()  # host tensors: checking costs no device sync
+            if len(off):
+                i = int(off[0])
+                raise ValueError(
+                    f"per-sample timestep[{i}]={float(timestep[i]):g} is not in this scheduler's timesteps "
+                    f"(first {plan.timesteps[:4].tolist()}..., {len(plan.timesteps)} in all)"
+                )
+        else:  # checked on the device, reported at the next sync: no host round trip inside step()
+            torch._assert_async((best <= tolerance).all(), "per-sample timestep not in the scheduler's timesteps")
+        return indices
 
     # ---- model-input scaling and noising ----------------------------------------------------
 

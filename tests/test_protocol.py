@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -672,3 +673,60 @@ def test_cuda_run_matches_cpu_and_never_syncs(name, oracle):
     assert torch.equal(warm, checked)
     expected = run(cpu, "cpu", check=False)
     torch.testing.assert_close(checked, expected, rtol=1e-4, atol=1e-4 * (1 + float(expected.abs().max())))
+
+
+# ---- bad input found in review: every error names the argument ---------------------------------
+
+
+def test_per_sample_timestep_not_in_the_schedule_is_an_error():
+    s = samplers.get("ddim")
+    s.set_timesteps(10)
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"per-sample timestep\[1\]=7 is not in this scheduler's timesteps"):
+        s.step(torch.randn(2, 3), torch.tensor([900, 7]), x)
+    good = s.step(torch.randn(2, 3), torch.tensor([900, 0]), x).prev_sample  # members of the grid still work
+    assert good.shape == x.shape and torch.isfinite(good).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(timesteps=[999.0, float("nan"), 10.0]), "custom timesteps must be finite"),
+        (dict(num_inference_steps=5, sigmas=[1.0, 0.5]), "num_inference_steps=5 disagrees with the 2 custom sigmas"),
+        (dict(num_inference_steps=4, mu=0.5), "mu .* only applies to flow schedulers"),
+    ],
+)
+def test_set_timesteps_rejects_arguments_it_would_ignore(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        samplers.get("euler").set_timesteps(**kwargs)
+
+
+def test_flow_scheduler_takes_mu():
+    s = samplers.get("flow_euler", use_dynamic_shifting=True)
+    s.set_timesteps(4, mu=0.5)
+    low = s.timesteps.clone()
+    s.set_timesteps(4, mu=1.5)
+    assert (s.timesteps[1:] > low[1:]).all()  # a larger shift keeps the grid at higher noise
+
+
+@pytest.mark.parametrize(
+    "name, option, error, message",
+    [
+        ("ddim", dict(eta="abc"), TypeError, "eta must be float"),
+        ("ddpm", dict(num_train_timesteps="10"), TypeError, "num_train_timesteps must be int"),
+        ("ddpm", dict(clip_sample="yes"), TypeError, "clip_sample must be bool"),
+        ("langevin", dict(beta_schedule="cosin"), ValueError, "unknown beta_schedule 'cosin'.*did you mean 'cosine'"),
+        ("posterior", dict(timestep_spacing="lead"), ValueError, "unknown timestep_spacing 'lead'"),
+        ("ddim", dict(clip_sample_range=-1.0), ValueError, "clip_sample_range must be > 0"),
+        ("ddpm", dict(dynamic_thresholding_ratio=1.5), ValueError, r"dynamic_thresholding_ratio must be in \(0, 1\]"),
+    ],
+)
+def test_config_values_are_checked_by_name(name, option, error, message):
+    with pytest.raises(error, match=message):
+        samplers.get(name, **option)
+
+
+def test_numpy_and_int_config_values_are_accepted():
+    s = samplers.get("ddpm", num_train_timesteps=np.int64(100), beta_end=np.float64(0.02), clip_sample_range=1)
+    s.set_timesteps(10)
+    assert len(s.timesteps) == 10

@@ -23,6 +23,7 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
     order = 1
     stochastic = False
     nfe_per_step = 1
+    uses_mu = True  # pipelines (SD3, Flux) pass mu on every call; it applies with use_dynamic_shifting
 
     def __init__(
         self,

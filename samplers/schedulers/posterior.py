@@ -40,9 +40,9 @@ class PosteriorSamplingScheduler(Scheduler):
     ) -> None:
         super().__init__(**init_args(locals()))
 
-    def set_timesteps(self, num_inference_steps=4, device=None, timesteps=None, sigmas=None, mu=None, **kw):
-        if timesteps is not None or sigmas is not None:
-            num_inference_steps = None
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, mu=None, **kw):
+        if num_inference_steps is None and timesteps is None and sigmas is None:
+            num_inference_steps = 4  # the few-step regime this sampler is for (Denoising Diffusion GAN)
         super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu, **kw)
 
     def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
