@@ -682,6 +682,8 @@ class Scheduler:
         if guidance_scale is not None:
             if uncond is None:
                 raise ValueError("guidance_scale needs uncond (the unconditional model output)")
+            if not math.isfinite(float(guidance_scale)):
+                raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
             coeffs = coeffs.clone()
             coeffs[:, COEFF["w"]] = float(guidance_scale)
 

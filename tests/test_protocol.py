@@ -730,3 +730,12 @@ def test_numpy_and_int_config_values_are_accepted():
     s = samplers.get("ddpm", num_train_timesteps=np.int64(100), beta_end=np.float64(0.02), clip_sample_range=1)
     s.set_timesteps(10)
     assert len(s.timesteps) == 10
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_non_finite_guidance_scale_is_named(backend):
+    s = samplers.get("ddim")
+    s.set_timesteps(4)
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        s.step(x, s.timesteps[0], x, uncond=x, guidance_scale=float("nan"), backend=backend)
