@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from samplers.ops import _build, reference
-from samplers.ops.reference import NUM_COEFFS
+from samplers.ops.reference import COEFF, COEFF_NAMES, NUM_COEFFS
 
 Backend = Literal["auto", "fused", "torch"]
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -110,6 +110,32 @@ def check_update_args(
             raise ValueError(f"seeds is on {seeds.device} but sample is on {x.device}")
 
 
+def check_finite_coeffs(coeffs: torch.Tensor) -> None:
+    """Raise, naming the column and row, for a coefficient that would silently poison the result.
+
+    The same rule and message as the compiled op's own check (``csrc/bindings/update_ops.cpp``),
+    on the float32 values both backends compute with: every column finite, except ``lim`` (inf
+    means no clamp; only NaN is refused), and ``div`` also nonzero. Like the compiled op, this
+    runs only for host tensors (the table is tiny, so it is nearly free); coefficients on a GPU
+    are not checked, since that would need a host-device sync on every step. Skipped while
+    ``torch.compile`` traces, where a data-dependent branch would break the graph.
+    """
+    if coeffs.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    c = coeffs.to(torch.float32)
+    ok = torch.isfinite(c)
+    ok[:, COEFF["lim"]] = ~torch.isnan(c[:, COEFF["lim"]])
+    ok[:, COEFF["div"]] &= c[:, COEFF["div"]] != 0
+    if bool(ok.all()):
+        return
+    row, col = (int(i) for i in (~ok).nonzero()[0])
+    name = COEFF_NAMES[col]
+    why = {"lim": "lim must not be NaN (inf means no clamp)", "div": "div must be finite and nonzero"}.get(
+        name, "coefficients must be finite"
+    )
+    raise RuntimeError(f"samplers::sampler_update: coefficient {name!r} of row {row} is {float(c[row, col]):g}; {why}")
+
+
 def sampler_update(
     x: torch.Tensor,
     model_output: torch.Tensor,
@@ -148,6 +174,7 @@ def sampler_update(
             )
         if backend == "fused":
             raise RuntimeError(f"backend='fused' cannot run: {why_not}; use backend='auto' or 'torch'")
+    check_finite_coeffs(coeffs)  # the compiled op checks its own (on the host); the reference does not
     return reference.sampler_update(
         x, model_output, coeffs, uncond, noise, seeds, noise_stream, history0, history1, write_x0
     )
