@@ -439,3 +439,58 @@ def test_cuda_dispatcher_measures_once_caches_and_logs(caplog):
     assert not caplog.records and len(A.attention_dispatch_report()["choices"]) == 1
     out = A.attention(q2, k2, v2)
     assert rel_err(out, A.attention_reference(q2, k2, v2)) < TOL[torch.bfloat16]
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library.opcheck: schema, fake (Meta) kernels and AOT dispatch of the registered CPU ops
+
+
+@pytest.fixture(scope="module")
+def attention_ops():
+    """The compiled attention ops on CPU, or a clean skip (with the build status) when not built."""
+    A._load_kernel()
+    from samplers.ops import _build
+
+    status = _build.BUILD_STATUS.get(A._EXT_NAME)
+    if status is None or status.backend == "torch" or not hasattr(torch.ops.samplers, "attention_fwd"):
+        pytest.skip(f"attention extension not loaded here: {status}")
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("samplers::attention_fwd", "CPU"):
+        pytest.skip("attention extension has no CPU kernel registered")
+    return torch.ops.samplers
+
+
+def _attention_opcheck_cases():
+    """(q, k, v, attn_mask, key_padding_mask, scale, impl) for every mask kind, dtype and a strided q."""
+    gen = torch.Generator().manual_seed(5)
+    cases = []
+    q, k, v = rand_qkv(2, 3, 5, 7, 16, gen=gen)
+    cases.append((q, k, v, None, None, 0.25, 0))
+    cases.append((q, k, v, torch.randn(2, 1, 5, 7, generator=gen), None, 0.25, 0))  # additive, broadcast over H
+    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm[1, 4:] = True
+    cases.append((q, k, v, torch.rand(5, 7, generator=gen) > 0.3, kpm, 1.0, 0))  # bool mask + key padding
+    q64, k64, v64 = rand_qkv(1, 2, 4, 3, 8, dtype=torch.float64, gen=gen)
+    cases.append((q64, k64, v64, None, None, 0.5, 0))
+    qh, kh, vh = rand_qkv(1, 2, 6, 6, 32, dtype=torch.float16, gen=gen)
+    cases.append((qh, kh, vh, torch.zeros(1, 2, 6, 6, dtype=torch.float16), None, 0.125, 0))
+    wide = torch.randn(2, 5, 3, 16, generator=gen)  # [B, L, H, D] viewed as [B, H, L, D]: not contiguous
+    cases.append((wide.transpose(1, 2), k, v, None, None, 0.25, 0))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opcheck_attention_fwd(attention_ops, case):
+    torch.library.opcheck(attention_ops.attention_fwd.default, _attention_opcheck_cases()[case])
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opcheck_attention_fwd_out(attention_ops, case):
+    args = _attention_opcheck_cases()[case]
+    q = args[0]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    torch.library.opcheck(attention_ops.attention_fwd_out.default, (*args, out))
+    # a [B, L, H, D] buffer viewed as [B, H, L, D] (what the attention processor writes into)
+    strided_out = torch.empty(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=q.dtype).transpose(1, 2)
+    torch.library.opcheck(attention_ops.attention_fwd_out.default, (*args, strided_out))
+    attention_ops.attention_fwd_out(*args, strided_out)  # opcheck ran on copies; write for real
+    torch.testing.assert_close(strided_out, attention_ops.attention_fwd(*args), rtol=0, atol=0)
