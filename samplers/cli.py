@@ -164,12 +164,23 @@ _register_optional_commands()
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
+    import os
+
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="samplers")
+        app(args=args, prog_name="samplers")
     except SystemExit:
         raise
-    except Exception as exc:  # one clear line, no traceback (commands add --debug for more)
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+    except Exception as exc:  # one clear line on stderr, no traceback unless --debug
+        if "--debug" in args:
+            raise
+        if os.environ.get("RANK", "0").strip() in ("", "0"):  # under torchrun, once rather than per rank
+            from rich.markup import escape
+
+            Console(stderr=True, highlight=False).print(
+                f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)",
+                soft_wrap=True,
+            )
         sys.exit(2)
 
 

@@ -133,3 +133,89 @@ def test_registered_in_the_samplers_cli(runner):
     for flag in ("--scheduler", "--steps", "--problem", "--samples", "--device", "--dtype", "--seed",
                  "--json", "--csv", "--plot", "--quiet", "--debug", "--threads"):
         assert flag in result.output
+
+
+def _run_module(*args: str, env_extra: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "samplers", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_installed_command_debug_shows_traceback_only_with_debug():
+    plain = _run_module("bench", "-s", "nope", "-q")
+    assert plain.returncode != 0
+    assert "Traceback" not in plain.stderr and "Traceback" not in plain.stdout
+    lines = plain.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "unknown scheduler 'nope'" in lines[0]
+    assert "error:" not in plain.stdout
+    debug = _run_module("bench", "-s", "nope", "--debug", "-q")
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr and "BenchInputError" in debug.stderr
+
+
+def test_bad_input_printed_by_rank_zero_only(app, runner, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    result = runner.invoke(app, ["bench", "--scheduler", "nope", "--quiet"])
+    assert result.exit_code == 2 and _err(result).strip() == ""
+    monkeypatch.setenv("RANK", "0")
+    result = runner.invoke(app, ["bench", "--scheduler", "nope", "--quiet"])
+    assert result.exit_code == 2 and "unknown scheduler 'nope'" in _err(result)
+
+
+def _unwritable_paths(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return [("/proc/samplers-bench-x.json", "cannot write '/proc/samplers-bench-x.json'"),
+            (str(afile / "x.json"), f"cannot write '{afile / 'x.json'}'")]
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_unwritable_output_fails_before_sampling(app, runner, tmp_path, monkeypatch, flag):
+    from samplers.bench import runner as R
+
+    def no_run(*a, **k):
+        raise AssertionError("sampling ran before the output path was checked")
+
+    monkeypatch.setattr(R, "run_benchmark", no_run)
+    for path, message in _unwritable_paths(tmp_path):
+        result = runner.invoke(app, ["bench", "--samples", "100", "--quiet", flag, path])
+        assert result.exit_code == 2, result.output
+        err = _err(result)
+        assert f"{flag}: {message}" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_check_writable_leaves_no_file(tmp_path):
+    from samplers.bench.runner import check_writable
+
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    old.write_text("keep")
+    check_writable(new, "--json")
+    check_writable(old, "--json")
+    assert not new.exists() and old.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("gaussian:dim=abc", "problem 'gaussian' option 'dim' expects an integer, got 'abc'"),
+        ("gaussian_nd:dim=2.5", "option 'dim' expects an integer, got 2.5"),
+        ("gmm2d:components=many", "option 'components' expects an integer or none, got 'many'"),
+        ("gmm2d:radius=wide", "option 'radius' expects a number, got 'wide'"),
+    ],
+)
+def test_problem_option_of_the_wrong_type(app, runner, spec, message):
+    result = runner.invoke(app, ["bench", "--samples", "100", "--quiet", "--problem", spec])
+    assert result.exit_code == 2
+    err = _err(result)
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_problem_option_values_are_converted():
+    from samplers.bench.problems import get_problem
+
+    assert get_problem("gmm2d:radius=3,components=none,std=1").dim == 2  # int -> float, none for Optional
+    assert get_problem("gaussian", dim=3).dim == 3

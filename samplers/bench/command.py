@@ -100,6 +100,16 @@ def _parse_options(items: List[str]) -> dict[str, Any]:
     return out
 
 
+def _is_main_process(dist: Any) -> bool:
+    """Whether this process prints errors: rank 0 of the group, or (before the process group is up,
+    e.g. bad input under torchrun) the process whose ``RANK`` is unset or 0."""
+    if dist is not None:
+        return bool(dist.is_main)
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -335,7 +345,7 @@ def bench(
     except R.BenchInputError as exc:
         if debug:
             raise
-        if dist is None or dist.is_main:
+        if _is_main_process(dist):
             err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (typer.Exit, KeyboardInterrupt):
@@ -343,7 +353,7 @@ def bench(
     except Exception as exc:
         if debug:
             raise
-        if dist is None or dist.is_main:
+        if _is_main_process(dist):
             err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)", soft_wrap=True)
         raise typer.Exit(1) from None
     finally:

@@ -693,6 +693,68 @@ def parse_problem_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
+
+
+def _option_types(factory: Callable[..., Any], param: Any) -> tuple[type, ...] | None:
+    """The simple types (bool, int, float, str, None) a factory parameter takes, from its annotation
+    or else its default; ``None`` when unknown (no annotation and no usable default, or ``Any``)."""
+    import inspect
+    import types
+    import typing
+
+    try:
+        hint = typing.get_type_hints(factory).get(param.name, inspect.Parameter.empty)
+    except Exception:  # an annotation that does not evaluate: fall back to the default's type
+        hint = inspect.Parameter.empty
+    if hint is inspect.Parameter.empty:
+        default = param.default
+        if default is inspect.Parameter.empty or default is None:
+            return None
+        hint = type(default)
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not all(m in _TYPE_WORDS for m in members):
+        return None
+    if param.default is None and type(None) not in members:
+        members = (*members, type(None))
+    return tuple(members)
+
+
+def _coerce_options(name: str, factory: Callable[..., Any], params: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Check (and where lossless, convert) each option against the factory's parameter types, so a
+    wrong value names the option (``gaussian:dim=abc``) instead of failing inside the factory."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        param = params.get(key)
+        allowed = _option_types(factory, param) if param is not None else None
+        if allowed is None or not isinstance(value, (bool, int, float, str)):
+            out[key] = value
+            continue
+        if isinstance(value, str) and value.lower() == "none" and type(None) in allowed:
+            out[key] = None
+        elif isinstance(value, bool):
+            if bool in allowed:
+                out[key] = value
+            elif str in allowed:
+                out[key] = str(value).lower()
+            else:
+                raise _bad_option(name, key, value, allowed)
+        elif isinstance(value, int) and int in allowed:
+            out[key] = value
+        elif isinstance(value, (int, float)) and float in allowed:
+            out[key] = float(value)
+        elif str in allowed:
+            out[key] = str(value)
+        else:
+            raise _bad_option(name, key, value, allowed)
+    return out
+
+
+def _bad_option(name: str, key: str, value: Any, allowed: tuple[type, ...]) -> ValueError:
+    words = " or ".join(_TYPE_WORDS[t] for t in allowed)
+    return ValueError(f"problem {name!r} option {key!r} expects {words}, got {value!r}")
+
+
 def get_problem(spec: str, **options: Any) -> Problem:
     """A problem by name (``"gmm2d"``) or spec with options (``"gmm2d:layout=grid"``); unknown names
     and options raise ``ValueError`` naming close matches."""
@@ -712,6 +774,8 @@ def get_problem(spec: str, **options: Any) -> Problem:
         bad = sorted(set(parsed) - set(params))
         if bad:
             raise ValueError(f"problem {name!r} has no option(s) {bad}; it takes {sorted(params)}")
+    if params:
+        parsed = _coerce_options(name, factory, params, parsed)
     problem = factory(**parsed)
     # An oracle problem has an exact denoiser; a speed-only one (ModelProblem) builds a network.
     needed = ("dim", "make_model") if is_speed_only(problem) else ("dim", "sample", "denoise")

@@ -416,9 +416,21 @@ def check_writable(path: str | os.PathLike, flag: str) -> Path:
         raise BenchInputError(f"{flag}: {str(p)!r} is a directory, expected a file path")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():
+            raise BenchInputError(f"{flag}: cannot write {str(p)!r}: {str(parent)!r} is not a folder")
         raise BenchInputError(f"{flag}: folder {str(parent)!r} does not exist")
-    if (p.exists() and not os.access(p, os.W_OK)) or (not p.exists() and not os.access(parent, os.W_OK | os.X_OK)):
-        raise BenchInputError(f"{flag}: cannot write {str(p)!r} (permission denied)")
+    # os.access says yes to root everywhere (and knows nothing of /proc or read-only mounts): try it.
+    existed = p.exists()
+    try:
+        with open(p, "a"):
+            pass
+    except OSError as exc:
+        raise BenchInputError(f"{flag}: cannot write {str(p)!r}: {exc.strerror or exc}") from None
+    if not existed:
+        try:
+            p.unlink()
+        except OSError:
+            pass
     return p
 
 
