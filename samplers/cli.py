@@ -45,13 +45,19 @@ def list_schedulers(
     for m in rows:
         types = "all" if set(m["prediction_types"]) >= set(PREDICTION_TYPES) else ",".join(m["prediction_types"])
         table.add_row(
-            m["name"], m["family"], str(m["order"]), str(m["nfe_per_step"]), "yes" if m["stochastic"] else "no",
+            m["name"], m["family"], str(m["order"]), str(m["nfe_per_step"]), _stochastic_cell(m),
             types, f"{m['distribution']} {m['version']}",
         )
     if any(set(m["prediction_types"]) >= set(PREDICTION_TYPES) for m in rows):
         table.caption = "all = " + ", ".join(PREDICTION_TYPES)
     console.print(table)
     _print_load_errors(reg.load_errors)
+
+
+def _stochastic_cell(meta: dict) -> str:
+    """'yes' / 'no', or the config under which the scheduler draws noise (DDIM: 'if eta > 0')."""
+    when = meta.get("stochastic_when")
+    return f"if {when}" if when else ("yes" if meta["stochastic"] else "no")
 
 
 def _print_load_errors(errors: list) -> None:

@@ -236,6 +236,9 @@ class Scheduler:
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
+    # The config under which the scheduler draws noise when that depends on it (e.g. "eta > 0"); empty
+    # when ``stochastic`` says it all. Shown by ``samplers list``.
+    stochastic_when: ClassVar[str] = ""
     prediction_types: ClassVar[tuple[str, ...]] = parameterization.PREDICTION_TYPES
     supports_per_sample_timesteps: ClassVar[bool] = True
     uses_mu: ClassVar[bool] = False  # whether set_timesteps(mu=...) means something (flow dynamic shifting)
@@ -776,6 +779,7 @@ class Scheduler:
             "order": cls.order,
             "nfe_per_step": cls.nfe_per_step,
             "stochastic": cls.stochastic,
+            "stochastic_when": cls.stochastic_when,
             "prediction_types": list(cls.prediction_types),
         }
 

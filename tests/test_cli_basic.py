@@ -26,6 +26,10 @@ def test_list_table_shows_every_builtin():
     for name in BUILTINS:
         assert name in result.output
     assert f"samplers {samplers.__version__}" in result.output  # source distribution and version
+    # config-dependent noise is said as such: DDIM draws noise only for eta > 0, Heun only with churn
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
+    assert "if eta > 0" in rows["ddim"] and "if s_churn > 0" in rows["heun"]
+    assert "│ no " in rows["euler"] and "│ yes " in rows["ddpm"]
 
 
 def test_list_json_parses_with_metadata():

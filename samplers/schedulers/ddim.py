@@ -30,6 +30,7 @@ class DDIMScheduler(Scheduler):
     family = "any"
     order = 1
     stochastic = True  # for eta > 0
+    stochastic_when = "eta > 0"
     nfe_per_step = 1
 
     def __init__(

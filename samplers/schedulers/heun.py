@@ -31,6 +31,7 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
     family = "any"
     order = 2
     stochastic = False  # True when s_churn > 0
+    stochastic_when = "s_churn > 0"
     nfe_per_step = 2
     supports_per_sample_timesteps = False
 
