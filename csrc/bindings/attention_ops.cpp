@@ -16,6 +16,7 @@
 #include <string>
 
 #include "attention/attention_api.h"
+#include "bindings/py_module.h"
 
 namespace samplers {
 
@@ -159,18 +160,5 @@ TORCH_LIBRARY_IMPL(samplers, Meta, m) {
   m.impl("attention_fwd_out", &samplers::attention_fwd_out_meta);
 }
 
-#if defined(SAMPLERS_PY_MODULE)
-// Ahead-of-time builds (setup.py) import this library as the module samplers._C_attention_ext
-// (the name samplers/ops/attention.py loads); importing it runs the registrations above.
-#include <Python.h>
-extern "C" PyObject* PyInit__C_attention_ext(void) {
-  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C_attention_ext", "samplers' fused attention op", -1, nullptr};
-  PyObject* module = PyModule_Create(&def);
-#if defined(SAMPLERS_WITH_CUDA)
-  if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", 1);
-#else
-  if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", 0);
-#endif
-  return module;
-}
-#endif
+// Ahead-of-time builds import this library as samplers._C_attention_ext (see py_module.h).
+SAMPLERS_DEFINE_PY_MODULE(_C_attention_ext, "samplers' fused attention op")

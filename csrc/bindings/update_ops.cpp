@@ -16,6 +16,7 @@
 
 #include "bindings/update_binding.h"
 #include "update/update_cpu.h"
+#include "bindings/py_module.h"
 
 namespace samplers {
 namespace {
@@ -277,18 +278,5 @@ TORCH_LIBRARY_IMPL(samplers, Meta, m) {
   m.impl("philox_normal", &samplers::philox_normal_meta);
 }
 
-#if defined(SAMPLERS_PY_MODULE)
-// Ahead-of-time builds (setup.py) import this library as the module samplers._C_update; importing
-// it runs the registrations above. It has no Python-level contents.
-#include <Python.h>
-extern "C" PyObject* PyInit__C_update(void) {
-  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C_update", "samplers' fused sampler-update ops", -1, nullptr};
-  PyObject* module = PyModule_Create(&def);
-#if defined(SAMPLERS_WITH_CUDA)
-  if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", 1);
-#else
-  if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", 0);
-#endif
-  return module;
-}
-#endif
+// Ahead-of-time builds import this library as samplers._C_update (see py_module.h).
+SAMPLERS_DEFINE_PY_MODULE(_C_update, "samplers' fused sampler-update ops")
