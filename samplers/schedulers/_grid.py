@@ -15,6 +15,13 @@ from samplers.protocol import Scheduler
 from samplers.schedules import DiscreteVPSchedule
 
 F64 = torch.float64
+# A zero-terminal-SNR schedule ends at sigma = inf; as diffusers does, sigma-space grids use 2**12 there.
+ZERO_SNR_SIGMA = 4096.0
+
+
+def capped_sigmas(sigmas_ve: torch.Tensor) -> torch.Tensor:
+    """Sigma-space levels with the infinite one of a zero-terminal-SNR schedule replaced by ``ZERO_SNR_SIGMA``."""
+    return torch.nan_to_num(sigmas_ve, nan=float("nan"), posinf=ZERO_SNR_SIGMA)  # a NaN stays visible
 
 
 def model_times(
@@ -112,7 +119,7 @@ def _spaced_sigma_range(scheduler: Scheduler, num_inference_steps: int) -> tuple
     if not isinstance(schedule, DiscreteVPSchedule):
         return sigma_range(scheduler)
     t = model_times(scheduler, num_inference_steps, None, default_spacing="linspace")
-    table = torch.nan_to_num(schedule.sigmas, posinf=4096.0)  # zero terminal SNR: diffusers' 2**12
+    table = capped_sigmas(schedule.sigmas)
     return float(table[int(t.min().round())]), float(table[int(t.max().round())])
 
 

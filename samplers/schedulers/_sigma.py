@@ -12,7 +12,13 @@ import torch
 
 from samplers import schedules
 from samplers.protocol import Scheduler, model_space_x0_coefficients
-from samplers.schedulers._grid import karras_or_custom_sigmas, model_times, sigma_space, times_for_sigmas
+from samplers.schedulers._grid import (
+    capped_sigmas,
+    karras_or_custom_sigmas,
+    model_times,
+    sigma_space,
+    times_for_sigmas,
+)
 from samplers.schedules import DiscreteVPSchedule
 
 F64 = torch.float64
@@ -46,10 +52,9 @@ class SigmaSpaceScheduler(Scheduler):
         """Sigma-space level at model times; ``interpolation_type='linear'`` interpolates the discrete table linearly."""
         schedule = self.schedule
         if isinstance(schedule, DiscreteVPSchedule) and self.config.get("interpolation_type", "linear") == "linear":
-            table = torch.nan_to_num(schedule.sigmas, posinf=4096.0).numpy()  # zero terminal SNR: diffusers' 2**12
+            table = capped_sigmas(schedule.sigmas).numpy()
             return torch.from_numpy(np.interp(t.numpy(), np.arange(len(table)), table))
-        s = sigma_space(self, t)[0]
-        return torch.where(torch.isinf(s), torch.full_like(s, 4096.0), s)
+        return capped_sigmas(sigma_space(self, t)[0])
 
     def _model_space(self, t: torch.Tensor, sigma_ve: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(p, q, input_scale, model_alpha, model_sigma)`` for calls at sigma-space levels ``sigma_ve``.
