@@ -444,9 +444,10 @@ def _karras_algorithm2(
     k-diffusion does, so the plan is built with its own in-update churn switched off (``s_noise=0``).
     """
     sigmas = _check_inputs(x, sigmas)
+    host = sigmas.detach().to("cpu", F64)  # one copy per run: the per-step comparisons below stay on the host
     extra_args = extra_args or {}
     steps = len(sigmas) - 1
-    planned = int((sigmas > 0).sum())
+    planned = int((host > 0).sum())
     # gamma = s_churn / (number of steps); the plan divides by its level count, one more when sigmas[-1] > 0.
     sched = _on_edm("heun", sigmas, s_churn=s_churn * planned / steps, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=0.0)
     plan = sched._require_plan()
@@ -454,9 +455,10 @@ def _karras_algorithm2(
     for i in trange(steps, disable=disable):
         k = starts[i]
         sigma, sigma_hat = sigmas[i], _level(plan.model_sigma[k], sigmas)
+        level, level_hat = float(host[i]), float(plan.model_sigma[k])
         z = torch.randn_like(x) * s_noise
-        if sigma_hat > sigma:  # lines 5-6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) z
-            x = x + z * _churn_std(float(sigma), float(sigma_hat))
+        if level_hat > level:  # lines 5-6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) z
+            x = x + z * _churn_std(level, level_hat)
         denoised = _denoise(model, x, sigma_hat, extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
