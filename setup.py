@@ -47,7 +47,9 @@ def extensions():
     only = {n.strip() for n in os.environ.get("SAMPLERS_BUILD_ONLY", "").split(",") if n.strip()}
     unknown = only - set(cfg.EXTENSIONS)
     if unknown:
-        raise SystemExit(f"SAMPLERS_BUILD_ONLY names unknown extension(s) {sorted(unknown)}; known: {sorted(cfg.EXTENSIONS)}")
+        raise SystemExit(
+            f"SAMPLERS_BUILD_ONLY names unknown extension(s) {sorted(unknown)}; known: {sorted(cfg.EXTENSIONS)}"
+        )
     modules = []
     for name, (cpu_sources, cuda_sources) in cfg.EXTENSIONS.items():
         if only and name not in only:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from samplers.ops import attention as A  # noqa: E402
+from samplers.ops import attention as A
 
 DEFAULT_SHAPES = ["2x24x4096x64", "2x24x4096x128", "1x24x16384x128", "8x8x1024x64", "16x8x4096x64"]
 
@@ -68,7 +68,7 @@ def columns(kernels: list[str]) -> dict:
     if kernels:
         cols["fused"] = lambda q, k, v: A.fused_attention(q, k, v)
         for name in kernels:
-            cols[f"fused_{name}"] = (lambda n: (lambda q, k, v: A.fused_attention(q, k, v, kernel=n)))(name)
+            cols[f"fused_{name}"] = (lambda n: lambda q, k, v: A.fused_attention(q, k, v, kernel=n))(name)
     cols["sdpa_flash"] = forced(SDPBackend.FLASH_ATTENTION)
     cols["sdpa_cudnn"] = forced(SDPBackend.CUDNN_ATTENTION)
     cols["sdpa_efficient"] = forced(SDPBackend.EFFICIENT_ATTENTION)
@@ -94,7 +94,7 @@ def bench_shape(shape, cols: dict, reps: int, warmup: int) -> dict:
                 errors[name] = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         # each sample: a batch of back-to-back calls of about 2 ms (GPU queue kept full, so
         # host overhead is hidden as it is in a real model); the same for every column
-        calls = {name: (lambda f: (lambda: f(q, k, v)))(fn) for name, fn in usable.items()}
+        calls = {name: (lambda f: lambda: f(q, k, v))(fn) for name, fn in usable.items()}
         batch = {name: max(1, min(64, int(2.0 / max(A._time_batch(c, 2), 1e-3)))) for name, c in calls.items()}
         samples = {name: [] for name in usable}
         for _ in range(reps):  # round robin, so clock drift hits every column alike
@@ -141,7 +141,11 @@ def bench_shape(shape, cols: dict, reps: int, warmup: int) -> dict:
 
 def print_table(results: list[dict], names: list[str]) -> None:
     short = {n: n.replace("sdpa_", "").replace("fused_", "") for n in names}
-    head = f"{'shape':>16} " + " ".join(f"{short[n]:>13}" for n in names) + f" {'pick':>19} {'loss':>6} {'f/flash':>8} {'f/dflt':>7}"
+    head = (
+        f"{'shape':>16} "
+        + " ".join(f"{short[n]:>13}" for n in names)
+        + f" {'pick':>19} {'loss':>6} {'f/flash':>8} {'f/dflt':>7}"
+    )
     print("TFLOP/s (bf16, median of CUDA-event timings)")
     print(head)
     for r in results:
@@ -149,8 +153,10 @@ def print_table(results: list[dict], names: list[str]) -> None:
         t = r["tflops"]
         ratio_flash = t.get("fused", float("nan")) / t.get("sdpa_flash", float("nan"))
         ratio_default = t.get("fused", float("nan")) / t.get("sdpa_default", float("nan"))
-        print(f"{r['shape']:>16} {cells} {r['dispatch_pick']:>19} {100 * r['dispatch_loss_vs_best']:5.1f}% "
-              f"{ratio_flash:8.2f} {ratio_default:7.2f}")
+        print(
+            f"{r['shape']:>16} {cells} {r['dispatch_pick']:>19} {100 * r['dispatch_loss_vs_best']:5.1f}% "
+            f"{ratio_flash:8.2f} {ratio_default:7.2f}"
+        )
 
 
 def structured_inputs(case: str, L: int, D: int, dtype, gen):

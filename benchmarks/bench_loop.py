@@ -25,20 +25,25 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import samplers  # noqa: E402
-from samplers.ops import batch_seeds, update  # noqa: E402
-from samplers.sampling import capture_cuda_graph  # noqa: E402
+import samplers
+from samplers.ops import batch_seeds, update
+from samplers.sampling import capture_cuda_graph
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
-                   "euler_ancestral": "EulerAncestralDiscreteScheduler", "flow_euler": "FlowMatchEulerDiscreteScheduler"}
+DIFFUSERS_CLASS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+}
 
 
 def trivial_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -127,33 +132,67 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
 
     def add(name: str, impl: str, total: float, base: float) -> None:
-        rows.append({"scheduler": name, "impl": impl, "loop_us": total * 1e6,
-                     "overhead_us_per_step": (total - base) * 1e6 / args.steps})
+        rows.append(
+            {
+                "scheduler": name,
+                "impl": impl,
+                "loop_us": total * 1e6,
+                "overhead_us_per_step": (total - base) * 1e6 / args.steps,
+            }
+        )
 
     for name in args.scheduler.split(","):
         scheduler = samplers.get(name)
-        add(name, "samplers eager", timed(lambda: samplers.sample(trivial_model, scheduler, noise, num_inference_steps=args.steps,
-                                                                  seeds=seeds, progress=False), device, args.reps), base_eager)
+        add(
+            name,
+            "samplers eager",
+            timed(
+                lambda scheduler=scheduler: samplers.sample(
+                    trivial_model, scheduler, noise, num_inference_steps=args.steps, seeds=seeds, progress=False
+                ),
+                device,
+                args.reps,
+            ),
+            base_eager,
+        )
         if graph:
             replay = samplers.GraphedSampler(trivial_model, scheduler, noise, num_inference_steps=args.steps)
-            add(name, "samplers cuda_graph", timed(lambda: replay(noise, seeds), device, args.reps), base_graph)
+            add(
+                name,
+                "samplers cuda_graph",
+                timed(lambda replay=replay: replay(noise, seeds), device, args.reps),
+                base_graph,
+            )
         loop = diffusers_loop(name, noise, args.steps)
         if loop is not None:
             add(name, "diffusers eager", timed(loop, device, args.reps), base_eager)
 
     name_dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"# loop overhead, {name_dev}, {args.shape} {dtype}, {args.steps} steps, torch {torch.__version__}, "
-          f"update op: {update.backend_status()['sampler_update']}")
-    print(f"model alone: {base_eager * 1e6 / args.steps:.1f} us/step eager" +
-          (f", {base_graph * 1e6 / args.steps:.1f} us/step graph" if base_graph is not None else ""))
+    print(
+        f"# loop overhead, {name_dev}, {args.shape} {dtype}, {args.steps} steps, torch {torch.__version__}, "
+        f"update op: {update.backend_status()['sampler_update']}"
+    )
+    print(
+        f"model alone: {base_eager * 1e6 / args.steps:.1f} us/step eager"
+        + (f", {base_graph * 1e6 / args.steps:.1f} us/step graph" if base_graph is not None else "")
+    )
     print(f"| {'scheduler':<16} | {'impl':<20} | {'loop (us)':>10} | {'overhead (us/step)':>18} |")
     print(f"|{'-' * 18}|{'-' * 22}|{'-' * 11}:|{'-' * 19}:|")
     for r in rows:
-        print(f"| {r['scheduler']:<16} | {r['impl']:<20} | {r['loop_us']:>10.1f} | {r['overhead_us_per_step']:>18.2f} |")
-    result = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": name_dev,
-              "shape": list(shape), "dtype": str(dtype), "steps": args.steps, "torch": torch.__version__,
-              "model_us_per_step_eager": base_eager * 1e6 / args.steps,
-              "model_us_per_step_graph": None if base_graph is None else base_graph * 1e6 / args.steps, "rows": rows}
+        print(
+            f"| {r['scheduler']:<16} | {r['impl']:<20} | {r['loop_us']:>10.1f} | {r['overhead_us_per_step']:>18.2f} |"
+        )
+    result = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": name_dev,
+        "shape": list(shape),
+        "dtype": str(dtype),
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "model_us_per_step_eager": base_eager * 1e6 / args.steps,
+        "model_us_per_step_graph": None if base_graph is None else base_graph * 1e6 / args.steps,
+        "rows": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -32,16 +32,16 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samplers.ops import _build, update  # noqa: E402
-from samplers.ops.reference import COEFF, NUM_COEFFS, batch_seeds  # noqa: E402
+from samplers.ops import update
+from samplers.ops.reference import COEFF, NUM_COEFFS, batch_seeds
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 T, T_PREV, STEPS, TRAIN_STEPS = 500, 480, 50, 1000  # a mid-sampling step of a 50-step run
@@ -78,8 +78,12 @@ def rule_coeffs() -> dict[str, dict[str, float]]:
     base = {"p": 1 / math.sqrt(at), "q": -math.sqrt(1 - at) / math.sqrt(at), "lim": math.inf, "div": 1.0}
     alpha = at / ap
     beta = 1 - alpha
-    ddpm = dict(base, a=math.sqrt(alpha) * (1 - ap) / (1 - at), b=math.sqrt(ap) * beta / (1 - at),
-                c=math.sqrt(max((1 - ap) / (1 - at) * beta, 1e-20)))
+    ddpm = dict(
+        base,
+        a=math.sqrt(alpha) * (1 - ap) / (1 - at),
+        b=math.sqrt(ap) * beta / (1 - at),
+        c=math.sqrt(max((1 - ap) / (1 - at) * beta, 1e-20)),
+    )
     var = (1 - ap) / (1 - at) * (1 - at / ap)
     rules = {"ddpm": ddpm}
     for eta in (0.0, 1.0):
@@ -103,20 +107,25 @@ def torch_step(rule: str, k: dict[str, float]) -> Callable:
     """The same step in plain PyTorch (what one writes by hand); stochastic ones draw randn_like."""
     p, q, a, b, e, c = (k.get(n, 0.0) for n in "pqabec")
     if rule == "ddpm":
+
         def step(x, eps):
             x0 = p * x + q * eps
             return a * x + b * x0 + c * torch.randn_like(x), x0
     elif rule == "euler":
+
         def step(x, eps):
             return x + e * eps, x + q * eps
     elif c == 0:
+
         def step(x, eps):
             x0 = p * x + q * eps
             return b * x0 + e * eps, x0
     else:
+
         def step(x, eps):
             x0 = p * x + q * eps
             return b * x0 + e * eps + c * torch.randn_like(x), x0
+
     return step
 
 
@@ -226,8 +235,14 @@ def run(args: argparse.Namespace) -> dict:
     fused_ok = update._fused_unavailable(device, dtype) is None
     if not fused_ok:
         print("fused op unavailable:", update._fused_unavailable(device, dtype))
-    variants = [("ddpm", True), ("ddim_eta0", True), ("ddim_eta1", True), ("euler", True), ("ddim_eta0", False),
-                ("ddpm", False)]
+    variants = [
+        ("ddpm", True),
+        ("ddim_eta0", True),
+        ("ddim_eta1", True),
+        ("euler", True),
+        ("ddim_eta0", False),
+        ("ddpm", False),
+    ]
     for rule, write_x0 in variants:
         k = rules[rule]
         row = coeff_row(k, device)
@@ -235,9 +250,18 @@ def run(args: argparse.Namespace) -> dict:
         label = rule + ("" if write_x0 else " (no x0)")
         nbytes = (4 if write_x0 else 3) * tensor_bytes
         if fused_ok:
+
             def fused(i, row=row, stochastic=stochastic, write_x0=write_x0):
-                return update.sampler_update(xs[i], eps[i], row, seeds=seeds if stochastic else None, noise_stream=7,
-                                             write_x0=write_x0, backend="fused")
+                return update.sampler_update(
+                    xs[i],
+                    eps[i],
+                    row,
+                    seeds=seeds if stochastic else None,
+                    noise_stream=7,
+                    write_x0=write_x0,
+                    backend="fused",
+                )
+
             for mode, us in timed(fused).items():
                 rows.append(Row(label, "fused op", mode, us, nbytes, note="in-kernel Philox" if stochastic else ""))
         if not write_x0:
@@ -253,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
             if cuda:
                 torch.cuda.synchronize()
             compile_s = time.perf_counter() - t0
-            for mode, us in timed(lambda i: compiled(xs[i], eps[i])).items():
+            for mode, us in timed(lambda i, compiled=compiled: compiled(xs[i], eps[i])).items():
                 rows.append(Row(label, "torch.compile", mode, us, nbytes, compile_s=compile_s))
 
     diffusers_info = add_diffusers(rows, args, device, dtype, shape, xs, eps, rules, timed, tensor_bytes)
@@ -271,7 +295,9 @@ def run(args: argparse.Namespace) -> dict:
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "device": torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(device)
+        if cuda
+        else f"CPU ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -345,9 +371,11 @@ def add_diffusers(rows, args, device, dtype, shape, xs, eps, rules, timed, tenso
 
 def print_table(result: dict) -> None:
     meta = result["meta"]
-    print(f"\n{meta['device']} | torch {meta['torch']} | shape {'x'.join(map(str, meta['shape']))} {meta['dtype']} "
-          f"| {meta['date']}")
-    print(f"copy bandwidth: " + ", ".join(f"{m} {v:.0f} GB/s" for m, v in meta["copy_gbps"].items()))
+    print(
+        f"\n{meta['device']} | torch {meta['torch']} | shape {'x'.join(map(str, meta['shape']))} {meta['dtype']} "
+        f"| {meta['date']}"
+    )
+    print("copy bandwidth: " + ", ".join(f"{m} {v:.0f} GB/s" for m, v in meta["copy_gbps"].items()))
     hdr = f"{'rule':<18}{'impl':<15}{'mode':<7}{'us/step':>10}{'GB/s':>9}{'%copy':>7}{'vs diff.':>9}{'compile s':>10}"
     print(hdr)
     print("-" * len(hdr))
@@ -356,13 +384,19 @@ def print_table(result: dict) -> None:
         sp = ex.get(f"speedup_vs_diffusers_{r['mode']}")
         speedup = f"{sp:.1f}" if sp else "-"
         compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] else ""
-        print(f"{r['rule']:<18}{r['impl']:<15}{r['mode']:<7}{r['us']:>10.2f}{r['gbps']:>9.0f}"
-              f"{ex.get('pct_copy_bw', float('nan')):>7.1f}{speedup:>9}{compile_s:>10}")
+        print(
+            f"{r['rule']:<18}{r['impl']:<15}{r['mode']:<7}{r['us']:>10.2f}{r['gbps']:>9.0f}"
+            f"{ex.get('pct_copy_bw', float('nan')):>7.1f}{speedup:>9}{compile_s:>10}"
+        )
     check = meta["diffusers"].get("same_rule_check")
     if check:
-        print("same rule as diffusers (max |fused - diffusers| / max |diffusers|): "
-              + ", ".join(f"{k} prev {v['max_abs_diff_prev_over_max']:.1e} x0 {v['max_abs_diff_x0_over_max']:.1e}"
-                          for k, v in check.items()))
+        print(
+            "same rule as diffusers (max |fused - diffusers| / max |diffusers|): "
+            + ", ".join(
+                f"{k} prev {v['max_abs_diff_prev_over_max']:.1e} x0 {v['max_abs_diff_x0_over_max']:.1e}"
+                for k, v in check.items()
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:

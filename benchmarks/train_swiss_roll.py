@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -109,7 +110,9 @@ def train(
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * progress))
         x0 = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
         t = schedules.sample_timesteps_uniform(batch_size, schedule.num_train_timesteps, generator=gen)
-        x_t, target, weight = training.training_example(schedule, x0, t, prediction_type, weighting=weighting, generator=gen)
+        x_t, target, weight = training.training_example(
+            schedule, x0, t, prediction_type, weighting=weighting, generator=gen
+        )
         loss = (weight * (model(x_t, t) - target).pow(2).mean(dim=1)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -128,7 +131,9 @@ def train(
 def make_scheduler(name: str, prediction_type: str) -> samplers.Scheduler:
     """A registered scheduler on the training schedule (raises KeyError/ValueError if not available)."""
     extra = SAMPLERS.get(name, {})
-    return samplers.get(name, num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type=prediction_type, **BETAS, **extra)
+    return samplers.get(
+        name, num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type=prediction_type, **BETAS, **extra
+    )
 
 
 @torch.no_grad()
@@ -179,7 +184,7 @@ def plot(rows: list[dict[str, Any]], truth: torch.Tensor, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    for ax, row in zip(axes[0], rows, strict=True):
         ax.scatter(truth[:, 0], truth[:, 1], s=1, c="0.8")
         ax.scatter(row["trained_samples"][:, 0], row["trained_samples"][:, 1], s=1, c="C0")
         ax.set_title(f"{row['sampler']} (NFE {row['nfe']}): SW2 {row['trained']:.3f}", fontsize=9)
@@ -195,7 +200,9 @@ def plot(rows: list[dict[str, Any]], truth: torch.Tensor, path: str) -> None:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, train, sample, print the table; returns the numbers (for tests and notebooks)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="training time budget (default 60)")
     parser.add_argument("--steps", type=int, default=None, help="training step budget (whichever ends first)")
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -209,8 +216,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples", type=int, default=2000, help="samples per sampler for the metric")
     parser.add_argument("--dataset", type=int, default=50_000, help="training set size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: a net this small only loses to thread hand-offs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: a net this small only loses to thread hand-offs)",
+    )
     parser.add_argument("--plot", default=None, help="write a scatter PNG here")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
@@ -230,13 +241,23 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     model = MLPDenoiser(args.hidden, args.depth)
     model.load_state_dict(untrained.state_dict())  # same initial weights: the baseline is this net before training
     report = train(
-        model, schedule, data, prediction_type=args.prediction_type, weighting=args.weighting, seconds=args.seconds,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        model,
+        schedule,
+        data,
+        prediction_type=args.prediction_type,
+        weighting=args.weighting,
+        seconds=args.seconds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
     )
     model.eval()
     first, last = (report.losses[0], report.losses[-1]) if report.losses else (float("nan"), float("nan"))
-    print(f"trained {report.steps} steps in {report.seconds:.1f} s ({args.prediction_type}, {args.weighting}); "
-          f"loss {first:.4f} -> {last:.4f}")
+    print(
+        f"trained {report.steps} steps in {report.seconds:.1f} s ({args.prediction_type}, {args.weighting}); "
+        f"loss {first:.4f} -> {last:.4f}"
+    )
 
     models = {"trained": model, "untrained": untrained, "oracle": OracleModel(problem, schedule, args.prediction_type)}
     names = [n.strip() for n in args.samplers.split(",") if n.strip()]
@@ -245,7 +266,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nSW2 to {args.samples} true swiss-roll samples (noise floor between two true sets: {floor:.4f})")
     print(f"{'sampler':<12}{'NFE':>5}{'SW2 trained':>14}{'SW2 untrained':>16}{'SW2 oracle':>13}")
     for row in rows:
-        print(f"{row['sampler']:<12}{row['nfe']:>5}{row['trained']:>14.4f}{row['untrained']:>16.4f}{row['oracle']:>13.4f}")
+        print(
+            f"{row['sampler']:<12}{row['nfe']:>5}{row['trained']:>14.4f}{row['untrained']:>16.4f}{row['oracle']:>13.4f}"
+        )
     if args.plot:
         plot(rows, problem.sample(args.samples, stream=DATA_STREAM, seed=args.seed + 1), args.plot)
         print(f"wrote {args.plot}")

@@ -34,7 +34,9 @@ def measure(python: str, disable: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SAMPLERS_DISABLE_PLUGIN_AUTOLOAD")}
     if disable:
         env["SAMPLERS_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    proc = subprocess.run([python, "-X", "importtime", "-c", STATEMENT], capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [python, "-X", "importtime", "-c", STATEMENT], capture_output=True, text=True, env=env, check=True
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     total_us = 0
     plugin_us = 0
@@ -42,7 +44,7 @@ def measure(python: str, disable: bool) -> dict:
         # "import time:   self [us] | cumulative | imported package"; top-level imports have no indent
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        _, cumulative, name = (part for part in line[len("import time:"):].split("|"))
+        _, cumulative, name = (part for part in line[len("import time:") :].split("|"))
         if not name.startswith("  ") and name.strip():
             total_us += int(cumulative)
         if not name.startswith("  ") and name.strip().split(".")[0] in ("samplers_dpmsolver", "samplers_extras"):
@@ -65,14 +67,23 @@ def compare(python: str, runs: int = 7) -> dict:
     return {
         "python": python,
         "runs": runs,
-        "autoload": {"wall_s": med(on, "seconds"), "registry_s": med(on, "registry_seconds"),
-                     "importtime_s": med(on, "importtime_seconds"),
-                     "plugin_imports_s": med(on, "plugin_import_seconds"), "plugins": on[0]["plugins"],
-                     "loaded": on[0]["loaded"],
-                     "schedulers": len(on[0]["names"])},
-        "disabled": {"wall_s": med(off, "seconds"), "registry_s": med(off, "registry_seconds"),
-                     "importtime_s": med(off, "importtime_seconds"),
-                     "plugins": off[0]["plugins"], "loaded": off[0]["loaded"], "schedulers": len(off[0]["names"])},
+        "autoload": {
+            "wall_s": med(on, "seconds"),
+            "registry_s": med(on, "registry_seconds"),
+            "importtime_s": med(on, "importtime_seconds"),
+            "plugin_imports_s": med(on, "plugin_import_seconds"),
+            "plugins": on[0]["plugins"],
+            "loaded": on[0]["loaded"],
+            "schedulers": len(on[0]["names"]),
+        },
+        "disabled": {
+            "wall_s": med(off, "seconds"),
+            "registry_s": med(off, "registry_seconds"),
+            "importtime_s": med(off, "importtime_seconds"),
+            "plugins": off[0]["plugins"],
+            "loaded": off[0]["loaded"],
+            "schedulers": len(off[0]["names"]),
+        },
         "overhead_wall_s": med(on, "seconds") - med(off, "seconds"),
         "overhead_registry_s": med(on, "registry_seconds") - med(off, "registry_seconds"),
         "overhead_importtime_s": med(on, "importtime_seconds") - med(off, "importtime_seconds"),
@@ -91,15 +102,22 @@ def main() -> None:
         return
     a, d = r["autoload"], r["disabled"]
     print(f"{args.python}: median of {args.runs} fresh interpreters each")
-    print(f"  autoload  : {1e3 * a['wall_s']:7.1f} ms wall (registry {1e3 * a['registry_s']:.1f} ms), "
-          f"{1e3 * a['importtime_s']:7.1f} ms importtime, "
-          f"{a['schedulers']} schedulers, plugins loaded: {', '.join(a['loaded'])} (their modules: {1e3 * a['plugin_imports_s']:.1f} ms)")
-    print(f"  disabled  : {1e3 * d['wall_s']:7.1f} ms wall (registry {1e3 * d['registry_s']:.1f} ms), "
-          f"{1e3 * d['importtime_s']:7.1f} ms importtime, "
-          f"{d['schedulers']} schedulers, plugins loaded: {', '.join(d['loaded'])}")
-    print(f"  discovery : +{1e3 * r['overhead_registry_s']:.1f} ms in samplers.available() (the registry build), "
-          f"+{1e3 * r['overhead_wall_s']:.1f} ms wall for the whole statement, "
-          f"+{1e3 * r['overhead_importtime_s']:.1f} ms importtime")
+    print(
+        f"  autoload  : {1e3 * a['wall_s']:7.1f} ms wall (registry {1e3 * a['registry_s']:.1f} ms), "
+        f"{1e3 * a['importtime_s']:7.1f} ms importtime, "
+        f"{a['schedulers']} schedulers, plugins loaded: {', '.join(a['loaded'])} "
+        f"(their modules: {1e3 * a['plugin_imports_s']:.1f} ms)"
+    )
+    print(
+        f"  disabled  : {1e3 * d['wall_s']:7.1f} ms wall (registry {1e3 * d['registry_s']:.1f} ms), "
+        f"{1e3 * d['importtime_s']:7.1f} ms importtime, "
+        f"{d['schedulers']} schedulers, plugins loaded: {', '.join(d['loaded'])}"
+    )
+    print(
+        f"  discovery : +{1e3 * r['overhead_registry_s']:.1f} ms in samplers.available() (the registry build), "
+        f"+{1e3 * r['overhead_wall_s']:.1f} ms wall for the whole statement, "
+        f"+{1e3 * r['overhead_importtime_s']:.1f} ms importtime"
+    )
 
 
 if __name__ == "__main__":

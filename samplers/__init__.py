@@ -13,4 +13,14 @@ from samplers.sampling import GraphedSampler, sample
 
 __version__ = "0.1.0"
 
-__all__ = ["Scheduler", "SamplerState", "StepOutput", "available", "get", "registry", "sample", "GraphedSampler", "__version__"]
+__all__ = [
+    "Scheduler",
+    "SamplerState",
+    "StepOutput",
+    "available",
+    "get",
+    "registry",
+    "sample",
+    "GraphedSampler",
+    "__version__",
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -32,7 +31,7 @@ def list_schedulers(
 
     reg = registry()
     rows = []
-    for name, entry in sorted(reg.entries.items()):
+    for _, entry in sorted(reg.entries.items()):
         meta = entry.cls.metadata()
         meta.update(distribution=entry.source.distribution, version=entry.source.version, plugin=entry.source.plugin)
         rows.append(meta)
@@ -45,8 +44,13 @@ def list_schedulers(
     for m in rows:
         types = "all" if set(m["prediction_types"]) >= set(PREDICTION_TYPES) else ",".join(m["prediction_types"])
         table.add_row(
-            m["name"], m["family"], str(m["order"]), str(m["nfe_per_step"]), _stochastic_cell(m),
-            types, f"{m['distribution']} {m['version']}",
+            m["name"],
+            m["family"],
+            str(m["order"]),
+            str(m["nfe_per_step"]),
+            _stochastic_cell(m),
+            types,
+            f"{m['distribution']} {m['version']}",
         )
     if any(set(m["prediction_types"]) >= set(PREDICTION_TYPES) for m in rows):
         table.caption = "all = " + ", ".join(PREDICTION_TYPES)
@@ -81,7 +85,12 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "plugin_autoload": reg.autoload,
-        "plugins": sorted({e.source.plugin + " (" + e.source.distribution + " " + e.source.version + ")" for e in reg.entries.values()}),
+        "plugins": sorted(
+            {
+                e.source.plugin + " (" + e.source.distribution + " " + e.source.version + ")"
+                for e in reg.entries.values()
+            }
+        ),
         "load_errors": [e.__dict__ for e in reg.load_errors],
         "kernels": _kernel_status(),
     }
@@ -101,7 +110,9 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
         console.print(f"  {name}: {status}", highlight=False)
     for key, choice in report["attention_dispatch"].get("choices", {}).items():
         picked = choice.get("backend", "?") + (f" ({choice['kernel']})" if choice.get("kernel") else "")
-        times = ", ".join(f"{n} {t:.4f} ms" for n, t in sorted(choice.get("times_ms", {}).items(), key=lambda kv: kv[1]))
+        times = ", ".join(
+            f"{n} {t:.4f} ms" for n, t in sorted(choice.get("times_ms", {}).items(), key=lambda kv: kv[1])
+        )
         console.print(f"    {key}: {picked}" + (f" [{times}]" if times else ""), highlight=False)
     _print_load_errors(reg.load_errors)
 
@@ -168,7 +179,7 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     import os
 

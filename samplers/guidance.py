@@ -12,12 +12,15 @@ standard deviations and is applied here first.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 
-def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float | torch.Tensor) -> torch.Tensor:
+def classifier_free_guidance(
+    cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float | torch.Tensor
+) -> torch.Tensor:
     """``uncond + w * (cond - uncond)``; ``w`` a float or a per-sample tensor [B]."""
     if cond.shape != uncond.shape:
         raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} must have one shape")
@@ -52,9 +55,13 @@ class GuidedModel:
     network runs once on ``2B`` samples. ``guide(x, t, scale, rescale)`` returns the guided output.
     """
 
-    def __init__(self, model: Callable[..., torch.Tensor], cond_kwargs: dict[str, Any], uncond_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, model: Callable[..., torch.Tensor], cond_kwargs: dict[str, Any], uncond_kwargs: dict[str, Any]
+    ) -> None:
         if set(cond_kwargs) != set(uncond_kwargs):
-            raise ValueError(f"cond_kwargs {sorted(cond_kwargs)} and uncond_kwargs {sorted(uncond_kwargs)} need the same keys")
+            raise ValueError(
+                f"cond_kwargs {sorted(cond_kwargs)} and uncond_kwargs {sorted(uncond_kwargs)} need the same keys"
+            )
         self.model = model
         self.kwargs = {
             k: torch.cat([v, uncond_kwargs[k]]) if isinstance(v, torch.Tensor) else v for k, v in cond_kwargs.items()

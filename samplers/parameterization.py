@@ -24,11 +24,10 @@ tensors or tensors shaped ``[B, 1, ..., 1]``; coefficient math runs in the dtype
 from __future__ import annotations
 
 import difflib
-from typing import Union
 
 import torch
 
-Scalar = Union[float, torch.Tensor]
+Scalar = float | torch.Tensor
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "flow", "score")
 _ALIASES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction", "velocity": "flow", "flow_prediction": "flow"}

@@ -28,9 +28,10 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class SchedulerConfig(dict):
 
     __setitem__ = __delitem__ = update = pop = setdefault = clear = popitem = _readonly  # type: ignore[assignment]
 
-    def __deepcopy__(self, memo: dict) -> "SchedulerConfig":
+    def __deepcopy__(self, memo: dict) -> SchedulerConfig:
         return SchedulerConfig(copy.deepcopy(dict(self), memo))
 
     def __reduce__(self) -> Any:
@@ -78,7 +79,9 @@ class StepOutput:
         return iter(self.to_tuple())
 
     def to_tuple(self) -> tuple:
-        return (self.prev_sample,) if self.pred_original_sample is None else (self.prev_sample, self.pred_original_sample)
+        return (
+            (self.prev_sample,) if self.pred_original_sample is None else (self.prev_sample, self.pred_original_sample)
+        )
 
 
 @dataclass
@@ -113,8 +116,8 @@ class Plan:
             call = int(bad.any(dim=1).nonzero()[0])
             raise ValueError(
                 f"non-finite update coefficient at call {call} (timestep {float(self.timesteps[call])}): "
-                f"{dict(zip(COEFF, self.rows[call].tolist()))}; the schedule reaches alpha=0 or sigma=0 where "
-                "this prediction type cannot be inverted"
+                f"{dict(zip(COEFF, self.rows[call].tolist(), strict=True))}; the schedule reaches alpha=0 or "
+                "sigma=0 where this prediction type cannot be inverted"
             )
         self.store = self.store or [()] * n
         self.use = self.use or [()] * n
@@ -256,7 +259,7 @@ class Scheduler:
             return
 
         @functools.wraps(init)
-        def checked_init(self: "Scheduler", *args: Any, **config: Any) -> None:
+        def checked_init(self: Scheduler, *args: Any, **config: Any) -> None:
             if type(self) is cls:
                 _check_config(cls, config)
             init(self, *args, **config)
@@ -290,7 +293,7 @@ class Scheduler:
         return {k: p.default for k, p in params.items() if k != "self" and p.kind in kinds}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None = None, **changes: Any) -> "Scheduler":
+    def from_config(cls, config: Mapping[str, Any] | None = None, **changes: Any) -> Scheduler:
         """New scheduler from a config dict (unknown keys are an error unless they start with '_')."""
         merged = {k: v for k, v in dict(config or {}).items() if not k.startswith("_")}
         merged.update(changes)
@@ -320,7 +323,7 @@ class Scheduler:
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **changes: Any
-    ) -> "Scheduler":
+    ) -> Scheduler:
         """Load from a local folder holding ``scheduler_config.json`` (no downloads)."""
         return cls.from_config(cls.load_config(pretrained_model_name_or_path, subfolder), **changes)
 
@@ -396,7 +399,9 @@ class Scheduler:
                     "give one or the other"
                 )
         if mu is not None and not self.uses_mu:
-            raise ValueError(f"mu (the dynamic time shift) only applies to flow schedulers; {type(self).__name__} does not use it")
+            raise ValueError(
+                f"mu (the dynamic time shift) only applies to flow schedulers; {type(self).__name__} does not use it"
+            )
         try:
             plan = self._make_plan(num_inference_steps, grid_t, grid_sigma, mu)
         except ValueError as exc:
@@ -404,8 +409,10 @@ class Scheduler:
                 raise
             raise ValueError(f"prediction_type={self.prediction_type!r} cannot be used on this grid: {exc}") from exc
         self.plan = plan
-        self.num_inference_steps = num_inference_steps if num_inference_steps is not None else len(
-            grid_t if grid_t is not None else grid_sigma
+        self.num_inference_steps = (
+            num_inference_steps
+            if num_inference_steps is not None
+            else len(grid_t if grid_t is not None else grid_sigma)
         )
         self._device_cache = {}
         self._begin_index = None
@@ -560,7 +567,9 @@ class Scheduler:
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward-noise ``x0`` to ``timesteps`` in this scheduler's working space (shape [B, ...])."""
         if original_samples.shape != noise.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} must equal original_samples shape {tuple(original_samples.shape)}")
+            raise ValueError(
+                f"noise shape {tuple(noise.shape)} must equal original_samples shape {tuple(original_samples.shape)}"
+            )
         t = torch.as_tensor(timesteps, device=original_samples.device)
         if t.dim() == 0:
             t = t.expand(original_samples.shape[0])
@@ -681,7 +690,9 @@ class Scheduler:
         else:
             index = self._resolve_call(state, timestep)
             row = self._row_for_call(index, overrides)
-            coeffs = rows_dev[index : index + 1] if row is None else row.to(torch.float32).view(1, -1).to(sample.device)
+            coeffs = (
+                rows_dev[index : index + 1] if row is None else row.to(torch.float32).view(1, -1).to(sample.device)
+            )
         if guidance_scale is not None:
             if uncond is None:
                 raise ValueError("guidance_scale needs uncond (the unconditional model output)")
@@ -707,7 +718,8 @@ class Scheduler:
         history = [kept.get(name) for name in (plan.use[index] if index is not None else ())]
         if index is not None and any(h is None for h in history):
             raise RuntimeError(
-                f"call {index} needs {plan.use[index]} from an earlier call of this run; step through the calls in order"
+                f"call {index} needs {plan.use[index]} from an earlier call of this run; "
+                "step through the calls in order"
             )
         coeffs = self._adjust_coeffs(coeffs, sample, model_output, uncond, index, state)
         prev, x0 = ops.sampler_update(
@@ -742,7 +754,9 @@ class Scheduler:
         """Per-sample Philox keys [B] for this run: explicit ``seeds``, the run's, or one draw from ``generator``."""
         if seeds is not None:
             if seeds.dtype != torch.int64 or seeds.shape != (sample.shape[0],):
-                raise ValueError(f"seeds must be int64 of shape [{sample.shape[0]}], got {seeds.dtype} {tuple(seeds.shape)}")
+                raise ValueError(
+                    f"seeds must be int64 of shape [{sample.shape[0]}], got {seeds.dtype} {tuple(seeds.shape)}"
+                )
             return seeds.to(sample.device), state
         if state.seeds is not None and state.seeds.shape[0] == sample.shape[0] and state.seeds.device == sample.device:
             return state.seeds, state
@@ -789,7 +803,9 @@ def model_space_x0_coefficients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(p, q)`` for ``x0 = p * sample + q * out`` when the model saw ``input_scale * sample``."""
     p, q = parameterization.x0_coefficients(prediction_type, model_alpha, model_sigma)
-    return torch.as_tensor(p, dtype=torch.float64) * input_scale, torch.as_tensor(q, dtype=torch.float64) + 0 * input_scale
+    return torch.as_tensor(p, dtype=torch.float64) * input_scale, torch.as_tensor(
+        q, dtype=torch.float64
+    ) + 0 * input_scale
 
 
 def init_args(local_vars: dict[str, Any]) -> dict[str, Any]:

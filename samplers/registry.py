@@ -90,7 +90,11 @@ class Registry:
         if api != hookspecs.API_VERSION:
             src = source or Source(name, "?", "?")
             self.load_errors.append(
-                LoadError(name, src.distribution, f"targets samplers plugin API {api}, this samplers has {hookspecs.API_VERSION}")
+                LoadError(
+                    name,
+                    src.distribution,
+                    f"targets samplers plugin API {api}, this samplers has {hookspecs.API_VERSION}",
+                )
             )
             return
         self.pm.register(plugin, name=name)
@@ -123,7 +127,9 @@ class Registry:
                     if not (isinstance(cls, type) and issubclass(cls, Scheduler)) or not getattr(cls, "name", ""):
                         raise TypeError(f"{cls!r} is not a named samplers.protocol.Scheduler subclass")
             except Exception as exc:
-                self.load_errors.append(LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}"))
+                self.load_errors.append(
+                    LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}")
+                )
                 continue
             for cls in classes:
                 if cls.name in entries and entries[cls.name].cls is not cls:
@@ -143,7 +149,9 @@ class Registry:
             try:
                 items = dict(impl.function() or {})
             except Exception as exc:
-                self.load_errors.append(LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}"))
+                self.load_errors.append(
+                    LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}")
+                )
                 continue
             for name, obj in items.items():
                 if name in found and found[name][0] is not obj:

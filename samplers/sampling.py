@@ -10,7 +10,8 @@ result does not depend on the batch split or on whether the graph is used.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -144,7 +145,9 @@ class GraphedSampler:
 
     def __call__(self, noise: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
         if noise.shape != self._noise.shape:
-            raise ValueError(f"noise must have the captured shape {tuple(self._noise.shape)}, got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must have the captured shape {tuple(self._noise.shape)}, got {tuple(noise.shape)}"
+            )
         self._noise.copy_(noise)
         if seeds is not None:
             self._seeds.copy_(seeds)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import difflib
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 import torch
 
-Scalar = Union[float, torch.Tensor]
+Scalar = float | torch.Tensor
 F64 = torch.float64
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
@@ -240,7 +240,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         beta_end: float = 0.02,
         trained_betas: Sequence[float] | None = None,
         rescale_betas_zero_snr: bool = False,
-    ) -> "DiscreteVPSchedule":
+    ) -> DiscreteVPSchedule:
         betas = (
             torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
             if trained_betas is not None

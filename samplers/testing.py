@@ -51,8 +51,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import torch
 import typer
@@ -104,7 +105,9 @@ class KitSettings:
     stochastic_width: int = 512
     dim: int = 4
     z: float = 5.0
-    improvement: float = 0.5  # deterministic: the most-steps error must be at most this fraction of the fewest-steps one
+    improvement: float = (
+        0.5  # deterministic: the most-steps error must be at most this fraction of the fewest-steps one
+    )
     bias_shrink: float = 0.6  # stochastic: a moment bias beyond sampling noise must shrink at least this much
     shape_steps: int = 6
     seed: int = 0
@@ -112,7 +115,7 @@ class KitSettings:
     cpu_threads: int | None = 1  # the runs are small: one intra-op thread avoids oversubscription on busy machines
 
     @classmethod
-    def quick(cls, **changes: Any) -> "KitSettings":
+    def quick(cls, **changes: Any) -> KitSettings:
         base = cls(
             accuracy_steps=(4, 16),
             accuracy_samples=256,
@@ -152,7 +155,7 @@ class GaussianOracle:
         self.std = std.to(F64)
 
     @classmethod
-    def for_shape(cls, shape: Sequence[int]) -> "GaussianOracle":
+    def for_shape(cls, shape: Sequence[int]) -> GaussianOracle:
         n = math.prod(shape)
         j = torch.arange(n, dtype=F64)
         mean = 0.2 * torch.sin(1.0 + 0.7 * j)
@@ -213,7 +216,9 @@ def run_oracle(
     start = (float(plan.input_scale[0]), float(plan.model_alpha[0]), float(plan.model_sigma[0]))
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
-        out = oracle.model_output(scheduler.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i]))
+        out = oracle.model_output(
+            scheduler.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i])
+        )
         x = scheduler.step(out, t, x, generator=generator, seeds=seeds, backend=backend).prev_sample
     exact = oracle.ode_solution((noise * plan.init_noise_sigma).to(F64) * start[0], start[1], start[2])
     return x, exact
@@ -227,8 +232,14 @@ def run_oracle(
 class _Context:
     """What every check needs: the class, how to build it, where to run, how big."""
 
-    def __init__(self, cls: type[Scheduler], registry_name: str | None, config: dict[str, Any], device: torch.device,
-                 settings: KitSettings) -> None:
+    def __init__(
+        self,
+        cls: type[Scheduler],
+        registry_name: str | None,
+        config: dict[str, Any],
+        device: torch.device,
+        settings: KitSettings,
+    ) -> None:
         self.cls = cls
         self.registry_name = registry_name
         self.config = config
@@ -271,7 +282,9 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
         problems.append(f"`stochastic` must be a bool, got {cls.stochastic!r}")
     types = tuple(cls.prediction_types)
     if not types or not set(types) <= set(parameterization.PREDICTION_TYPES):
-        problems.append(f"`prediction_types` must be a non-empty subset of {parameterization.PREDICTION_TYPES}, got {types}")
+        problems.append(
+            f"`prediction_types` must be a non-empty subset of {parameterization.PREDICTION_TYPES}, got {types}"
+        )
     try:
         meta = cls.metadata()
         json.dumps(meta)
@@ -280,8 +293,18 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
             problems.append(f"metadata() lacks {sorted(missing)}")
     except Exception as exc:
         problems.append(f"metadata() is not JSON-serializable: {exc}")
-    for method in ("set_timesteps", "step", "step_functional", "scale_model_input", "add_noise", "init_state",
-                   "save_config", "from_config", "from_pretrained", "set_begin_index"):
+    for method in (
+        "set_timesteps",
+        "step",
+        "step_functional",
+        "scale_model_input",
+        "add_noise",
+        "init_state",
+        "save_config",
+        "from_config",
+        "from_pretrained",
+        "set_begin_index",
+    ):
         if not callable(getattr(cls, method, None)):
             problems.append(f"missing method {method}()")
 
@@ -340,7 +363,11 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
         problems.append(f"step() must return StepOutput(prev_sample, ...), got {type(result).__name__}")
     if s.step_index != 1:
         problems.append(f"step_index after one step must be 1, got {s.step_index}")
-    tup = s.step(out, ts[1], result.prev_sample, seeds=ctx.seeds(2, 1), return_dict=False, backend=ctx.settings.backend) if calls > 1 else (x,)
+    tup = (
+        s.step(out, ts[1], result.prev_sample, seeds=ctx.seeds(2, 1), return_dict=False, backend=ctx.settings.backend)
+        if calls > 1
+        else (x,)
+    )
     if not isinstance(tup, tuple) or not isinstance(tup[0], torch.Tensor):
         problems.append("step(..., return_dict=False) must return a tuple whose first item is the sample")
     noisy = s.add_noise(torch.zeros(2, 3, device=ctx.device), torch.ones(2, 3, device=ctx.device), ts[:1].expand(2))
@@ -351,7 +378,10 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
         problems.append(f"init_state() must return a SamplerState, got {type(state).__name__}")
     if problems:
         return False, "; ".join(problems)
-    return True, f"metadata ok ({cls.family}, order {cls.order}, {nfe} NFE/step); {calls} calls for {n} steps; misuse raises"
+    return (
+        True,
+        f"metadata ok ({cls.family}, order {cls.order}, {nfe} NFE/step); {calls} calls for {n} steps; misuse raises",
+    )
 
 
 def _check_roundtrip(ctx: _Context) -> tuple[bool, str]:
@@ -403,17 +433,24 @@ def _check_shapes(ctx: _Context) -> tuple[bool, str]:
             x = (noise * plan.init_noise_sigma).to(dtype)
             for i, t in enumerate(s.timesteps):
                 x_in = s.scale_model_input(x, t)
-                out = oracle.model_output(s.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i]))
+                out = oracle.model_output(
+                    s.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i])
+                )
                 before = (x.clone(), out.clone())
                 res = s.step(out, t, x, seeds=seeds, backend=st.backend)
                 if not (torch.equal(before[0], x) and torch.equal(before[1], out)):
                     problems.append(f"step() modified its inputs in place ({dtype}, {shape})")
                 y, x0 = res.prev_sample, res.pred_original_sample
                 if y.shape != x.shape or y.dtype != dtype or y.device != x.device:
-                    problems.append(f"prev_sample is {tuple(y.shape)} {y.dtype} on {y.device}; sample was {tuple(x.shape)} {dtype} on {x.device}")
+                    problems.append(
+                        f"prev_sample is {tuple(y.shape)} {y.dtype} on {y.device}; "
+                        f"sample was {tuple(x.shape)} {dtype} on {x.device}"
+                    )
                     break
                 if x0 is not None and (x0.shape != x.shape or x0.dtype != dtype):
-                    problems.append(f"pred_original_sample is {tuple(x0.shape)} {x0.dtype}; sample was {tuple(x.shape)} {dtype}")
+                    problems.append(
+                        f"pred_original_sample is {tuple(x0.shape)} {x0.dtype}; sample was {tuple(x.shape)} {dtype}"
+                    )
                     break
                 x = y
             if not bool(torch.isfinite(x.float()).all()):
@@ -436,15 +473,26 @@ def _check_shapes(ctx: _Context) -> tuple[bool, str]:
             from samplers.ops import batch_seeds
 
             noise = ctx.noise(shape, 7).to(dev).float()
-            x, _ = run_oracle(s, oracle, noise, st.shape_steps, seeds=batch_seeds(11, shape[0], device=dev),
-                              backend=st.backend, device=dev)
+            x, _ = run_oracle(
+                s,
+                oracle,
+                noise,
+                st.shape_steps,
+                seeds=batch_seeds(11, shape[0], device=dev),
+                backend=st.backend,
+                device=dev,
+            )
             out_dev[dev] = x.to("cpu", F64)
         err = float((out_dev["cpu"] - out_dev["cuda"]).abs().max())
         if not err <= 1e-3 * max(1.0, float(out_dev["cpu"].abs().max())):
             problems.append(f"CPU and CUDA results differ by {err:.3g}")
     if problems:
         return False, "; ".join(dict.fromkeys(problems))
-    return True, f"{len(shapes)} shapes x float32/float64/bfloat16 on {devices}: shapes, dtypes, finite, dtypes agree, inputs untouched"
+    return (
+        True,
+        f"{len(shapes)} shapes x float32/float64/bfloat16 on {devices}: "
+        "shapes, dtypes, finite, dtypes agree, inputs untouched",
+    )
 
 
 def _check_determinism(ctx: _Context) -> tuple[bool, str]:
@@ -464,7 +512,11 @@ def _check_determinism(ctx: _Context) -> tuple[bool, str]:
     problems = []
     g = lambda seed: torch.Generator(device="cpu").manual_seed(seed)  # noqa: E731
     a, b, c = run(generator=g(1)), run(generator=g(1)), run(generator=g(2))
-    sa, sb, sc = run(seeds=ctx.seeds(shape[0], 5)), run(seeds=ctx.seeds(shape[0], 5)), run(seeds=ctx.seeds(shape[0], 6))
+    sa, sb, sc = (
+        run(seeds=ctx.seeds(shape[0], 5)),
+        run(seeds=ctx.seeds(shape[0], 5)),
+        run(seeds=ctx.seeds(shape[0], 6)),
+    )
     if not torch.equal(a, b):
         problems.append("the same generator seed gave different outputs")
     if not torch.equal(sa, sb):
@@ -485,8 +537,15 @@ def _check_determinism(ctx: _Context) -> tuple[bool, str]:
     st1, st2 = s.init_state(), s.init_state()
     for i, t in enumerate(s.timesteps):
         # the functional form has no object state, so the model input is scaled from the plan directly
-        outs = [oracle.model_output(s.prediction_type, x * float(plan.input_scale[i]), float(plan.model_alpha[i]),
-                                    float(plan.model_sigma[i])) for x in (x1, x2)]
+        outs = [
+            oracle.model_output(
+                s.prediction_type,
+                x * float(plan.input_scale[i]),
+                float(plan.model_alpha[i]),
+                float(plan.model_sigma[i]),
+            )
+            for x in (x1, x2)
+        ]
         r1, st1 = s.step_functional(st1, outs[0], t, x1, seeds=seeds1, backend=st.backend)
         r2, st2 = s.step_functional(st2, outs[1], t, x2, seeds=seeds2, backend=st.backend)
         x1, x2 = r1.prev_sample, r2.prev_sample
@@ -503,8 +562,14 @@ def _stochastic_run(ctx: _Context, steps: int, seed: int) -> tuple[torch.Tensor,
     st = ctx.settings
     shape = (st.stochastic_batch, st.stochastic_width)
     oracle = GaussianOracle.for_shape(shape[1:])
-    x, _ = run_oracle(ctx.make(), oracle, ctx.noise(shape, seed).float(), steps, seeds=ctx.seeds(shape[0], seed + 1),
-                      backend=st.backend)
+    x, _ = run_oracle(
+        ctx.make(),
+        oracle,
+        ctx.noise(shape, seed).float(),
+        steps,
+        seeds=ctx.seeds(shape[0], seed + 1),
+        backend=st.backend,
+    )
     return x.cpu(), oracle
 
 
@@ -531,8 +596,14 @@ def _check_marginals(ctx: _Context) -> tuple[bool, str, bool]:
         return True, f"moments match the data at {hi} steps ({table}; {noise})", False
     if all(excess[hi][m] <= st.bias_shrink * excess[lo][m] for m in se):
         worst = max(excess[hi][m] / excess[lo][m] for m in se if excess[lo][m] > 0)
-        return True, (f"moment bias beyond sampling noise shrinks x{worst:.2f} from {lo} to {hi} steps "
-                      f"(as the exact-mean ancestral step's variance deficit does); {table}; {noise}"), False
+        return (
+            True,
+            (
+                f"moment bias beyond sampling noise shrinks x{worst:.2f} from {lo} to {hi} steps "
+                f"(as the exact-mean ancestral step's variance deficit does); {table}; {noise}"
+            ),
+            False,
+        )
     return False, f"moments do not converge to the data's: {table}; {noise}", False
 
 
@@ -559,17 +630,21 @@ def _check_accuracy(ctx: _Context) -> tuple[bool, str]:
         floor = 1e-4 * float(oracle.std.max())  # float32 rounding of O(1) samples over tens of steps
         metric = "RMS error to the exact ODE solution"
     first, last = errors[0], errors[-1]
-    table = ", ".join(f"{k} steps: {e:.3g}" for k, e in zip(steps_list, errors))
+    table = ", ".join(f"{k} steps: {e:.3g}" for k, e in zip(steps_list, errors, strict=True))
     if not all(math.isfinite(e) for e in errors):
         return False, f"{metric}: {table} (non-finite)"
     if first <= floor:
-        return last <= max(floor, 2 * first), f"{metric}: {table}; already at the floor {floor:.2g} with {steps_list[0]} steps"
+        return last <= max(
+            floor, 2 * first
+        ), f"{metric}: {table}; already at the floor {floor:.2g} with {steps_list[0]} steps"
     order = ""
     if not noisy and last > 0:
         slope = math.log(first / last) / math.log(steps_list[-1] / steps_list[0])
         order = f"; empirical order {slope:.2f}"
     ok = last <= st.improvement * first or last <= floor
-    return ok, f"{metric}: {table}{order}" + ("" if ok else f" (needs <= {st.improvement:g}x the {steps_list[0]}-step error)")
+    return ok, f"{metric}: {table}{order}" + (
+        "" if ok else f" (needs <= {st.improvement:g}x the {steps_list[0]}-step error)"
+    )
 
 
 def _check_no_sync(ctx: _Context) -> tuple[bool, str, bool]:
@@ -593,8 +668,12 @@ def _check_no_sync(ctx: _Context) -> tuple[bool, str, bool]:
         x = noise * plan.init_noise_sigma
         for i in range(len(plan.timesteps)):
             t = times[i]  # a device scalar, as samplers.sample passes it
-            out = oracle.model_output(s.prediction_type, x * float(plan.input_scale[i]), float(plan.model_alpha[i]),
-                                      float(plan.model_sigma[i]))
+            out = oracle.model_output(
+                s.prediction_type,
+                x * float(plan.input_scale[i]),
+                float(plan.model_alpha[i]),
+                float(plan.model_sigma[i]),
+            )
             torch.cuda.synchronize()
             previous = torch.cuda.get_sync_debug_mode()
             if check:
@@ -713,7 +792,9 @@ def assert_conforms(
     failed = [r for r in results if not r.passed]
     if failed:
         label = name_or_cls if isinstance(name_or_cls, str) else name_or_cls.__name__
-        title = f"{label} fails {len(failed)} of {len(results)} conformance checks ({', '.join(r.name for r in failed)}):"
+        title = (
+            f"{label} fails {len(failed)} of {len(results)} conformance checks ({', '.join(r.name for r in failed)}):"
+        )
         raise ConformanceError(format_report(results, title), results)
     return results
 
@@ -739,7 +820,7 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 def check(
     name: str = typer.Argument(..., help="Scheduler name, as `samplers list` shows it."),
     device: str = typer.Option("cpu", "--device", help="Device to run on: cpu, cuda, cuda:1, ..."),
-    option: Optional[list[str]] = typer.Option(
+    option: list[str] | None = typer.Option(
         None, "--option", "-o", help="Scheduler option KEY=VALUE (VALUE parsed as JSON); repeatable."
     ),
     only: str = typer.Option("", "--only", help="Comma-separated subset of: " + ", ".join(CHECKS) + "."),
@@ -775,13 +856,23 @@ def check(
         raise fail(str(exc)) from None
     entry = reg.entries[name]
     if as_json:
-        typer.echo(json.dumps({
-            "scheduler": name, "source": str(entry.source), "device": device, "config": config,
-            "passed": all(r.passed for r in results),
-            "results": [dict(dataclasses.asdict(r), status=r.status) for r in results],
-        }, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "scheduler": name,
+                    "source": str(entry.source),
+                    "device": device,
+                    "config": config,
+                    "passed": all(r.passed for r in results),
+                    "results": [dict(dataclasses.asdict(r), status=r.status) for r in results],
+                },
+                indent=2,
+            )
+        )
     else:
-        table = Table(title=escape(f"samplers check {name}  [{entry.source.distribution} {entry.source.version}, {device}]"))
+        table = Table(
+            title=escape(f"samplers check {name}  [{entry.source.distribution} {entry.source.version}, {device}]")
+        )
         table.add_column("property", no_wrap=True)
         table.add_column("result", no_wrap=True)
         table.add_column("time", justify="right", no_wrap=True)
@@ -792,6 +883,9 @@ def check(
         out = Console(width=None if sys.stdout.isatty() else 140)  # piped: no terminal width to read
         out.print(table)
         failed = sum(not r.passed for r in results)
-        out.print(f"[bold red]{failed} failed[/]" if failed else f"[green]all {len(results)} checks passed[/]", highlight=False)
+        out.print(
+            f"[bold red]{failed} failed[/]" if failed else f"[green]all {len(results)} checks passed[/]",
+            highlight=False,
+        )
     if not all(r.passed for r in results):
         raise typer.Exit(1)

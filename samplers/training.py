@@ -1,8 +1,8 @@
 """Training helpers: noising, targets, timestep sampling and loss weights over the math core.
 
-    t = schedules.sample_timesteps_uniform(B, scheduler.schedule.num_train_timesteps)
-    x_t, target, weight = training_example(scheduler.schedule, x0, t, "v_prediction")
-    loss = (weight * (model(x_t, t) - target).pow(2).mean(dim=(1, 2, 3))).mean()
+t = schedules.sample_timesteps_uniform(B, scheduler.schedule.num_train_timesteps)
+x_t, target, weight = training_example(scheduler.schedule, x0, t, "v_prediction")
+loss = (weight * (model(x_t, t) - target).pow(2).mean(dim=(1, 2, 3))).mean()
 """
 
 from __future__ import annotations

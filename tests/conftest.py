@@ -43,8 +43,12 @@ def exact_output(scheduler, call: int, x_in: torch.Tensor, mu: torch.Tensor, std
 
 
 def run_exact(
-    scheduler, x_start: torch.Tensor, mu: torch.Tensor, std: torch.Tensor,
-    noise_generator: torch.Generator | None = None, **step_kwargs,
+    scheduler,
+    x_start: torch.Tensor,
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    noise_generator: torch.Generator | None = None,
+    **step_kwargs,
 ) -> torch.Tensor:
     """Run a whole planned chain from ``x_start`` (already scaled by init_noise_sigma) with the exact model.
 

@@ -31,16 +31,30 @@ def _seeded(build, seed: int = 0):
 
 def _tiny_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
 
 
 def _tiny_dit(head_dim: int = 16) -> DiTTransformer2DModel:
     return DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=head_dim, in_channels=4, out_channels=4, num_layers=2,
-        sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=32,
+        num_attention_heads=2,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_num_groups=32,
     )
 
 
@@ -65,8 +79,11 @@ def spy(monkeypatch) -> list:
 
 def _inputs(batch: int = 2, context: int = 7):
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(batch, 4, 8, 8, generator=g), torch.tensor([10, 500][:batch]),
-            torch.randn(batch, context, 32, generator=g))
+    return (
+        torch.randn(batch, 4, 8, 8, generator=g),
+        torch.tensor([10, 500][:batch]),
+        torch.randn(batch, context, 32, generator=g),
+    )
 
 
 def _run_unet(unet, processor, *args, **kwargs) -> torch.Tensor:
@@ -126,8 +143,9 @@ def _layer_case(kind: str):
     g = torch.Generator().manual_seed(2)
     tokens = torch.randn(2, 12, 32, generator=g)
     if kind == "image_groupnorm_residual_rescale":  # the VAE mid-block layout: 4-D in and out
-        layer = Attention(32, heads=2, dim_head=16, norm_num_groups=8, residual_connection=True,
-                          rescale_output_factor=2.0, bias=True)
+        layer = Attention(
+            32, heads=2, dim_head=16, norm_num_groups=8, residual_connection=True, rescale_output_factor=2.0, bias=True
+        )
         return layer, dict(hidden_states=torch.randn(2, 32, 4, 3, generator=g))
     if kind == "cross_layer_norm":
         layer = Attention(32, cross_attention_dim=24, heads=4, dim_head=8, cross_attention_norm="layer_norm")
@@ -138,7 +156,9 @@ def _layer_case(kind: str):
         return Attention(32, heads=2, dim_head=16, scale_qk=False), dict(hidden_states=tokens * 0.3)
     if kind == "spatial_norm":
         layer = Attention(32, heads=2, dim_head=16, spatial_norm_dim=6)
-        return layer, dict(hidden_states=torch.randn(2, 32, 4, 4, generator=g), temb=torch.randn(2, 6, 2, 2, generator=g))
+        return layer, dict(
+            hidden_states=torch.randn(2, 32, 4, 4, generator=g), temb=torch.randn(2, 6, 2, 2, generator=g)
+        )
     if kind in ("fused_self", "fused_cross"):
         cross = kind == "fused_cross"
         layer = Attention(32, cross_attention_dim=24 if cross else None, heads=2, dim_head=16)
@@ -151,8 +171,15 @@ def _layer_case(kind: str):
 
 @pytest.mark.parametrize(
     "kind",
-    ["image_groupnorm_residual_rescale", "cross_layer_norm", "qk_layer_norm", "unscaled_qk", "spatial_norm",
-     "fused_self", "fused_cross"],
+    [
+        "image_groupnorm_residual_rescale",
+        "cross_layer_norm",
+        "qk_layer_norm",
+        "unscaled_qk",
+        "spatial_norm",
+        "fused_self",
+        "fused_cross",
+    ],
 )
 def test_single_layer_matches_its_default_processor(kind, spy):
     layer, kwargs = _seeded(lambda: _layer_case(kind)[0]), _layer_case(kind)[1]
@@ -169,8 +196,9 @@ def test_single_layer_matches_its_default_processor(kind, spy):
         assert layer.fused_projections
 
 
-@pytest.mark.parametrize("layout", ["bool [B, Lk]", "additive [B, 1, Lk]", "additive [B*heads, Lq, Lk]",
-                                    "bool [B, heads, Lq, Lk]"])
+@pytest.mark.parametrize(
+    "layout", ["bool [B, Lk]", "additive [B, 1, Lk]", "additive [B*heads, Lq, Lk]", "bool [B, heads, Lq, Lk]"]
+)
 def test_attention_mask_layouts_match_the_default_processor(layout):
     layer = _seeded(lambda: Attention(32, cross_attention_dim=24, heads=2, dim_head=16))
     g = torch.Generator().manual_seed(3)

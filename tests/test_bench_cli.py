@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from samplers.bench.command import bench
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -45,7 +44,17 @@ def test_table_json_csv_and_plot(app, runner, tmp_path):
     result = runner.invoke(app, ["bench", *SMALL, "--json", str(js), "--csv", str(cs), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("ddim", "heun", "NFE", "SW2", "ODE err", "samples/s", "step ovh ms", "sampling noise floor", "empirical order"):
+    for text in (
+        "ddim",
+        "heun",
+        "NFE",
+        "SW2",
+        "ODE err",
+        "samples/s",
+        "step ovh ms",
+        "sampling noise floor",
+        "empirical order",
+    ):
         assert text in out
     doc = json.loads(js.read_text())
     assert doc["schema_version"] == 1 and len(doc["rows"]) == 4
@@ -58,8 +67,21 @@ def test_table_json_csv_and_plot(app, runner, tmp_path):
 
 def test_gaussian_problem_prediction_type_and_threads(app, runner):
     torch.set_num_threads(2)
-    result = runner.invoke(app, ["bench", *SMALL, "--problem", "gaussian", "--prediction-type", "v_prediction",
-                                 "--metric", "kl_exact,ode_error", "--threads", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            *SMALL,
+            "--problem",
+            "gaussian",
+            "--prediction-type",
+            "v_prediction",
+            "--metric",
+            "kl_exact,ode_error",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "KL exact" in result.stdout and "ODE err" in result.stdout and "MMD" not in result.stdout
     assert "1 CPU thread(s)" in result.stdout
@@ -107,11 +129,26 @@ def test_prediction_type_a_scheduler_does_not_take(app, runner):
     reg = registry()
     reg.register(Plugin(), "test-cli-plugin")
     try:
-        result = runner.invoke(app, ["bench", "--scheduler", "test_cli_eps_only", "--prediction-type", "sample", "--quiet"])
+        result = runner.invoke(
+            app, ["bench", "--scheduler", "test_cli_eps_only", "--prediction-type", "sample", "--quiet"]
+        )
         assert result.exit_code == 2
         assert "does not take prediction type 'sample'" in _err(result)
-        ok = runner.invoke(app, ["bench", "--scheduler", "test_cli_eps_only", "--steps", "5", "--samples", "200",
-                                 "--metric", "sw", "--quiet"])
+        ok = runner.invoke(
+            app,
+            [
+                "bench",
+                "--scheduler",
+                "test_cli_eps_only",
+                "--steps",
+                "5",
+                "--samples",
+                "200",
+                "--metric",
+                "sw",
+                "--quiet",
+            ],
+        )
         assert ok.exit_code == 0 and "test_cli_eps_only" in ok.stdout
     finally:
         reg.pm.unregister(name="test-cli-plugin")
@@ -130,8 +167,21 @@ def test_registered_in_the_samplers_cli(runner):
 
     result = runner.invoke(samplers_app, ["bench", "--help"])
     assert result.exit_code == 0
-    for flag in ("--scheduler", "--steps", "--problem", "--samples", "--device", "--dtype", "--seed",
-                 "--json", "--csv", "--plot", "--quiet", "--debug", "--threads"):
+    for flag in (
+        "--scheduler",
+        "--steps",
+        "--problem",
+        "--samples",
+        "--device",
+        "--dtype",
+        "--seed",
+        "--json",
+        "--csv",
+        "--plot",
+        "--quiet",
+        "--debug",
+        "--threads",
+    ):
         assert flag in result.output
 
 
@@ -141,7 +191,9 @@ def _run_module(*args: str, env_extra: dict | None = None):
     import sys
 
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "samplers", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "samplers", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_installed_command_debug_shows_traceback_only_with_debug():
@@ -168,8 +220,10 @@ def test_bad_input_printed_by_rank_zero_only(app, runner, monkeypatch):
 def _unwritable_paths(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    return [("/proc/samplers-bench-x.json", "cannot write '/proc/samplers-bench-x.json'"),
-            (str(afile / "x.json"), f"cannot write '{afile / 'x.json'}'")]
+    return [
+        ("/proc/samplers-bench-x.json", "cannot write '/proc/samplers-bench-x.json'"),
+        (str(afile / "x.json"), f"cannot write '{afile / 'x.json'}'"),
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--json", "--csv"])

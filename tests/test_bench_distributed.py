@@ -60,8 +60,15 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         ctx = DistContext(rank=rank, world_size=world, backend="gloo")
         res = R.run_benchmark(R.BenchConfig(**CONFIG), dist=ctx, keep_samples=10**6)
         if rank == 0:
-            torch.save({"samples": res.samples, "metrics": [r.metrics for r in res.rows], "nfe": [r.nfe for r in res.rows],
-                        "world": res.environment["world_size"]}, os.path.join(out_dir, "rank0.pt"))
+            torch.save(
+                {
+                    "samples": res.samples,
+                    "metrics": [r.metrics for r in res.rows],
+                    "nfe": [r.nfe for r in res.rows],
+                    "world": res.environment["world_size"],
+                },
+                os.path.join(out_dir, "rank0.pt"),
+            )
     finally:
         dist.destroy_process_group()
 
@@ -87,8 +94,26 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 
 def _cli_args(json_path: Path) -> list[str]:
-    return ["bench", "--scheduler", "ddim,euler_ancestral", "--steps", "4,8", "--problem", "gmm2d", "--samples", "257",
-            "--seed", "3", "--metric", "sw,mmd,ode_error", "--ode-samples", "64", "--quiet", "--json", str(json_path)]
+    return [
+        "bench",
+        "--scheduler",
+        "ddim,euler_ancestral",
+        "--steps",
+        "4,8",
+        "--problem",
+        "gmm2d",
+        "--samples",
+        "257",
+        "--seed",
+        "3",
+        "--metric",
+        "sw,mmd,ode_error",
+        "--ode-samples",
+        "64",
+        "--quiet",
+        "--json",
+        str(json_path),
+    ]
 
 
 @pytest.mark.slow
@@ -102,8 +127,14 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
-    done = subprocess.run([*launcher, "-m", "samplers", *_cli_args(two)], cwd=tmp_path, env=env, timeout=300,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*launcher, "-m", "samplers", *_cli_args(two)],
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("samplers bench:") == 1  # only rank 0 prints
     a, b = json.loads(one.read_text()), json.loads(two.read_text())

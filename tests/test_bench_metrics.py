@@ -9,7 +9,6 @@ import torch
 
 from samplers.bench import metrics as M
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -27,11 +26,14 @@ def test_sliced_wasserstein_of_a_shift_is_its_length_over_sqrt_d():
     v = torch.tensor([0.3, -0.4], dtype=F64)
     assert M.sliced_wasserstein(x, x + v) == pytest.approx(0.5 / math.sqrt(2), rel=1e-9)
     assert M.sliced_wasserstein(x, x + v, p=1) == pytest.approx(
-        float(torch.abs(M.projection_directions(2) @ v).mean()), rel=1e-9)
+        float(torch.abs(M.projection_directions(2) @ v).mean()), rel=1e-9
+    )
     # n-D: random directions, E (theta.v)^2 = |v|^2 / d up to Monte-Carlo error over 4000 directions
     x5 = torch.randn(2000, 5, dtype=F64, generator=_gen(1))
     v5 = torch.full((5,), 0.2, dtype=F64)
-    assert M.sliced_wasserstein(x5, x5 + v5, num_projections=4000) == pytest.approx(float(v5.norm()) / math.sqrt(5), rel=0.05)
+    assert M.sliced_wasserstein(x5, x5 + v5, num_projections=4000) == pytest.approx(
+        float(v5.norm()) / math.sqrt(5), rel=0.05
+    )
 
 
 def test_sliced_wasserstein_basic_properties():
@@ -64,8 +66,14 @@ def test_mmd_matches_the_closed_form_between_gaussians():
 
 
 def test_mmd_is_unbiased_for_equal_distributions():
-    vals = [M.mmd_rbf(torch.randn(400, 2, dtype=F64, generator=_gen(s)), torch.randn(400, 2, dtype=F64, generator=_gen(100 + s)), 1.0)
-            for s in range(20)]
+    vals = [
+        M.mmd_rbf(
+            torch.randn(400, 2, dtype=F64, generator=_gen(s)),
+            torch.randn(400, 2, dtype=F64, generator=_gen(100 + s)),
+            1.0,
+        )
+        for s in range(20)
+    ]
     t = torch.tensor(vals)
     assert (t < 0).any()  # unbiased: it goes below zero
     assert abs(float(t.mean())) < 4 * float(t.std()) / math.sqrt(20)
@@ -79,7 +87,9 @@ def test_exact_target_mmd_and_sw_agree_with_closed_forms():
     # x from another Gaussian: the exact-target MMD estimates mmd_rbf_gaussians
     mu_x, cov_x = torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64) * 0.5
     exact = M.mmd_rbf_gaussians(mu_x, cov_x, mu, cov, 1.1)
-    vals = torch.tensor([target.mmd(mu_x + 0.5**0.5 * torch.randn(3000, 2, dtype=F64, generator=_gen(s)), None) for s in range(5)])
+    vals = torch.tensor(
+        [target.mmd(mu_x + 0.5**0.5 * torch.randn(3000, 2, dtype=F64, generator=_gen(s)), None) for s in range(5)]
+    )
     assert abs(float(vals.mean()) - exact) < 4 * float(vals.std()) / math.sqrt(5) + 2e-4
     # SW to the exact target of samples from the target is small and shrinks with n
     chol = torch.linalg.cholesky(cov)
@@ -104,7 +114,9 @@ def test_mixture_quantiles_invert_the_cdf():
     cdf = (w * torch.special.ndtr((q[:, None] - means[0]) / stds[0])).sum(1)
     # linear interpolation of an 8192-point CDF table: ~1e-6 in probability, far below sampling noise
     torch.testing.assert_close(cdf, levels, rtol=0, atol=1e-5)
-    one = M.mixture_quantiles(torch.ones(1, dtype=F64), torch.zeros(1, 1, dtype=F64), torch.ones(1, 1, dtype=F64), levels)[:, 0]
+    one = M.mixture_quantiles(
+        torch.ones(1, dtype=F64), torch.zeros(1, 1, dtype=F64), torch.ones(1, 1, dtype=F64), levels
+    )[:, 0]
     torch.testing.assert_close(one, torch.special.ndtri(levels), rtol=0, atol=1e-5)
 
 
@@ -129,8 +141,12 @@ def test_kl_gaussian_known_values():
     # 1-D: log(s1/s0) + (s0^2 + dm^2) / (2 s1^2) - 1/2
     s0, s1, dm = 0.7, 1.3, 0.4
     want = math.log(s1 / s0) + (s0**2 + dm**2) / (2 * s1**2) - 0.5
-    got = M.kl_gaussian(torch.zeros(1, dtype=F64), torch.tensor([[s0**2]], dtype=F64),
-                        torch.tensor([dm], dtype=F64), torch.tensor([[s1**2]], dtype=F64))
+    got = M.kl_gaussian(
+        torch.zeros(1, dtype=F64),
+        torch.tensor([[s0**2]], dtype=F64),
+        torch.tensor([dm], dtype=F64),
+        torch.tensor([[s1**2]], dtype=F64),
+    )
     assert got == pytest.approx(want, rel=1e-12)
     # multivariate: Monte-Carlo E_0[log p0 - log p1]
     g = _gen(6)
@@ -168,6 +184,11 @@ def test_convergence_order_fit():
 
 
 def test_resolve_metrics_names_and_suggestions():
-    assert [m.name for m in M.resolve_metrics(["sw", "SW1", "sliced-wasserstein", "fid", "ode"])] == ["sw", "sw1", "frechet", "ode_error"]
+    assert [m.name for m in M.resolve_metrics(["sw", "SW1", "sliced-wasserstein", "fid", "ode"])] == [
+        "sw",
+        "sw1",
+        "frechet",
+        "ode_error",
+    ]
     with pytest.raises(ValueError, match="did you mean 'frechet'"):
         M.resolve_metrics(["frechat"])

@@ -11,7 +11,6 @@ from samplers import parameterization
 from samplers.bench import problems as P
 from samplers.ops.reference import batch_seeds
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -61,10 +60,14 @@ def test_one_component_mixture_equals_the_gaussian():
     mix = P.GaussianMixtureProblem(mu.view(1, 2), cov.view(1, 2, 2))
     x = torch.randn(100, 2, dtype=F64)
     for alpha, sigma in [(0.99, 0.05), (0.7, 0.7), (0.1, 1.0)]:
-        torch.testing.assert_close(mix.denoise(x, alpha, sigma), gauss.denoise(x, alpha, sigma), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            mix.denoise(x, alpha, sigma), gauss.denoise(x, alpha, sigma), rtol=1e-10, atol=1e-10
+        )
 
 
-@pytest.mark.parametrize("spec", ["gmm2d", "gmm2d:layout=random", "gmm_nd:dim=3,components=4", "swissroll:components=24"])
+@pytest.mark.parametrize(
+    "spec", ["gmm2d", "gmm2d:layout=random", "gmm_nd:dim=3,components=4", "swissroll:components=24"]
+)
 def test_mixture_denoiser_satisfies_tweedie(spec):
     """E[x0 | x] = (x + sigma^2 grad log p_t(x)) / alpha, with p_t the exact Gaussian-mixture marginal."""
     prob = P.get_problem(spec)
@@ -72,7 +75,9 @@ def test_mixture_denoiser_satisfies_tweedie(spec):
     d = prob.dim
     alpha, sigma = 0.8, 0.45
     x = (prob.sample(16, seed=3) * alpha + sigma * torch.randn(16, d, dtype=F64)).requires_grad_(True)
-    comp = torch.distributions.MultivariateNormal(alpha * means, alpha * alpha * covs + sigma * sigma * torch.eye(d, dtype=F64))
+    comp = torch.distributions.MultivariateNormal(
+        alpha * means, alpha * alpha * covs + sigma * sigma * torch.eye(d, dtype=F64)
+    )
     log_p = torch.logsumexp(comp.log_prob(x.unsqueeze(1)) + torch.log(w), dim=1)
     (score,) = torch.autograd.grad(log_p.sum(), x)
     tweedie = (x.detach() + sigma * sigma * score) / alpha
@@ -106,7 +111,9 @@ def test_denoiser_keeps_dtype_and_computes_in_float64():
     assert ref.dtype == F64
 
 
-@pytest.mark.parametrize("spec", ["gaussian", "gaussian_nd:dim=6", "gmm2d:layout=grid", "gmm_nd:layout=axes,dim=4", "swissroll"])
+@pytest.mark.parametrize(
+    "spec", ["gaussian", "gaussian_nd:dim=6", "gmm2d:layout=grid", "gmm_nd:layout=axes,dim=4", "swissroll"]
+)
 def test_samples_have_the_exact_moments(spec):
     prob = P.get_problem(spec)
     n = 40_000
@@ -135,7 +142,9 @@ def test_denoise_rows_do_not_depend_on_the_batch_split(spec):
     prob = P.get_problem(spec)
     x = torch.randn(257, prob.dim, dtype=torch.float32)
     whole = prob.denoise(x, 0.5, 0.8)
-    parts = torch.cat([prob.denoise(x[:100], 0.5, 0.8), prob.denoise(x[100:101], 0.5, 0.8), prob.denoise(x[101:], 0.5, 0.8)])
+    parts = torch.cat(
+        [prob.denoise(x[:100], 0.5, 0.8), prob.denoise(x[100:101], 0.5, 0.8), prob.denoise(x[101:], 0.5, 0.8)]
+    )
     assert torch.equal(whole, parts)
 
 
@@ -176,7 +185,9 @@ def test_generic_rk4_ode_matches_the_gaussian_closed_form():
     x_t = torch.randn(50, 2, dtype=F64)
     for alpha, sigma in [(0.006, 1.0), (0.5, 0.8), (0.0, 1.0)]:
         # RK4 at the default 16 steps per unit of log-sigma: a few 1e-6 (relative 1e-5 on |y| up to ~10)
-        torch.testing.assert_close(mix.ode_solution(x_t, alpha, sigma), prob.ode_solution(x_t, alpha, sigma), rtol=1e-5, atol=2e-6)
+        torch.testing.assert_close(
+            mix.ode_solution(x_t, alpha, sigma), prob.ode_solution(x_t, alpha, sigma), rtol=1e-5, atol=2e-6
+        )
         fine = mix.ode_solution(x_t, alpha, sigma, steps_per_unit=64)
         torch.testing.assert_close(fine, prob.ode_solution(x_t, alpha, sigma), rtol=1e-8, atol=1e-8)
 
@@ -210,7 +221,9 @@ def test_oracle_model_round_trips_every_prediction_type(prediction_type):
 def test_registry_names_options_and_suggestions():
     assert set(P.PROBLEMS) == {"gaussian", "gaussian_nd", "gmm2d", "gmm_nd", "swissroll"}
     assert P.parse_problem_spec("gmm2d:layout=ring,components=12,std=0.1") == (
-        "gmm2d", {"layout": "ring", "components": 12, "std": 0.1})
+        "gmm2d",
+        {"layout": "ring", "components": 12, "std": 0.1},
+    )
     ring = P.get_problem("gmm2d:layout=ring,components=12")
     assert ring.num_components == 12 and ring.dim == 2
     assert P.get_problem("gmm_nd", dim=5).dim == 5

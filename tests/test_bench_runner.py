@@ -13,7 +13,6 @@ from samplers.hookspecs import hookimpl
 from samplers.registry import registry
 from samplers.schedulers.euler import EulerDiscreteScheduler
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -41,7 +40,9 @@ def eps_only_plugin():
 
 @pytest.fixture(scope="module")
 def gaussian_result() -> R.BenchResult:
-    cfg = R.BenchConfig(schedulers=("euler", "heun", "ddim", "ddpm"), steps=(8, 16, 32), problem="gaussian", samples=600)
+    cfg = R.BenchConfig(
+        schedulers=("euler", "heun", "ddim", "ddpm"), steps=(8, 16, 32), problem="gaussian", samples=600
+    )
     return R.run_benchmark(cfg, keep_samples=50)
 
 
@@ -87,7 +88,15 @@ def test_exact_output_distribution_matches_the_samples():
 
 
 def test_same_seed_same_numbers_and_prediction_types_agree():
-    base = dict(schedulers=("ddim",), steps=(10,), problem="gmm2d", samples=300, metrics=("sw", "ode_error"), warmup=False, ode_samples=50)
+    base = dict(
+        schedulers=("ddim",),
+        steps=(10,),
+        problem="gmm2d",
+        samples=300,
+        metrics=("sw", "ode_error"),
+        warmup=False,
+        ode_samples=50,
+    )
     a = R.run_benchmark(R.BenchConfig(**base), keep_samples=300)
     b = R.run_benchmark(R.BenchConfig(**base), keep_samples=300)
     c = R.run_benchmark(R.BenchConfig(**base, seed=1), keep_samples=300)
@@ -101,8 +110,15 @@ def test_same_seed_same_numbers_and_prediction_types_agree():
 
 
 def test_heun_beats_euler_at_equal_nfe_on_gmm2d():
-    cfg = R.BenchConfig(schedulers=("euler", "heun"), steps=(40, 80), problem="gmm2d", samples=400,
-                        metrics=("ode_error",), options={"use_karras_sigmas": True}, ode_samples=400)
+    cfg = R.BenchConfig(
+        schedulers=("euler", "heun"),
+        steps=(40, 80),
+        problem="gmm2d",
+        samples=400,
+        metrics=("ode_error",),
+        options={"use_karras_sigmas": True},
+        ode_samples=400,
+    )
     res = R.run_benchmark(cfg)
     err = {(r.scheduler, r.nfe): r.metrics["ode_error"] for r in res.rows}
     assert err[("heun", 79)] < err[("euler", 80)] / 2
@@ -113,19 +129,62 @@ def test_result_json_schema_is_stable(gaussian_result, tmp_path):
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert doc["schema_version"] == R.SCHEMA_VERSION == 1
     assert doc["kind"] == "samplers.bench"
-    assert set(doc) == {"schema_version", "kind", "config", "problem", "environment", "metric_names",
-                        "schedulers", "noise_floor", "rows", "orders", "timing"}
+    assert set(doc) == {
+        "schema_version",
+        "kind",
+        "config",
+        "problem",
+        "environment",
+        "metric_names",
+        "schedulers",
+        "noise_floor",
+        "rows",
+        "orders",
+        "timing",
+    }
     assert set(doc["schedulers"]) == {"euler", "heun", "ddim", "ddpm"}
     assert doc["schedulers"]["heun"]["config"]["beta_end"] == 0.02  # the bench's model schedule, not Heun's default
     assert doc["schedulers"]["ddim"]["config"]["clip_sample"] is False
     assert "samplers" in doc["schedulers"]["ddim"]["source"]
-    assert set(doc["rows"][0]) == {"scheduler", "steps", "nfe", "prediction_type", "schedule", "stochastic", "order",
-                                   "metrics", "wall_s", "model_s", "samples_per_s", "step_overhead_ms",
-                                   "peak_mem_bytes", "peak_mem_kind", "metrics_s"}
-    assert set(doc["config"]) == {"schedulers", "steps", "problem", "samples", "device", "dtype", "seed", "prediction_type",
-                                  "metrics", "schedule", "options", "ode_samples", "backend", "warmup"}
-    assert {"torch", "samplers", "device_name", "world_size", "date", "sampler_update_backend"} <= set(doc["environment"])
-    assert {"total_s", "sampling_s", "model_s", "metrics_s", "reference_s", "harness_s", "harness_fraction"} <= set(doc["timing"])
+    assert set(doc["rows"][0]) == {
+        "scheduler",
+        "steps",
+        "nfe",
+        "prediction_type",
+        "schedule",
+        "stochastic",
+        "order",
+        "metrics",
+        "wall_s",
+        "model_s",
+        "samples_per_s",
+        "step_overhead_ms",
+        "peak_mem_bytes",
+        "peak_mem_kind",
+        "metrics_s",
+    }
+    assert set(doc["config"]) == {
+        "schedulers",
+        "steps",
+        "problem",
+        "samples",
+        "device",
+        "dtype",
+        "seed",
+        "prediction_type",
+        "metrics",
+        "schedule",
+        "options",
+        "ode_samples",
+        "backend",
+        "warmup",
+    }
+    assert {"torch", "samplers", "device_name", "world_size", "date", "sampler_update_backend"} <= set(
+        doc["environment"]
+    )
+    assert {"total_s", "sampling_s", "model_s", "metrics_s", "reference_s", "harness_s", "harness_fraction"} <= set(
+        doc["timing"]
+    )
     ddpm = next(r for r in doc["rows"] if r["scheduler"] == "ddpm")
     assert ddpm["metrics"]["ode_error"] is None  # NaN is written as null
     assert doc["metric_names"] == list(R.GAUSSIAN_METRICS)

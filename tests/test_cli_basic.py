@@ -16,7 +16,17 @@ from samplers.registry import DISABLE_ENV, Registry, Source
 from samplers.schedulers import DDIMScheduler
 
 reg_mod = importlib.import_module("samplers.registry")
-BUILTINS = ("ddim", "ddpm", "euler", "euler_ancestral", "flow_euler", "heun", "langevin", "posterior", "predictor_corrector")
+BUILTINS = (
+    "ddim",
+    "ddpm",
+    "euler",
+    "euler_ancestral",
+    "flow_euler",
+    "heun",
+    "langevin",
+    "posterior",
+    "predictor_corrector",
+)
 runner = CliRunner()
 
 

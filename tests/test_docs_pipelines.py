@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-
 DOC = Path(__file__).resolve().parents[1] / "docs" / "pipelines.md"
 _SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\s*```python\n(.*?)```", re.S)
 
 
 def snippets() -> dict[str, str]:
-    return {name: body for name, body in _SNIPPET.findall(DOC.read_text())}
+    return dict(_SNIPPET.findall(DOC.read_text()))
 
 
 def run_snippet(name: str) -> dict[str, Any]:
@@ -97,11 +96,15 @@ def test_training_snippet_lowers_the_loss() -> None:
     schedule, training = ns["schedule"], ns["training"]
     x0 = ns["data"].sample(4096, seed=999).float()
     t = torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(1))
-    x_t, target, weight = training.training_example(schedule, x0, t, "v_prediction", weighting="min_snr", generator=torch.Generator().manual_seed(2))
+    x_t, target, weight = training.training_example(
+        schedule, x0, t, "v_prediction", weighting="min_snr", generator=torch.Generator().manual_seed(2)
+    )
 
     def held_out(net: torch.nn.Module) -> float:
         with torch.no_grad():
-            return float((weight * (net(torch.cat([x_t, t[:, None] / 1000.0], dim=1)) - target).pow(2).mean(dim=1)).mean())
+            return float(
+                (weight * (net(torch.cat([x_t, t[:, None] / 1000.0], dim=1)) - target).pow(2).mean(dim=1)).mean()
+            )
 
     assert held_out(ns["net"]) < 0.9 * held_out(ns_untrained["net"])
 

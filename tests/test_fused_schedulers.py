@@ -108,7 +108,9 @@ def run(scheduler, start, mu, std, oracle, backend, seeds, *, dtype, layout=None
         kw = {}
         if guidance is not None:
             # unconditional branch: the same oracle for data centred at 0
-            kw = dict(uncond=relayout(oracle.output(scheduler, i, x_in, torch.zeros_like(mu), std)), guidance_scale=guidance)
+            kw = dict(
+                uncond=relayout(oracle.output(scheduler, i, x_in, torch.zeros_like(mu), std)), guidance_scale=guidance
+            )
         step = scheduler.step(out, t, x, seeds=seeds, backend=backend, **kw)
         scale = max(1.0, float(x.float().abs().max()))
         x = step.prev_sample
@@ -139,14 +141,18 @@ def worst_ulps(got, want, dtype) -> float:
 
 def assert_same_run(got, want, dtype, what=""):
     ulps = worst_ulps(got, want, dtype)
-    assert ulps <= TOLERANCE[dtype], f"{what}: fused and torch runs differ by {ulps:.2f} eps of {dtype} (allowed {TOLERANCE[dtype]})"
+    assert ulps <= TOLERANCE[dtype], (
+        f"{what}: fused and torch runs differ by {ulps:.2f} eps of {dtype} (allowed {TOLERANCE[dtype]})"
+    )
 
 
 def compare(name, pred, shape, dtype, oracle, config=None, layout=None, guidance=None):
     mu, std, start, seeds = data(shape, dtype)
     config = {"prediction_type": pred, **(config or {})}
     want = run(make(name, **config), start, mu, std, oracle, "torch", seeds, dtype=dtype, guidance=guidance)
-    got = run(make(name, **config), start, mu, std, oracle, "fused", seeds, dtype=dtype, layout=layout, guidance=guidance)
+    got = run(
+        make(name, **config), start, mu, std, oracle, "fused", seeds, dtype=dtype, layout=layout, guidance=guidance
+    )
     assert len(got) == len(want) >= STEPS
     assert_same_run(got, want, dtype, f"{name} {pred} {shape} {config} guidance={guidance}")
     return got, want
@@ -180,7 +186,10 @@ def test_fused_run_with_classifier_free_guidance(fused_op, one_torch_thread, ora
         ("ddim", dict(clip_sample=True, clip_sample_range=0.5, eta=1.0)),
         ("ddim", dict(clip_sample=True, clip_sample_range=0.5, use_clipped_model_output=True)),
         ("ddpm", dict(clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=1.5)),
-        ("ddim", dict(clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=1.5, eta=0.5)),
+        (
+            "ddim",
+            dict(clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=1.5, eta=0.5),
+        ),
     ],
     ids=["ddpm-clip", "ddim-clip-eta1", "ddim-clip-clipped-output", "ddpm-threshold", "ddim-threshold-eta05"],
 )
@@ -276,7 +285,10 @@ def test_nan_guidance_scale_is_an_error_not_silent_nan(backend, dtype):
     s = make("ddim", prediction_type="epsilon")
     x = torch.randn(2, 3, 4, dtype=dtype)
     out = torch.randn(2, 3, 4, dtype=dtype)
-    with pytest.raises((ValueError, RuntimeError), match="guidance_scale must be finite|guidance_scale must be a finite|coefficient 'w' of row 0 is nan"):
+    with pytest.raises(
+        (ValueError, RuntimeError),
+        match="guidance_scale must be finite|guidance_scale must be a finite|coefficient 'w' of row 0 is nan",
+    ):
         s.step(out, s.timesteps[0], x, uncond=torch.zeros_like(out), guidance_scale=math.nan, backend=backend)
     # the op itself, as a scheduler step would call it with such a row
     coeffs = s.plan.rows[:1].to(torch.float32).clone()

@@ -1,13 +1,14 @@
 """Guidance and training helpers: the formulas, and their agreement with the fused update."""
 
-import torch
 import pytest
-from hypothesis import given, settings, strategies as st
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import samplers
 from samplers import guidance, parameterization
-from samplers.training import loss_weight, training_example
 from samplers.schedules import DiscreteVPSchedule, RectifiedFlowSchedule
+from samplers.training import loss_weight, training_example
 
 
 def test_cfg_formula_and_per_sample_scale():
@@ -90,7 +91,9 @@ def test_training_example_is_consistent_with_add_noise(kind):
     assert torch.allclose(x_t, sched.add_noise(x0, noise, t), atol=1e-6)
     alpha, sigma = sched.schedule.alpha_sigma(t)
     view = (-1, 1, 1, 1)
-    x0_back, eps_back = parameterization.to_x0_eps(kind, target.double(), x_t.double(), alpha.view(view), sigma.view(view))
+    x0_back, eps_back = parameterization.to_x0_eps(
+        kind, target.double(), x_t.double(), alpha.view(view), sigma.view(view)
+    )
     assert torch.allclose(x0_back.float(), x0, atol=1e-3) and torch.allclose(eps_back.float(), noise, atol=1e-3)
     assert weight.shape == (5,) and bool((weight > 0).all())
 

@@ -27,7 +27,12 @@ from samplers.schedules import DiscreteVPSchedule, EDMSchedule, RectifiedFlowSch
 F64 = torch.float64
 TOL = 1e-5  # max abs difference to k-diffusion, float32
 _IMAGE_ONLY = (
-    "torchvision", "torchvision.transforms", "torchvision.transforms.functional", "safetensors", "PIL", "PIL.Image",
+    "torchvision",
+    "torchvision.transforms",
+    "torchvision.transforms.functional",
+    "safetensors",
+    "PIL",
+    "PIL.Image",
 )
 
 
@@ -102,7 +107,10 @@ def test_sigma_grids_match_k_diffusion(K) -> None:
         "karras": (s.get_sigmas_karras(20, 0.0292, 14.6146), kd.get_sigmas_karras(20, 0.0292, 14.6146)),
         "karras80": (s.get_sigmas_karras(30, 0.002, 80.0, rho=7.0), kd.get_sigmas_karras(30, 0.002, 80.0, rho=7.0)),
         "exponential": (s.get_sigmas_exponential(15, 0.01, 50.0), kd.get_sigmas_exponential(15, 0.01, 50.0)),
-        "polyexponential": (s.get_sigmas_polyexponential(15, 0.01, 50.0, 2.0), kd.get_sigmas_polyexponential(15, 0.01, 50.0, 2.0)),
+        "polyexponential": (
+            s.get_sigmas_polyexponential(15, 0.01, 50.0, 2.0),
+            kd.get_sigmas_polyexponential(15, 0.01, 50.0, 2.0),
+        ),
     }
     for name, (theirs, ours) in pairs.items():
         assert ours.dtype == theirs.dtype == torch.float32 and ours.shape == theirs.shape, name
@@ -171,7 +179,9 @@ def test_euler_ancestral_matches_k_diffusion(K, grid: str, eta: float, s_noise: 
     theirs = K.sampling.sample_euler_ancestral(
         exact_denoiser, x, sigmas, disable=True, eta=eta, s_noise=s_noise, noise_sampler=theirs_noise
     )
-    ours = kd.sample_euler_ancestral(exact_denoiser, x, sigmas, disable=True, eta=eta, s_noise=s_noise, noise_sampler=our_noise)
+    ours = kd.sample_euler_ancestral(
+        exact_denoiser, x, sigmas, disable=True, eta=eta, s_noise=s_noise, noise_sampler=our_noise
+    )
     assert (ours - theirs).abs().max().item() < TOL
     if eta > 0:  # the same noise, asked for with the same (sigma, sigma_next) pairs
         flat = lambda calls: [s for pair in calls for s in pair]  # noqa: E731
@@ -199,9 +209,11 @@ def test_callback_matches_k_diffusion(K, sampler: str) -> None:
         if sampler == "euler_ancestral":
             options["noise_sampler"] = FixedNoise(x.shape)
         torch.manual_seed(3)
-        getattr(module, f"sample_{sampler}")(exact_denoiser, x, sigmas, disable=True, callback=seen[who].append, **options)
+        getattr(module, f"sample_{sampler}")(
+            exact_denoiser, x, sigmas, disable=True, callback=seen[who].append, **options
+        )
     assert len(seen["ours"]) == len(seen["theirs"]) == len(sigmas) - 1
-    for mine, ref in zip(seen["ours"], seen["theirs"]):
+    for mine, ref in zip(seen["ours"], seen["theirs"], strict=True):
         assert set(mine) == set(ref) == {"x", "i", "sigma", "sigma_hat", "denoised"}
         assert mine["i"] == ref["i"]
         assert float(mine["sigma"]) == pytest.approx(float(ref["sigma"]), rel=1e-6)
@@ -224,7 +236,9 @@ ALPHAS_CUMPROD = torch.cumprod(1 - make_betas("scaled_linear", 1000, 0.00085, 0.
 
 
 @pytest.mark.parametrize("quantize", [False, True])
-@pytest.mark.parametrize("prediction_type, reference", [("epsilon", "DiscreteEpsDDPMDenoiser"), ("v_prediction", "DiscreteVDDPMDenoiser")])
+@pytest.mark.parametrize(
+    "prediction_type, reference", [("epsilon", "DiscreteEpsDDPMDenoiser"), ("v_prediction", "DiscreteVDDPMDenoiser")]
+)
 def test_discrete_wrappers_match_k_diffusion(K, prediction_type: str, reference: str, quantize: bool) -> None:
     table = ALPHAS_CUMPROD.float()  # k-diffusion keeps float32 tables: give both the same numbers
     theirs = getattr(K.external, reference)(smooth_net, table, quantize=quantize)
@@ -291,12 +305,16 @@ def test_ddim_and_ddpm_are_euler_ancestral_in_sigma_space() -> None:
     sigmas = kd.get_sigmas_karras(10, 0.01, 20.0)
     x = start(sigmas)
     for eta in (0.0, 0.5, 1.0):
-        ancestral = kd.sample_euler_ancestral(exact_denoiser, x, sigmas, disable=True, eta=eta, noise_sampler=FixedNoise(x.shape))
+        ancestral = kd.sample_euler_ancestral(
+            exact_denoiser, x, sigmas, disable=True, eta=eta, noise_sampler=FixedNoise(x.shape)
+        )
         ddim = kd.sample_ddim(exact_denoiser, x, sigmas, disable=True, eta=eta, noise_sampler=FixedNoise(x.shape))
         assert (ddim - ancestral).abs().max().item() < 1e-5
     ddpm = kd.sample_ddpm(exact_denoiser, x, sigmas, disable=True, noise_sampler=FixedNoise(x.shape))
     assert (ddpm - ancestral).abs().max().item() < 1e-5
-    large = kd.sample_ddpm(exact_denoiser, x, sigmas, disable=True, noise_sampler=FixedNoise(x.shape), variance_type="fixed_large")
+    large = kd.sample_ddpm(
+        exact_denoiser, x, sigmas, disable=True, noise_sampler=FixedNoise(x.shape), variance_type="fixed_large"
+    )
     assert (large - ddpm).abs().max().item() > 1e-2  # a different variance really changes the draw
 
 
@@ -370,7 +388,9 @@ def test_sample_scheduler_runs_stochastic_plugins_style_schedulers() -> None:
     out = kd.sample_scheduler(exact_denoiser, x, sigmas, "langevin", noise_sampler=noise, **options)
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     assert len(noise.calls) == 6 * 3 - 1  # every Langevin call but the final denoise draws noise
-    again = kd.sample_scheduler(exact_denoiser, x, sigmas, "langevin", noise_sampler=FixedNoise(x.shape, count=64), **options)
+    again = kd.sample_scheduler(
+        exact_denoiser, x, sigmas, "langevin", noise_sampler=FixedNoise(x.shape, count=64), **options
+    )
     assert torch.equal(out, again)
 
 

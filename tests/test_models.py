@@ -78,7 +78,7 @@ def test_presets_are_the_paper_sizes():
 
 def test_same_seed_same_weights_other_seed_other_weights():
     a, b, c = (build_dit("dit-tiny", seed=s, **SMALL) for s in (7, 7, 8))
-    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters(), strict=True):
         assert torch.equal(pa, pb), name
         if pa.std() > 0:
             assert not torch.equal(pa, pc), name
@@ -99,7 +99,7 @@ def test_weights_do_not_depend_on_the_dtype_built_in():
     f32 = build_dit("dit-tiny", seed=3, **SMALL)
     f64 = build_dit("dit-tiny", seed=3, dtype=torch.float64, **SMALL)
     f64.reset_parameters()  # drawn again into float64 tensors: the float32 draw, upcast
-    assert all(torch.equal(p.double(), q) for p, q in zip(f32.parameters(), f64.parameters()))
+    assert all(torch.equal(p.double(), q) for p, q in zip(f32.parameters(), f64.parameters(), strict=True))
 
 
 # ---- embeddings -----------------------------------------------------------------------------------
@@ -287,8 +287,20 @@ def test_bench_cli_prints_the_speed_table_for_the_dit(tmp_path):
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command("bench")(bench)
     app.command("noop")(lambda: None)
-    args = ["bench", "--problem", "dit:image_size=8", "--scheduler", "ddim,euler", "--steps", "2",
-            "--samples", "2", "--quiet", "--json", str(tmp_path / "r.json")]
+    args = [
+        "bench",
+        "--problem",
+        "dit:image_size=8",
+        "--scheduler",
+        "ddim,euler",
+        "--steps",
+        "2",
+        "--samples",
+        "2",
+        "--quiet",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
@@ -326,8 +338,9 @@ def test_cuda_half_precision_dit_matches_float32_cpu(dtype):
 
 @pytest.mark.cuda
 def test_cuda_bench_dit_runs():
-    cfg = R.BenchConfig(schedulers=("ddim",), steps=(4,), problem="dit:preset=dit-s", samples=8, device="cuda",
-                        dtype="float16")
+    cfg = R.BenchConfig(
+        schedulers=("ddim",), steps=(4,), problem="dit:preset=dit-s", samples=8, device="cuda", dtype="float16"
+    )
     result = R.run_benchmark(cfg)
     row = result.rows[0]
     assert row.nfe == 4 and row.wall_s > row.model_s > 0 and row.peak_mem_kind == "cuda_max_allocated"
@@ -339,7 +352,9 @@ def test_cuda_bench_dit_runs():
 def test_cuda_graph_sampling_with_the_dit_matches_eager():
     """The whole loop, DiT included, captured as one CUDA graph gives the eager result."""
     model = build_dit("dit-s", seed=0, depth=2, device="cuda", dtype=torch.float16)
-    noise = torch.randn(2, 4, 32, 32, device="cuda", dtype=torch.float16, generator=torch.Generator("cuda").manual_seed(0))
+    noise = torch.randn(
+        2, 4, 32, 32, device="cuda", dtype=torch.float16, generator=torch.Generator("cuda").manual_seed(0)
+    )
     seeds = torch.tensor([1, 2], device="cuda")
     kw = dict(num_inference_steps=5, seeds=seeds)
     eager = samplers.sample(model, samplers.get("ddim"), noise, progress=False, **kw)

@@ -86,9 +86,7 @@ def test_fused_attention_refuses_cpu_tensors_with_reason():
 
 
 @pytest.mark.parametrize("backend", ["auto", "sdpa", "math"])
-@pytest.mark.parametrize(
-    "mask_shape", [None, (2, 3, 11, 19), (2, 1, 1, 19), (1, 3, 11, 1), (11, 19), (19,)], ids=str
-)
+@pytest.mark.parametrize("mask_shape", [None, (2, 3, 11, 19), (2, 1, 1, 19), (1, 3, 11, 1), (11, 19), (19,)], ids=str)
 def test_cpu_additive_masks_match_reference(backend, mask_shape):
     gen = torch.Generator().manual_seed(3)
     q, k, v = rand_qkv(2, 3, 11, 19, 64, gen=gen)
@@ -162,14 +160,26 @@ def test_reference_is_stable_for_huge_logits():
         (lambda q, k, v: A.attention(q, k.double(), v), TypeError, r"share one dtype"),
         (lambda q, k, v: A.attention(q.long(), k.long(), v.long()), TypeError, r"floating"),
         (lambda q, k, v: A.attention(q, k, v, attn_mask=torch.zeros(5, 7)), ValueError, r"does not broadcast"),
-        (lambda q, k, v: A.attention(q, k, v, attn_mask=torch.zeros(4, 8, dtype=torch.float64)), TypeError,
-         r"attn_mask must be bool .* dtype of q"),
-        (lambda q, k, v: A.attention(q, k, v, attn_mask=torch.zeros(1, 1, 1, 1, 4, 8)), ValueError,
-         r"does not broadcast"),
-        (lambda q, k, v: A.attention(q, k, v, key_padding_mask=torch.zeros(2, 8)), TypeError,
-         r"key_padding_mask must be bool"),
-        (lambda q, k, v: A.attention(q, k, v, key_padding_mask=torch.zeros(2, 7, dtype=torch.bool)), ValueError,
-         r"key_padding_mask must be \[B, Lk\] = \[2, 8\]"),
+        (
+            lambda q, k, v: A.attention(q, k, v, attn_mask=torch.zeros(4, 8, dtype=torch.float64)),
+            TypeError,
+            r"attn_mask must be bool .* dtype of q",
+        ),
+        (
+            lambda q, k, v: A.attention(q, k, v, attn_mask=torch.zeros(1, 1, 1, 1, 4, 8)),
+            ValueError,
+            r"does not broadcast",
+        ),
+        (
+            lambda q, k, v: A.attention(q, k, v, key_padding_mask=torch.zeros(2, 8)),
+            TypeError,
+            r"key_padding_mask must be bool",
+        ),
+        (
+            lambda q, k, v: A.attention(q, k, v, key_padding_mask=torch.zeros(2, 7, dtype=torch.bool)),
+            ValueError,
+            r"key_padding_mask must be \[B, Lk\] = \[2, 8\]",
+        ),
         (lambda q, k, v: A.attention(q, k, v, scale=-1.0), ValueError, r"scale must be positive"),
         (lambda q, k, v: A.attention(q, k, v, scale=float("nan")), ValueError, r"scale must be positive"),
         (lambda q, k, v: A.attention(q, k, v, scale=torch.tensor(1.0)), TypeError, r"scale must be a Python float"),

@@ -20,9 +20,14 @@ def test_attention_is_exported_callable_and_still_the_module():
     from samplers.ops import attention, attention_dispatch_report
 
     q, k, v = (torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
-    torch.testing.assert_close(attention(q, k, v).double(), samplers.ops.attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v).double(), samplers.ops.attention_reference(q, k, v), atol=1e-5, rtol=1e-5
+    )
     # `from samplers.ops import attention as A` keeps reaching the module's other functions
-    assert attention.fused_supported(q, k, v)[0] is False and attention.attention_dispatch_report is attention_dispatch_report
+    assert (
+        attention.fused_supported(q, k, v)[0] is False
+        and attention.attention_dispatch_report is attention_dispatch_report
+    )
     assert {"attention", "attention_dispatch_report"} <= set(samplers.ops.__all__)
     assert "kernel" in attention_dispatch_report() and "choices" in attention_dispatch_report()
 

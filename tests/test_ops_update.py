@@ -87,8 +87,16 @@ def inputs(shape, dtype, gen, uncond=False, noise="none", history=0, per_sample=
 
 def call_ref(kw, write_x0=True):
     return reference.sampler_update(
-        kw["x"], kw["model_output"], kw["coeffs"], kw["uncond"], kw["noise"], kw["seeds"], kw["noise_stream"],
-        kw["history0"], kw["history1"], write_x0,
+        kw["x"],
+        kw["model_output"],
+        kw["coeffs"],
+        kw["uncond"],
+        kw["noise"],
+        kw["seeds"],
+        kw["noise_stream"],
+        kw["history0"],
+        kw["history1"],
+        write_x0,
     )
 
 
@@ -98,7 +106,7 @@ def call_fused(kw, write_x0=True, backend="fused"):
 
 def assert_matches_reference(got, want, kw):
     """Bitwise without Philox noise; with it, a few float32 ulp of the noise times |c|."""
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=0, equal_nan=True)  # x0 never involves noise
     if kw["seeds"] is None or kw["noise"] is not None:
@@ -120,7 +128,11 @@ def assert_matches_reference(got, want, kw):
 @pytest.mark.parametrize("noise", ["none", "tensor", "seeds"])
 def test_matches_reference_across_layouts(dtype, kind, noise):
     gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{kind}{noise}".encode()))
-    for uncond, history, per_sample, clamp in [(False, 0, False, False), (True, 2, True, True), (True, 1, False, True)]:
+    for uncond, history, per_sample, clamp in [
+        (False, 0, False, False),
+        (True, 2, True, True),
+        (True, 1, False, True),
+    ]:
         kw = inputs((3, 5, 6, 7), dtype, gen, uncond, noise, history, per_sample, clamp)
         want = call_ref(kw)
         laid = {k: layout(v, kind) if isinstance(v, torch.Tensor) and v.dim() == 4 else v for k, v in kw.items()}
@@ -148,7 +160,9 @@ def test_matches_reference_across_layouts(dtype, kind, noise):
     scale=st.sampled_from([1e-3, 1.0, 30.0]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_matches_reference_hypothesis(batch, rest, dtype, uncond, noise, history, per_sample, clamp, write_x0, scale, seed):
+def test_matches_reference_hypothesis(
+    batch, rest, dtype, uncond, noise, history, per_sample, clamp, write_x0, scale, seed
+):
     gen = torch.Generator().manual_seed(seed)
     kw = inputs((batch, *rest), dtype, gen, uncond, noise, history, per_sample, clamp)
     kw["x"] = (kw["x"].float() * scale).to(dtype)
@@ -253,7 +267,9 @@ def test_auto_uses_the_fused_op_and_falls_back_for_other_dtypes(monkeypatch):
         call_fused(kw64, backend="fused")
     # an extension that failed to build: fused says why, auto quietly uses the reference
     monkeypatch.setattr(update, "_ops_loaded", lambda: False)
-    monkeypatch.setitem(_build.BUILD_STATUS, update.EXTENSION, _build.BuildStatus("update", "torch", "no compiler here"))
+    monkeypatch.setitem(
+        _build.BUILD_STATUS, update.EXTENSION, _build.BuildStatus("update", "torch", "no compiler here")
+    )
     with pytest.raises(RuntimeError, match="no compiler here"):
         call_fused(kw, backend="fused")
     torch.testing.assert_close(call_fused(kw, backend="auto")[0], call_ref(kw)[0], rtol=0, atol=0)
@@ -343,8 +359,18 @@ def _opcheck_cases():
         kw = inputs((2, 3, 4, 5), dtype, gen, uncond, noise, history)
         kw = {k: layout(v, kind) if isinstance(v, torch.Tensor) and v.dim() == 4 else v for k, v in kw.items()}
         cases.append(
-            (kw["x"], kw["model_output"], kw["coeffs"].float(), kw["uncond"], kw["noise"], kw["seeds"],
-             kw["noise_stream"], kw["history0"], kw["history1"], write_x0)
+            (
+                kw["x"],
+                kw["model_output"],
+                kw["coeffs"].float(),
+                kw["uncond"],
+                kw["noise"],
+                kw["seeds"],
+                kw["noise_stream"],
+                kw["history0"],
+                kw["history1"],
+                write_x0,
+            )
         )
     return cases
 
@@ -391,7 +417,11 @@ def test_cuda_matches_cpu_bitwise_and_reference(dtype, noise, shape):
     if not torch._C._dispatch_has_kernel_for_dispatch_key("samplers::sampler_update", "CUDA"):
         pytest.fail(f"CUDA is here but the extension has no CUDA kernel: {_build.BUILD_STATUS.get(update.EXTENSION)}")
     gen = torch.Generator().manual_seed(sum(shape))
-    for uncond, history, per_sample, clamp in [(False, 0, False, False), (True, 2, True, True), (True, 1, False, True)]:
+    for uncond, history, per_sample, clamp in [
+        (False, 0, False, False),
+        (True, 2, True, True),
+        (True, 1, False, True),
+    ]:
         for write_x0 in (True, False):
             kw = inputs(shape, dtype, gen, uncond, noise, history, per_sample, clamp)
             cpu = call_fused(kw, write_x0)

@@ -58,7 +58,9 @@ def test_training_target_inverts_to_x0_and_eps(ab, kind, seed):
     target = P.training_target(kind, x0, eps, alpha, sigma)
     x0_hat, eps_hat = P.to_x0_eps(kind, target, x_t, alpha, sigma)
     torch.testing.assert_close(x0_hat, x0, **_tol(alpha, sigma))
-    torch.testing.assert_close(eps_hat, eps, **_tol(alpha, sigma) | {"atol": 1e-11 * (1 + 1 / sigma + 1 / alpha) * (1 + sigma)})
+    torch.testing.assert_close(
+        eps_hat, eps, **_tol(alpha, sigma) | {"atol": 1e-11 * (1 + 1 / sigma + 1 / alpha) * (1 + sigma)}
+    )
 
 
 @FAST
@@ -143,7 +145,9 @@ def test_aliases_map_to_canonical_names():
         assert P.canonical_prediction_type(name) == name
 
 
-@pytest.mark.parametrize("bad,suggestion", [("epsilom", "epsilon"), ("v_predction", "v_prediction"), ("sampel", "sample")])
+@pytest.mark.parametrize(
+    "bad,suggestion", [("epsilom", "epsilon"), ("v_predction", "v_prediction"), ("sampel", "sample")]
+)
 def test_unknown_prediction_type_suggests_close_names(bad, suggestion):
     for fn in (
         lambda: P.canonical_prediction_type(bad),

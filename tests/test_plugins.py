@@ -42,7 +42,7 @@ def test_api_version_mismatch_is_a_load_error_not_a_crash():
     reg = Registry(autoload=False)
     old = types.ModuleType("old_plugin")
     old.SAMPLERS_API_VERSION = hookspecs.API_VERSION + 1
-    old.samplers_register_schedulers = hookspecs.hookimpl(lambda: [])
+    old.samplers_register_schedulers = hookspecs.hookimpl(list)
     reg.register(old, "old_plugin", Source("old_plugin", "old-samplers-plugin", "1.0"))
     assert [(e.plugin, e.distribution) for e in reg.load_errors] == [("old_plugin", "old-samplers-plugin")]
     assert f"targets samplers plugin API {hookspecs.API_VERSION + 1}" in reg.load_errors[0].error
@@ -79,9 +79,14 @@ class Venv:
         return self.run(self.python, "-c", code, check=False).stdout.strip() == "True"
 
     def run(self, *args: str, check: bool = True, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(args), cwd=self.work, env=self.env(**env), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            list(args), cwd=self.work, env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+                f"--- stderr\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def pip_install(self, *paths: Path) -> None:
@@ -98,7 +103,9 @@ class Venv:
 
 
 def _copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".pytest_cache"))
+    shutil.copytree(
+        src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".pytest_cache")
+    )
     return dst
 
 
@@ -124,7 +131,8 @@ def _docs_plugin(dst: Path) -> Path:
 def _broken_plugins(dst: Path) -> tuple[Path, Path]:
     broken = dst / "broken"
     broken.mkdir(parents=True)
-    (broken / "pyproject.toml").write_text(textwrap.dedent("""\
+    (broken / "pyproject.toml").write_text(
+        textwrap.dedent("""\
         [build-system]
         requires = ["setuptools>=64"]
         build-backend = "setuptools.build_meta"
@@ -135,11 +143,13 @@ def _broken_plugins(dst: Path) -> tuple[Path, Path]:
         broken = "broken_samplers_plugin"
         [tool.setuptools]
         py-modules = ["broken_samplers_plugin"]
-    """))
+    """)
+    )
     (broken / "broken_samplers_plugin.py").write_text('raise ImportError("this plugin is broken on purpose")\n')
     old = dst / "old"
     old.mkdir(parents=True)
-    (old / "pyproject.toml").write_text(textwrap.dedent("""\
+    (old / "pyproject.toml").write_text(
+        textwrap.dedent("""\
         [build-system]
         requires = ["setuptools>=64"]
         build-backend = "setuptools.build_meta"
@@ -150,14 +160,17 @@ def _broken_plugins(dst: Path) -> tuple[Path, Path]:
         old_plugin = "old_samplers_plugin"
         [tool.setuptools]
         py-modules = ["old_samplers_plugin"]
-    """))
-    (old / "old_samplers_plugin.py").write_text(textwrap.dedent("""\
+    """)
+    )
+    (old / "old_samplers_plugin.py").write_text(
+        textwrap.dedent("""\
         from samplers.hookspecs import hookimpl
         SAMPLERS_API_VERSION = 2  # a future API this samplers does not speak
         @hookimpl
         def samplers_register_schedulers():
             return []
-    """))
+    """)
+    )
     return broken, old
 
 
@@ -166,8 +179,14 @@ def venv(tmp_path_factory) -> Venv:
     base = tmp_path_factory.mktemp("plugin-venv")
     root = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
-    site = Path(subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # This interpreter's packages (torch, pluggy, pip, setuptools, pytest...) after the venv's own.
     (site / "zz_host_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     work = base / "work"
@@ -191,8 +210,12 @@ def venv(tmp_path_factory) -> Venv:
 
 @pytest.mark.slow
 def test_installed_copies_are_used(venv):
-    out = venv.run(venv.python, "-c", "import samplers, samplers_dpmsolver, samplers_extras; "
-                   "print(samplers.__file__); print(samplers_dpmsolver.__file__); print(samplers_extras.__file__)").stdout
+    out = venv.run(
+        venv.python,
+        "-c",
+        "import samplers, samplers_dpmsolver, samplers_extras; "
+        "print(samplers.__file__); print(samplers_dpmsolver.__file__); print(samplers_extras.__file__)",
+    ).stdout
     for line in out.split():
         assert line.startswith(str(venv.root)), f"{line} is not inside the fresh venv"
 
@@ -221,22 +244,34 @@ def test_check_passes_for_installed_plugins(venv, name):
 
 @pytest.mark.slow
 def test_schedule_plugin_is_usable_by_name(venv):
-    proc = venv.cli("check", "euler", "--quick", "-o", "schedule=laplace", "--only", "accuracy,config_roundtrip", "--json")
+    proc = venv.cli(
+        "check", "euler", "--quick", "-o", "schedule=laplace", "--only", "accuracy,config_roundtrip", "--json"
+    )
     report = json.loads(proc.stdout)
     assert report["passed"] and report["config"] == {"schedule": "laplace"}
-    code = ("import samplers; s = samplers.get('dpmpp_2m', schedule='shifted_cosine', schedule_kwargs={'image_size': 128}); "
-            "print(type(s.schedule).__module__, s.schedule.image_size)")
+    code = (
+        "import samplers; "
+        "s = samplers.get('dpmpp_2m', schedule='shifted_cosine', schedule_kwargs={'image_size': 128}); "
+        "print(type(s.schedule).__module__, s.schedule.image_size)"
+    )
     assert venv.run(venv.python, "-c", code).stdout.split() == ["samplers_extras.schedules", "128"]
 
 
 @pytest.mark.slow
 def test_plugin_test_suites_run_against_the_installed_distributions(venv):
     proc = venv.run(
-        venv.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        venv.python,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
         str(venv.src / "samplers-dpmsolver" / "tests" / "test_dpmsolver_conformance.py"),
         str(venv.src / "samplers-extras" / "tests" / "test_extras_schedules.py"),
-        "-k", "registered or conforms_default or bad_config or variance_preserving",
-        check=False, timeout=400,
+        "-k",
+        "registered or conforms_default or bad_config or variance_preserving",
+        check=False,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(r"\d+ passed", proc.stdout) and "failed" not in proc.stdout
@@ -246,8 +281,19 @@ def test_plugin_test_suites_run_against_the_installed_distributions(venv):
 def test_bench_runs_a_plugin_scheduler(venv):
     if "bench" not in venv.cli("--help").stdout:
         pytest.skip("this checkout of samplers has no `samplers bench` command yet")
-    proc = venv.cli("bench", "--scheduler", "dpmpp_2m,unipc", "--steps", "5", "--samples", "256",
-                    "--ode-samples", "64", "--quiet", check=False)
+    proc = venv.cli(
+        "bench",
+        "--scheduler",
+        "dpmpp_2m,unipc",
+        "--steps",
+        "5",
+        "--samples",
+        "256",
+        "--ode-samples",
+        "64",
+        "--quiet",
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"dpmpp_2m\s*│\s*5\s*│\s*5", proc.stdout) and "unipc" in proc.stdout, proc.stdout
 
@@ -289,7 +335,10 @@ def test_broken_plugin_is_reported_and_the_rest_works(venv_with_broken):
     names = {row["name"] for row in listing["schedulers"]}
     assert {"ddim", "euler", "heun"} <= names and set(DPM_NAMES) <= names
     text = v.cli("list")
-    assert "plugin 'broken' from broken-samplers-plugin failed to load: ImportError: this plugin is broken on purpose" in text.stdout
+    assert (
+        "plugin 'broken' from broken-samplers-plugin failed to load: ImportError: this plugin is broken on purpose"
+        in text.stdout
+    )
     info = json.loads(v.cli("info", "--json").stdout)
     assert {e["plugin"] for e in info["load_errors"]} == {"broken", "old_plugin"}
     assert "plugin 'old_plugin' from old-samplers-plugin failed to load" in v.cli("info").stdout

@@ -22,7 +22,17 @@ from samplers.schedules import DiscreteVPSchedule
 
 F64 = torch.float64
 NAMES = samplers.available()
-BUILTINS = ("ddim", "ddpm", "euler", "euler_ancestral", "flow_euler", "heun", "langevin", "posterior", "predictor_corrector")
+BUILTINS = (
+    "ddim",
+    "ddpm",
+    "euler",
+    "euler_ancestral",
+    "flow_euler",
+    "heun",
+    "langevin",
+    "posterior",
+    "predictor_corrector",
+)
 MU, STD = torch.tensor(0.1, dtype=F64), torch.tensor(0.5, dtype=F64)
 N = 5  # sampling steps used by most tests
 
@@ -37,7 +47,17 @@ SINGLE_CALL = {
     "posterior": {},
 }
 MULTI_CALL = ("heun", "langevin", "predictor_corrector")
-TIMESTEP_CUSTOM = ("ddpm", "ddim", "posterior", "flow_euler", "euler", "euler_ancestral", "heun", "langevin", "predictor_corrector")
+TIMESTEP_CUSTOM = (
+    "ddpm",
+    "ddim",
+    "posterior",
+    "flow_euler",
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "langevin",
+    "predictor_corrector",
+)
 SIGMA_CUSTOM = ("euler", "euler_ancestral", "heun", "langevin", "predictor_corrector", "flow_euler")
 
 
@@ -108,7 +128,12 @@ def _prior_std(s) -> float:
 @pytest.mark.parametrize(
     "name,config",
     [(n, {}) for n in BUILTINS]
-    + [("ddim", {"schedule": "edm"}), ("ddim", {"schedule": "ve"}), ("ddpm", {"schedule": "ve"}), ("posterior", {"schedule": "ve"})],
+    + [
+        ("ddim", {"schedule": "edm"}),
+        ("ddim", {"schedule": "ve"}),
+        ("ddpm", {"schedule": "ve"}),
+        ("posterior", {"schedule": "ve"}),
+    ],
     ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()) or "default",
 )
 def test_init_noise_sigma_is_the_prior_std(name, config):
@@ -133,7 +158,9 @@ def test_scale_model_input_is_the_plans_input_scale(name, oracle):
         # sigma-space samplers on a VP schedule feed the model x / sqrt(sigma^2 + 1) (k-diffusion's c_in)
         s.set_timesteps(N)
         sigma0 = float(s.sigmas[0])
-        torch.testing.assert_close(s.scale_model_input(x, s.timesteps[0]), x / math.sqrt(sigma0**2 + 1), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            s.scale_model_input(x, s.timesteps[0]), x / math.sqrt(sigma0**2 + 1), rtol=1e-6, atol=0
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,11 +378,20 @@ def test_per_sample_timesteps_equal_stepping_each_sample_alone(label, oracle):
         alone.set_timesteps(steps)
         alone.set_begin_index(k)
         x_b_in = alone.scale_model_input(x[b : b + 1], ts[k])
-        torch.testing.assert_close(x_in[b : b + 1], x_b_in, msg=f"scale_model_input differs for sample {b} at call {k}")
+        torch.testing.assert_close(
+            x_in[b : b + 1], x_b_in, msg=f"scale_model_input differs for sample {b} at call {k}"
+        )
         single = alone.step(out[b : b + 1], ts[k], x[b : b + 1], noise=noise[b : b + 1])
-        torch.testing.assert_close(joint.prev_sample[b : b + 1], single.prev_sample, rtol=1e-6, atol=1e-6,
-                                   msg=f"sample {b} at call {k} (t={float(ts[k])})")
-        torch.testing.assert_close(joint.pred_original_sample[b : b + 1], single.pred_original_sample, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            joint.prev_sample[b : b + 1],
+            single.prev_sample,
+            rtol=1e-6,
+            atol=1e-6,
+            msg=f"sample {b} at call {k} (t={float(ts[k])})",
+        )
+        torch.testing.assert_close(
+            joint.pred_original_sample[b : b + 1], single.pred_original_sample, rtol=1e-6, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("name", MULTI_CALL)
@@ -600,7 +636,9 @@ def test_step_argument_errors():
         s.step(x, s.timesteps[0], x, uncond=torch.zeros(2, 4), guidance_scale=3.0)
 
 
-@pytest.mark.parametrize("name,config", [("ddim", {"prediction_type": "epsilom"}), ("euler", {"prediction_type": "v_predicton"})])
+@pytest.mark.parametrize(
+    "name,config", [("ddim", {"prediction_type": "epsilom"}), ("euler", {"prediction_type": "v_predicton"})]
+)
 def test_unknown_prediction_type_on_a_scheduler(name, config):
     bad = config["prediction_type"]
     with pytest.raises(ValueError, match=rf"prediction_type '{bad}'.*did you mean"):
@@ -623,10 +661,16 @@ def test_check_finite_rejects_nan_and_inf(name, bad):
         s.step(torch.zeros_like(x), s.timesteps[0], x, uncond=out, guidance_scale=2.0, check_finite=True)
 
 
-@pytest.mark.parametrize("name,config", [("flow_euler", {"prediction_type": "epsilon"}), ("flow_euler", {"prediction_type": "score"}),
-                                         ("ddim", {"schedule": "flow", "prediction_type": "epsilon"})])
+@pytest.mark.parametrize(
+    "name,config",
+    [
+        ("flow_euler", {"prediction_type": "epsilon"}),
+        ("flow_euler", {"prediction_type": "score"}),
+        ("ddim", {"schedule": "flow", "prediction_type": "epsilon"}),
+    ],
+)
 def test_prediction_type_that_cannot_be_inverted_at_alpha_zero(name, config):
-    """epsilon/score outputs say nothing about x0 where alpha = 0 (flow at t = 1): the error says so and names the type."""
+    """epsilon/score outputs say nothing about x0 where alpha = 0 (flow at t = 1): the error names the type."""
     s = make(name, **config)
     with pytest.raises(ValueError, match=r"(?s)(alpha=0|alpha = 0).*prediction.type") as info:
         s.set_timesteps(10)

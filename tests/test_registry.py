@@ -14,7 +14,17 @@ from samplers.registry import DISABLE_ENV, PluginNameClashError, Registry, Sourc
 from samplers.schedulers import DDIMScheduler, EulerDiscreteScheduler
 
 reg_mod = importlib.import_module("samplers.registry")  # the module; samplers.registry is also a function
-BUILTINS = {"ddim", "ddpm", "euler", "euler_ancestral", "flow_euler", "heun", "langevin", "posterior", "predictor_corrector"}
+BUILTINS = {
+    "ddim",
+    "ddpm",
+    "euler",
+    "euler_ancestral",
+    "flow_euler",
+    "heun",
+    "langevin",
+    "posterior",
+    "predictor_corrector",
+}
 
 
 class TinyDDIM(DDIMScheduler):

@@ -52,7 +52,9 @@ def test_stochastic_sample_does_not_depend_on_the_batch_split():
     seeds = batch_seeds(3, 6)
     whole = samplers.sample(model, scheduler, noise, num_inference_steps=20, seeds=seeds, progress=False)
     halves = [
-        samplers.sample(model, scheduler, noise[i : i + 3], num_inference_steps=20, seeds=seeds[i : i + 3], progress=False)
+        samplers.sample(
+            model, scheduler, noise[i : i + 3], num_inference_steps=20, seeds=seeds[i : i + 3], progress=False
+        )
         for i in (0, 3)
     ]
     torch.testing.assert_close(whole, torch.cat(halves), rtol=1e-6, atol=1e-6)
@@ -83,10 +85,18 @@ def test_callback_sees_every_call_and_the_generator_is_reproducible():
     model = oracle_model(scheduler)
     noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
     seen: list[int] = []
-    a = samplers.sample(model, scheduler, noise, num_inference_steps=7, generator=torch.Generator().manual_seed(9),
-                        progress=False, callback=lambda i, t, x, x0: seen.append(i))
-    b = samplers.sample(model, scheduler, noise, num_inference_steps=7, generator=torch.Generator().manual_seed(9),
-                        progress=False)
+    a = samplers.sample(
+        model,
+        scheduler,
+        noise,
+        num_inference_steps=7,
+        generator=torch.Generator().manual_seed(9),
+        progress=False,
+        callback=lambda i, t, x, x0: seen.append(i),
+    )
+    b = samplers.sample(
+        model, scheduler, noise, num_inference_steps=7, generator=torch.Generator().manual_seed(9), progress=False
+    )
     assert seen == list(range(7))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -97,7 +107,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="cuda_graph=True needs the sample on a CUDA device"):
         samplers.sample(model, scheduler, torch.randn(2, 3), num_inference_steps=4, cuda_graph=True)
     with pytest.raises(ValueError, match="seeds must be int64"):
-        samplers.sample(model, scheduler, torch.randn(2, 3), num_inference_steps=4, seeds=torch.zeros(3, dtype=torch.int64))
+        samplers.sample(
+            model, scheduler, torch.randn(2, 3), num_inference_steps=4, seeds=torch.zeros(3, dtype=torch.int64)
+        )
     with pytest.raises(TypeError, match="noise must be a floating"):
         samplers.sample(model, scheduler, torch.zeros(2, 3, dtype=torch.int64), num_inference_steps=4)
     with pytest.raises(ValueError, match="GraphedSampler needs a CUDA tensor"):

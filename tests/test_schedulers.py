@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import samplers
-from samplers import ops, parameterization as P
+from samplers import ops
+from samplers import parameterization as P
 
 F64 = torch.float64
 Z = 5.0
@@ -36,8 +37,12 @@ def _check_moments(x: torch.Tensor, mean: torch.Tensor | float, var: torch.Tenso
     m, v = x.double().mean(0), x.double().var(0)
     mean_tol = Z * torch.sqrt(var / n) + 1e-6
     var_tol = Z * var * math.sqrt(2 / (n - 1)) + 1e-6
-    assert bool(((m - mean).abs() <= mean_tol).all()), f"{label} mean {m.tolist()} vs {mean.tolist()} (tol {mean_tol.tolist()})"
-    assert bool(((v - var).abs() <= var_tol).all()), f"{label} var {v.tolist()} vs {var.tolist()} (tol {var_tol.tolist()})"
+    assert bool(((m - mean).abs() <= mean_tol).all()), (
+        f"{label} mean {m.tolist()} vs {mean.tolist()} (tol {mean_tol.tolist()})"
+    )
+    assert bool(((v - var).abs() <= var_tol).all()), (
+        f"{label} var {v.tolist()} vs {var.tolist()} (tol {var_tol.tolist()})"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,14 +70,20 @@ def test_ddim_eta1_is_the_ddpm_posterior_draw(steps, kind, beta_schedule, seed):
     assert torch.equal(ddim.timesteps, ddpm.timesteps)
     stride = 1000 // steps
     for i, t in enumerate(ddim.timesteps.tolist()):
-        x, out, z = _randn(3, 4, seed=seed + 3 * i), _randn(3, 4, seed=seed + 3 * i + 1), _randn(3, 4, seed=seed + 3 * i + 2)
+        x, out, z = (
+            _randn(3, 4, seed=seed + 3 * i),
+            _randn(3, 4, seed=seed + 3 * i + 1),
+            _randn(3, 4, seed=seed + 3 * i + 2),
+        )
         a = ddim.step(out, t, x, noise=z).prev_sample
         b = ddpm.step(out, t, x, noise=z).prev_sample
         # eq. 6-7 on the spaced chain: beta_{t|s} = 1 - abar_t / abar_s
         abar_t, abar_s = _abar(ddim, t), _abar(ddim, t - stride)
         x0 = P.to_x0_eps(kind, out, x, math.sqrt(abar_t), math.sqrt(1 - abar_t))[0]
         beta_ts = 1 - abar_t / abar_s
-        mean = math.sqrt(abar_s) * beta_ts / (1 - abar_t) * x0 + math.sqrt(1 - beta_ts) * (1 - abar_s) / (1 - abar_t) * x
+        mean = (
+            math.sqrt(abar_s) * beta_ts / (1 - abar_t) * x0 + math.sqrt(1 - beta_ts) * (1 - abar_s) / (1 - abar_t) * x
+        )
         std = math.sqrt((1 - abar_s) / (1 - abar_t) * beta_ts)
         expected = mean + std * z
         scale = 1 + float(expected.abs().max())
@@ -88,7 +99,9 @@ def test_ddim_eta_override_in_step_equals_configured_eta():
     t = base.timesteps[2]
     base.set_begin_index(2)
     one.set_begin_index(2)
-    torch.testing.assert_close(base.step(out, t, x, noise=z, eta=1.0).prev_sample, one.step(out, t, x, noise=z).prev_sample)
+    torch.testing.assert_close(
+        base.step(out, t, x, noise=z, eta=1.0).prev_sample, one.step(out, t, x, noise=z).prev_sample
+    )
     with pytest.raises(ValueError, match="eta"):
         base.step(out, base.timesteps[3], x, eta=1.5)
     with pytest.raises(ValueError, match="eta"):
@@ -150,7 +163,9 @@ def test_ddim_with_the_exact_denoiser_keeps_the_data_mean():
     for i, t in enumerate(s.timesteps):
         a_t, s_t = float(s.plan.model_alpha[i]), float(s.plan.model_sigma[i])
         x0_hat = mu + a_t * std**2 / (a_t**2 * std**2 + s_t**2) * (x - a_t * mu)
-        x = s.step(P.model_output_from_x0("epsilon", x0_hat, x, a_t, s_t), t, x, noise=_randn(n, 2, seed=100 + i)).prev_sample
+        x = s.step(
+            P.model_output_from_x0("epsilon", x0_hat, x, a_t, s_t), t, x, noise=_randn(n, 2, seed=100 + i)
+        ).prev_sample
         a_next = float(s.plan.model_alpha[i + 1]) if i + 1 < len(s.timesteps) else 1.0
         tol = Z * x.std(0) / math.sqrt(n)
         assert bool(((x.mean(0) - a_next * mu).abs() <= tol).all()), (i, x.mean(0), a_next * mu)
@@ -167,7 +182,9 @@ def test_ddpm_fixed_variances(variance_type):
         abar_t, abar_s = _abar(s, t), _abar(s, t - stride)
         beta_ts = 1 - abar_t / abar_s
         x0 = (x - math.sqrt(1 - abar_t) * out) / math.sqrt(abar_t)
-        mean = math.sqrt(abar_s) * beta_ts / (1 - abar_t) * x0 + math.sqrt(1 - beta_ts) * (1 - abar_s) / (1 - abar_t) * x
+        mean = (
+            math.sqrt(abar_s) * beta_ts / (1 - abar_t) * x0 + math.sqrt(1 - beta_ts) * (1 - abar_s) / (1 - abar_t) * x
+        )
         var = beta_ts if variance_type == "fixed_large" else (1 - abar_s) / (1 - abar_t) * beta_ts
         std = 0.0 if t == 0 else math.sqrt(var)  # no noise into x_0
         torch.testing.assert_close(got, mean + std * z, rtol=0, atol=2e-5 * (1 + float(mean.abs().max())))
@@ -214,7 +231,9 @@ def test_ddpm_clip_and_dynamic_thresholding():
     abar = _abar(clipped, int(t))
     raw = (x - math.sqrt(1 - abar) * big) / math.sqrt(abar)
     torch.testing.assert_close(x0, raw.clamp(-1.5, 1.5), rtol=1e-5, atol=1e-5)
-    thr = samplers.get("ddpm", clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=5.0)
+    thr = samplers.get(
+        "ddpm", clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=5.0
+    )
     thr.set_timesteps(10)
     thr.set_begin_index(5)
     x0 = thr.step(big, t, x, noise=torch.zeros_like(x)).pred_original_sample
@@ -236,7 +255,9 @@ def test_euler_step_is_karras_algorithm_1_without_correction(karras):
     sig = s.sigmas.double()
     assert float(sig[-1]) == 0.0 and bool((sig[1:] < sig[:-1]).all())
     if karras:
-        torch.testing.assert_close(sig[:-1], samplers.schedules.karras_sigmas(12, float(sig[-2]), float(sig[0])), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            sig[:-1], samplers.schedules.karras_sigmas(12, float(sig[-2]), float(sig[0])), rtol=1e-6, atol=0
+        )
     for i, t in enumerate(s.timesteps):
         x, eps = _randn(3, 2, seed=i) * float(sig[i]), _randn(3, 2, seed=30 + i)
         got = s.step(eps, t, x).prev_sample
@@ -252,7 +273,9 @@ def test_euler_ancestral_splits_the_next_level_into_down_and_up():
         got = s.step(eps, t, x, noise=z).prev_sample
         up = math.sqrt(float(sig[i + 1] ** 2 * (sig[i] ** 2 - sig[i + 1] ** 2) / sig[i] ** 2))
         down = math.sqrt(float(sig[i + 1] ** 2) - up * up)
-        torch.testing.assert_close(got, x + (down - float(sig[i])) * eps + up * z, rtol=1e-5, atol=1e-5 * (1 + float(sig[i])))
+        torch.testing.assert_close(
+            got, x + (down - float(sig[i])) * eps + up * z, rtol=1e-5, atol=1e-5 * (1 + float(sig[i]))
+        )
 
 
 def _edm_denoiser(x: torch.Tensor, sigma: float, mu: float, std: float) -> torch.Tensor:
@@ -341,8 +364,12 @@ def test_flow_euler_dynamic_shift_needs_mu():
     with pytest.raises(ValueError, match="mu"):
         s.set_timesteps(10)
     s.set_timesteps(10, mu=1.0)
-    torch.testing.assert_close(s.sigmas.double()[:-1], samplers.schedules.flow_time_shift_exponential(
-        torch.linspace(1.0, 1 / 1000, 10, dtype=F64), 1.0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        s.sigmas.double()[:-1],
+        samplers.schedules.flow_time_shift_exponential(torch.linspace(1.0, 1 / 1000, 10, dtype=F64), 1.0),
+        rtol=1e-6,
+        atol=0,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +401,7 @@ def test_ddim_eta0_is_euler_in_sigma_space(kind, oracle):
 
 
 def test_langevin_call_is_ncsn_algorithm_1():
-    """x <- x + (a_i / 2) score + sqrt(a_i) z with a_i = eps sigma_i^2 / sigma_L^2 and score = (x0_hat - x) / sigma_i^2."""
+    """x <- x + (a_i / 2) score + sqrt(a_i) z, a_i = eps sigma_i^2 / sigma_L^2, score = (x0_hat - x) / sigma_i^2."""
     s = samplers.get("langevin", steps_per_level=3, step_size=5e-5, final_denoise=False, prediction_type="sample")
     s.set_timesteps(4)
     levels = s.plan.model_sigma.tolist()
@@ -395,7 +422,11 @@ def test_predictor_corrector_calls_are_song_et_al_algorithms_2_and_4():
     assert len(levels) == len(corrector)
     batch = 3
     for k, t in enumerate(s.timesteps):
-        x, x0_hat, z = _randn(batch, 8, seed=k) * levels[k], _randn(batch, 8, seed=10 + k), _randn(batch, 8, seed=20 + k)
+        x, x0_hat, z = (
+            _randn(batch, 8, seed=k) * levels[k],
+            _randn(batch, 8, seed=10 + k),
+            _randn(batch, 8, seed=20 + k),
+        )
         got = s.step(x0_hat, t, x, noise=z).prev_sample
         score = (x0_hat - x) / levels[k] ** 2
         if corrector[k]:
@@ -444,7 +475,10 @@ def test_predictor_corrector_reaches_the_data_moments(oracle):
 @pytest.mark.parametrize("kind", ["sample", "epsilon", "v_prediction"])
 @pytest.mark.parametrize("schedule", ["vp_linear", "discrete"])
 def test_posterior_sampler_lands_on_a_point_mass(kind, schedule):
-    """With the exact x0 model of a point mass every draw is from q(x_s | x_t, x0): x_s ~ N(alpha_s x0, sigma_s^2), ending at x0."""
+    """With the exact x0 model of a point mass every draw is from q(x_s | x_t, x0).
+
+    So x_s ~ N(alpha_s x0, sigma_s^2), ending at x0.
+    """
     s = samplers.get("posterior", prediction_type=kind, schedule=schedule)
     s.set_timesteps(4)
     n = 20000
@@ -480,6 +514,8 @@ def test_zero_terminal_snr_recipe_runs(name, oracle):
     assert math.isfinite(s.init_noise_sigma)
     mu, std = torch.tensor([0.3, -0.2], dtype=F64), torch.tensor([0.5, 0.2], dtype=F64)
     n = 4000
-    x = oracle.run(s, _randn(n, 2, seed=0) * s.init_noise_sigma, mu, std, noise_generator=torch.Generator().manual_seed(1))
+    x = oracle.run(
+        s, _randn(n, 2, seed=0) * s.init_noise_sigma, mu, std, noise_generator=torch.Generator().manual_seed(1)
+    )
     assert bool(torch.isfinite(x).all())
     assert bool(((x.mean(0) - mu).abs() <= Z * std / math.sqrt(n) + 0.02).all()), x.mean(0)

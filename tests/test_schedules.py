@@ -78,7 +78,7 @@ def schedule_and_times(draw, count: int = 2):
     raw = draw(st.lists(st.floats(lo, hi), min_size=count, max_size=count))
     times = sorted(raw)
     # keep the times apart so the transition variance is not pure cancellation noise
-    assume(all(b - a > 1e-3 * (hi - lo) for a, b in zip(times, times[1:])))
+    assume(all(b - a > 1e-3 * (hi - lo) for a, b in zip(times, times[1:], strict=False)))
     return sched, [torch.tensor(t, dtype=F64) for t in times]
 
 
@@ -180,14 +180,19 @@ def test_posterior_density_satisfies_bayes_rule_pointwise(pair, seed):
     post_mean = post.coef_xt * xt + post.coef_x0 * x0
     xs = post_mean + math.sqrt(post.variance) * rng.normal(size=16)
     lhs = _log_normal(xs, post_mean, post.variance)
-    rhs = _log_normal(xs, a_s * x0, s_s * s_s) + _log_normal(xt, a_ts * xs, v_ts) - _log_normal(xt, a_t * x0, s_t * s_t)
+    rhs = (
+        _log_normal(xs, a_s * x0, s_s * s_s) + _log_normal(xt, a_ts * xs, v_ts) - _log_normal(xt, a_t * x0, s_t * s_t)
+    )
     np.testing.assert_allclose(lhs, rhs, rtol=1e-6, atol=1e-6)
 
 
 @FAST
 @given(sched=discrete_schedules(min_steps=2))
 def test_ddpm_beta_tilde_is_the_s_equals_t_minus_1_posterior(sched):
-    """DDPM eq. 7: beta_tilde_t = (1-abar_{t-1})/(1-abar_t) beta_t, mean coefs sqrt(abar_{t-1}) beta_t/(1-abar_t), sqrt(alpha_t)(1-abar_{t-1})/(1-abar_t)."""
+    """DDPM eq. 7: beta_tilde_t = (1-abar_{t-1})/(1-abar_t) beta_t.
+
+    Mean coefficients sqrt(abar_{t-1}) beta_t/(1-abar_t) and sqrt(alpha_t)(1-abar_{t-1})/(1-abar_t).
+    """
     abar = sched.alphas_cumprod.tolist()
     betas = sched.betas.tolist()
     for t in range(1, len(abar)):
@@ -203,7 +208,7 @@ def test_ddpm_beta_tilde_is_the_s_equals_t_minus_1_posterior(sched):
 @FAST
 @given(pair=schedule_and_times(count=2), eta=st.floats(0.0, 1.0))
 def test_ddim_transition_keeps_q_xs_given_x0_for_every_eta(pair, eta):
-    """x_s = alpha_s x0 + dir * eps + std * z with eps, z ~ N(0, I) independent: mean alpha_s x0, variance sigma_s^2."""
+    """x_s = alpha_s x0 + dir * eps + std * z, eps and z ~ N(0, I) independent: mean alpha_s x0, variance sigma_s^2."""
     sched, (ts, tt) = pair
     a_s, s_s = alpha_sigma_floats(sched, ts)
     a_t, s_t = alpha_sigma_floats(sched, tt)
@@ -211,8 +216,9 @@ def test_ddim_transition_keeps_q_xs_given_x0_for_every_eta(pair, eta):
     coef_x0, direction, std = schedules.ddim_transition(a_s, s_s, a_t, s_t, eta)
     assert coef_x0 == a_s
     assert close(direction**2 + std**2, s_s * s_s, rtol=1e-10, atol=1e-15)
-    # The same through the update's affine form x_s = c_xt x_t + c_x0 x0 + std z with eps_hat = (x_t - alpha_t x0)/sigma_t,
-    # pushed through x_t ~ q(x_t | x_0) = N(alpha_t x0, sigma_t^2): mean c_xt alpha_t + c_x0, variance c_xt^2 sigma_t^2 + std^2.
+    # The same through the update's affine form x_s = c_xt x_t + c_x0 x0 + std z with
+    # eps_hat = (x_t - alpha_t x0)/sigma_t, pushed through x_t ~ q(x_t | x_0) = N(alpha_t x0, sigma_t^2):
+    # mean c_xt alpha_t + c_x0, variance c_xt^2 sigma_t^2 + std^2.
     c_xt, c_x0 = direction / s_t, coef_x0 - direction * a_t / s_t
     assert close(c_xt * a_t + c_x0, a_s, rtol=1e-9, atol=1e-12)
     assert close(c_xt**2 * s_t**2 + std**2, s_s * s_s, rtol=1e-9, atol=1e-15)
@@ -329,7 +335,9 @@ def test_zero_terminal_snr_rescale(sched):
     # Lin et al. Algorithm 1 is an affine map of sqrt(abar): second differences keep their ratio
     r_new, r_old = abar.sqrt(), old.sqrt()
     scale = (r_new[0] - r_new[1]) / (r_old[0] - r_old[1])
-    np.testing.assert_allclose((r_new[:-1] - r_new[1:]).numpy(), (scale * (r_old[:-1] - r_old[1:])).numpy(), rtol=1e-8, atol=1e-15)
+    np.testing.assert_allclose(
+        (r_new[:-1] - r_new[1:]).numpy(), (scale * (r_old[:-1] - r_old[1:])).numpy(), rtol=1e-8, atol=1e-15
+    )
     # through the config path too
     via_config = DiscreteVPSchedule.from_config(trained_betas=sched.betas.tolist(), rescale_betas_zero_snr=True)
     torch.testing.assert_close(via_config.alphas_cumprod, abar)
@@ -393,10 +401,43 @@ def test_karras_sigmas_endpoints_and_monotone(n, sigma_min, span, rho):
 
 def test_spaced_timesteps_match_lin_et_al_table_2():
     """Lin et al. 2024, Table 2 (T = 1000, 10 steps), written 0-based as the code indexes timesteps."""
-    assert schedules.spaced_timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
-    assert schedules.spaced_timesteps(1000, 10, "leading", steps_offset=1).tolist() == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    assert schedules.spaced_timesteps(1000, 10, "linspace").tolist() == [
+        999,
+        888,
+        777,
+        666,
+        555,
+        444,
+        333,
+        222,
+        111,
+        0,
+    ]
+    assert schedules.spaced_timesteps(1000, 10, "leading", steps_offset=1).tolist() == [
+        901,
+        801,
+        701,
+        601,
+        501,
+        401,
+        301,
+        201,
+        101,
+        1,
+    ]
     assert schedules.spaced_timesteps(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
-    assert schedules.spaced_timesteps(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert schedules.spaced_timesteps(1000, 10, "trailing").tolist() == [
+        999,
+        899,
+        799,
+        699,
+        599,
+        499,
+        399,
+        299,
+        199,
+        99,
+    ]
 
 
 def _exact_spacing(total: int, n: int, spacing: str) -> list[float]:
@@ -426,7 +467,8 @@ def test_spaced_timesteps_lengths_ranges_and_formulas(data, spacing):
         assert int(steps[-1]) == 0
     # the paper's formula up to rounding (ties may go either way)
     exact = _exact_spacing(total, n, spacing)
-    assert all(abs(got - want) <= 0.5 + 1e-9 for got, want in zip(steps.tolist(), exact)), (steps.tolist(), exact)
+    pairs = zip(steps.tolist(), exact, strict=True)
+    assert all(abs(got - want) <= 0.5 + 1e-9 for got, want in pairs), (steps.tolist(), exact)
 
 
 @pytest.mark.parametrize("total,n", [(17, 7), (15, 13), (1000, 61), (1000, 103)])
@@ -469,12 +511,21 @@ def test_t_from_sigma_inverts_sigma_at(sched, seed):
 def test_custom_alphas_cumprod_round_trip(sched):
     again = DiscreteVPSchedule(alphas_cumprod=sched.alphas_cumprod)
     torch.testing.assert_close(again.betas, sched.betas, rtol=1e-9, atol=1e-15)
-    torch.testing.assert_close(schedules.alphas_cumprod_from_betas(again.betas), sched.alphas_cumprod, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        schedules.alphas_cumprod_from_betas(again.betas), sched.alphas_cumprod, rtol=1e-12, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize(
     "sched",
-    [VPCosineSchedule(), VPLinearSchedule(), VESchedule(), EDMSchedule(), RectifiedFlowSchedule(), RectifiedFlowSchedule(1000.0)],
+    [
+        VPCosineSchedule(),
+        VPLinearSchedule(),
+        VESchedule(),
+        EDMSchedule(),
+        RectifiedFlowSchedule(),
+        RectifiedFlowSchedule(1000.0),
+    ],
     ids=lambda s: type(s).__name__ + str(getattr(s, "timestep_scale", "")),
 )
 def test_continuous_families_invariants(sched):

@@ -6,6 +6,7 @@ broken on purpose must fail exactly the property they break.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import types
@@ -16,14 +17,11 @@ import torch
 from typer.testing import CliRunner
 
 import samplers
-import importlib
 from samplers import parameterization
 from samplers.hookspecs import hookimpl
 from samplers.ops.reference import COEFF
 from samplers.protocol import StepOutput
 from samplers.registry import Registry, Source, UnknownSchedulerError
-
-registry_module = importlib.import_module("samplers.registry")  # the package re-exports a function of that name
 from samplers.schedulers import BUILTIN_SCHEDULERS, DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from samplers.testing import (
     CHECKS,
@@ -34,6 +32,8 @@ from samplers.testing import (
     check_scheduler,
     run_oracle,
 )
+
+registry_module = importlib.import_module("samplers.registry")  # the package re-exports a function of that name
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = KitSettings.quick(backend="torch")
@@ -85,7 +85,9 @@ def test_deterministic_sampler_converges_to_the_oracle_ode_solution():
     noise = torch.randn(128, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
     errors = []
     for steps in (10, 100, 1000):
-        x, exact = run_oracle(samplers.get("ddim", clip_sample=False, timestep_spacing="trailing"), oracle, noise, steps, backend="torch")
+        x, exact = run_oracle(
+            samplers.get("ddim", clip_sample=False, timestep_spacing="trailing"), oracle, noise, steps, backend="torch"
+        )
         errors.append(float((x - exact).abs().max()))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02 * errors[0]
 
@@ -218,7 +220,14 @@ class StatefulEuler(EulerDiscreteScheduler):
     ],
 )
 def test_broken_scheduler_fails_its_property(cls, config, broken):
-    results = by_name(check_scheduler(cls, settings=QUICK, checks=["protocol", "config_roundtrip", "shapes_dtypes", "determinism", "marginals", "accuracy"], **config))
+    results = by_name(
+        check_scheduler(
+            cls,
+            settings=QUICK,
+            checks=["protocol", "config_roundtrip", "shapes_dtypes", "determinism", "marginals", "accuracy"],
+            **config,
+        )
+    )
     assert not results[broken].passed, results[broken].detail
     with pytest.raises(ConformanceError, match=broken) as info:
         assert_conforms(cls, settings=QUICK, checks=[broken], **config)
@@ -276,7 +285,9 @@ def test_cli_check_passes_with_a_table():
 
 
 def test_cli_check_json():
-    result = _cli("check", "ddim", "--quick", "--only", "accuracy,determinism", "-o", "eta=0.5", "--json", "--backend", "torch")
+    result = _cli(
+        "check", "ddim", "--quick", "--only", "accuracy,determinism", "-o", "eta=0.5", "--json", "--backend", "torch"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["passed"] is True and report["config"] == {"eta": 0.5}
@@ -331,5 +342,7 @@ def test_no_device_sync_check_on_cuda():
     results = by_name(check_scheduler("ddim", device="cuda", settings=KitSettings.quick()))
     assert all(r.passed for r in results.values()), results
     assert not results["no_device_sync"].skipped
-    syncing = by_name(check_scheduler(SyncingDDIM, device="cuda", settings=KitSettings.quick(), checks=["no_device_sync"]))
+    syncing = by_name(
+        check_scheduler(SyncingDDIM, device="cuda", settings=KitSettings.quick(), checks=["no_device_sync"])
+    )
     assert not syncing["no_device_sync"].passed and "synchronized" in syncing["no_device_sync"].detail

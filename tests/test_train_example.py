@@ -27,14 +27,19 @@ def _moment_matched_gaussian_sw(n: int) -> float:
     only the first two moments would score (about 0.38)."""
     problem = make_swissroll()
     gen = torch.Generator().manual_seed(0)
-    fit = problem.mean() + torch.randn(n, 2, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(problem.covariance()).T
+    fit = (
+        problem.mean()
+        + torch.randn(n, 2, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(problem.covariance()).T
+    )
     return sliced_wasserstein(fit, problem.sample(n, stream=DATA_STREAM, seed=1))
 
 
 def test_trained_mlp_beats_untrained_and_learns_more_than_two_moments(capsys) -> None:
     script = _load_script()
     # a step budget (not a time budget) keeps the test deterministic on a busy machine
-    result = script.run(["--steps", "600", "--seconds", "120", "--samples", "1000", "--samplers", "ddim,euler", "--dataset", "20000"])
+    result = script.run(
+        ["--steps", "600", "--seconds", "120", "--samples", "1000", "--samplers", "ddim,euler", "--dataset", "20000"]
+    )
     printed = capsys.readouterr().out
     report, rows = result["report"], result["rows"]
     assert report.steps == 600 and report.losses[-1] < report.losses[0]  # the loss went down

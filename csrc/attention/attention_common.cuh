@@ -52,8 +52,7 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 // (tails of Q/K/V tiles must hold finite values: zeros times a zero probability stay zero).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
   const int src_size = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size)
-               : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -104,8 +103,9 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const T* __restrict__ sr
 
 // Applies the masks to one 16-row slice of raw scores q.k. `s` holds NT n8-tiles in the
 // mma/wgmma accumulator layout: s[4*nt + i] is row (i < 2 ? row_a : row_b), column
-// col_base + 8*nt + (i & 1). The additive mask is divided by the softmax scale here so that the one multiply by scale*log2(e) inside the exponent, fused into an FMA,
-// gives scale*q.k + mask in log2 units. Key padding and columns >= len_k (tile tail) become -inf.
+// col_base + 8*nt + (i & 1). The additive mask is divided by the softmax scale here so that the one multiply by
+// scale*log2(e) inside the exponent, fused into an FMA, gives scale*q.k + mask in log2 units. Key padding and columns
+// >= len_k (tile tail) become -inf.
 template <typename T, int NT>
 __device__ __forceinline__ void mask_scores(float* s, const AttnParams& p, int b, int h, int row_a, int row_b,
                                             int col_base, bool tail) {

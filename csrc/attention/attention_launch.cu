@@ -54,7 +54,8 @@ int attention_capabilities(int device) {
 
 const char* attention_auto_kernel_name(int device) {
   const int caps = attention_capabilities(device);
-  if (caps & kCapWgmma) return "wgmma (sm_90a): D=64 cp.async loads, 64-key tiles, 2 CTAs/SM; D=128 TMA loads, 128-key tiles";
+  if (caps & kCapWgmma)
+    return "wgmma (sm_90a): D=64 cp.async loads, 64-key tiles, 2 CTAs/SM; D=128 TMA loads, 128-key tiles";
   if (caps & kCapMma) return "mma.sync (sm_80+)";
   return "none";
 }
@@ -68,8 +69,8 @@ int attention_forward(const AttnParams& p, Impl impl, void* stream, char* err, s
   if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v))
     return fail(err, errlen, "q, k and v must be 16-byte aligned");
   if ((reinterpret_cast<uintptr_t>(p.out) & 3u) != 0) return fail(err, errlen, "out must be 4-byte aligned");
-  const int64_t strides[] = {p.q_stride_b, p.q_stride_h, p.q_stride_l, p.k_stride_b, p.k_stride_h, p.k_stride_l,
-                             p.v_stride_b, p.v_stride_h, p.v_stride_l};
+  const int64_t strides[] = {p.q_stride_b, p.q_stride_h, p.q_stride_l, p.k_stride_b, p.k_stride_h,
+                             p.k_stride_l, p.v_stride_b, p.v_stride_h, p.v_stride_l};
   for (int64_t s : strides)
     if (s % 8 != 0) return fail(err, errlen, "q/k/v strides must be multiples of 8 elements (16 bytes)");
   if (p.o_stride_l % 2 != 0 || p.o_stride_h % 2 != 0 || p.o_stride_b % 2 != 0)
@@ -106,7 +107,8 @@ int attention_forward(const AttnParams& p, Impl impl, void* stream, char* err, s
       return fail(err, errlen, "unknown kernel choice");
   }
   if (e != cudaSuccess) {
-    if (err != nullptr && errlen > 0) std::snprintf(err, errlen, "attention kernel launch failed: %s", cudaGetErrorString(e));
+    if (err != nullptr && errlen > 0)
+      std::snprintf(err, errlen, "attention kernel launch failed: %s", cudaGetErrorString(e));
     return 2;
   }
   return 0;

@@ -27,7 +27,8 @@ cudaError_t launch_mma_t(const AttnParams& p, cudaStream_t stream) {
 cudaError_t launch_mma(const AttnParams& p, cudaStream_t stream) {
   const bool bf16 = p.dtype == DType::kBFloat16;
   if (p.head_dim == 64) return bf16 ? launch_mma_t<__nv_bfloat16, 64>(p, stream) : launch_mma_t<__half, 64>(p, stream);
-  if (p.head_dim == 128) return bf16 ? launch_mma_t<__nv_bfloat16, 128>(p, stream) : launch_mma_t<__half, 128>(p, stream);
+  if (p.head_dim == 128)
+    return bf16 ? launch_mma_t<__nv_bfloat16, 128>(p, stream) : launch_mma_t<__half, 128>(p, stream);
   return cudaErrorInvalidValue;
 }
 

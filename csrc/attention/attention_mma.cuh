@@ -60,10 +60,10 @@ template <typename T, int D>
 __global__ void __launch_bounds__(128) attn_fwd_mma_kernel(const __grid_constant__ AttnParams p) {
   using Cfg = MmaConfig<D>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kThreads = Cfg::kThreads;
-  constexpr int NS = kBc / 8;  // n8 tiles of a score row slice
-  constexpr int ND = D / 8;    // n8 tiles of an output row slice
-  constexpr int KQ = D / 16;   // k16 steps of Q K^T
-  constexpr int KP = kBc / 16; // k16 steps of P V
+  constexpr int NS = kBc / 8;   // n8 tiles of a score row slice
+  constexpr int ND = D / 8;     // n8 tiles of an output row slice
+  constexpr int KQ = D / 16;    // k16 steps of Q K^T
+  constexpr int KP = kBc / 16;  // k16 steps of P V
   constexpr bool kQInRegs = Cfg::kQInRegs;
 
   extern __shared__ __align__(1024) uint8_t smem[];
@@ -140,7 +140,8 @@ __global__ void __launch_bounds__(128) attn_fwd_mma_kernel(const __grid_constant
 #pragma unroll
       for (int np = 0; np < NS / 2; ++np) {
         uint32_t bf[4];
-        ldmatrix_x4(bf, sK + swizzle_offset<kBc>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+        ldmatrix_x4(bf,
+                    sK + swizzle_offset<kBc>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma16816<T>(&s[mt][4 * (2 * np)], a[mt], bf[0], bf[1]);
@@ -185,7 +186,8 @@ __global__ void __launch_bounds__(128) attn_fwd_mma_kernel(const __grid_constant
 #pragma unroll
       for (int dp = 0; dp < ND / 2; ++dp) {
         uint32_t bf[4];
-        ldmatrix_x4_trans(bf, sV + swizzle_offset<kBc>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+        ldmatrix_x4_trans(
+            bf, sV + swizzle_offset<kBc>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma16816<T>(&o[mt][4 * (2 * dp)], a[mt], bf[0], bf[1]);

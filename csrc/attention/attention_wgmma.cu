@@ -74,10 +74,10 @@ bool make_tensor_map(CUtensorMap* map, uint32_t* perm, const void* ptr, DType dt
   }
   *perm = pos[0] | (pos[1] << 2) | (pos[2] << 4);
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode(map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            4, const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode(map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+             const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
 }
 
@@ -86,12 +86,12 @@ cudaError_t launch_wgmma_tma_t(const AttnParams& p, cudaStream_t stream) {
   using Cfg = WgmmaTmaConfig<D, Bc, NWG>;
   CUtensorMap tq, tk, tv;
   uint32_t pq = 0, pk = 0, pv = 0;
-  if (!make_tensor_map(&tq, &pq, p.q, p.dtype, D, p.len_q, p.heads, p.batch, p.q_stride_l, p.q_stride_h,
-                       p.q_stride_b, Cfg::kBr) ||
-      !make_tensor_map(&tk, &pk, p.k, p.dtype, D, p.len_k, p.heads, p.batch, p.k_stride_l, p.k_stride_h,
-                       p.k_stride_b, Bc) ||
-      !make_tensor_map(&tv, &pv, p.v, p.dtype, D, p.len_k, p.heads, p.batch, p.v_stride_l, p.v_stride_h,
-                       p.v_stride_b, Bc)) {
+  if (!make_tensor_map(&tq, &pq, p.q, p.dtype, D, p.len_q, p.heads, p.batch, p.q_stride_l, p.q_stride_h, p.q_stride_b,
+                       Cfg::kBr) ||
+      !make_tensor_map(&tk, &pk, p.k, p.dtype, D, p.len_k, p.heads, p.batch, p.k_stride_l, p.k_stride_h, p.k_stride_b,
+                       Bc) ||
+      !make_tensor_map(&tv, &pv, p.v, p.dtype, D, p.len_k, p.heads, p.batch, p.v_stride_l, p.v_stride_h, p.v_stride_b,
+                       Bc)) {
     return cudaErrorNotSupported;
   }
   auto kernel = attn_fwd_wgmma_tma_kernel<T, D, Bc, NWG, MinBlocks>;
@@ -108,20 +108,30 @@ template <typename T>
 cudaError_t launch_wgmma_typed(const AttnParams& p, int variant, cudaStream_t stream) {
   if (p.head_dim == 64) {
     switch (variant) {
-      case 0: return launch_wgmma_t<T, 64, 128, 2, 1>(p, stream);
-      case 1: return launch_wgmma_t<T, 64, 64, 2, 2>(p, stream);
-      case 2: return launch_wgmma_tma_t<T, 64, 64, 2, 2>(p, stream);
-      case 3: return launch_wgmma_tma_t<T, 64, 128, 2, 1>(p, stream);
-      default: return cudaErrorInvalidValue;
+      case 0:
+        return launch_wgmma_t<T, 64, 128, 2, 1>(p, stream);
+      case 1:
+        return launch_wgmma_t<T, 64, 64, 2, 2>(p, stream);
+      case 2:
+        return launch_wgmma_tma_t<T, 64, 64, 2, 2>(p, stream);
+      case 3:
+        return launch_wgmma_tma_t<T, 64, 128, 2, 1>(p, stream);
+      default:
+        return cudaErrorInvalidValue;
     }
   }
   if (p.head_dim == 128) {
     switch (variant) {
-      case 0: return launch_wgmma_t<T, 128, 128, 2, 1>(p, stream);
-      case 1: return launch_wgmma_t<T, 128, 64, 2, 1>(p, stream);
-      case 2: return launch_wgmma_tma_t<T, 128, 128, 2, 1>(p, stream);
-      case 3: return launch_wgmma_tma_t<T, 128, 64, 2, 1>(p, stream);
-      default: return cudaErrorInvalidValue;
+      case 0:
+        return launch_wgmma_t<T, 128, 128, 2, 1>(p, stream);
+      case 1:
+        return launch_wgmma_t<T, 128, 64, 2, 1>(p, stream);
+      case 2:
+        return launch_wgmma_tma_t<T, 128, 128, 2, 1>(p, stream);
+      case 3:
+        return launch_wgmma_tma_t<T, 128, 64, 2, 1>(p, stream);
+      default:
+        return cudaErrorInvalidValue;
     }
   }
   return cudaErrorInvalidValue;

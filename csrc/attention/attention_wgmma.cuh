@@ -34,10 +34,10 @@ __global__ void __launch_bounds__(128 * NWG, MinBlocks) attn_fwd_wgmma_kernel(co
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WgmmaConfig<D, Bc, NWG>;
   constexpr int kBr = Cfg::kBr, kThreads = Cfg::kThreads;
-  constexpr int NS = Bc / 8;  // n8 tiles of a score row slice (S has NS*4 regs per thread)
-  constexpr int ND = D / 8;   // n8 tiles of an output row slice
-  constexpr int KQ = D / 16;  // k16 steps of Q K^T
-  constexpr int KP = Bc / 16; // k16 steps of P V
+  constexpr int NS = Bc / 8;   // n8 tiles of a score row slice (S has NS*4 regs per thread)
+  constexpr int ND = D / 8;    // n8 tiles of an output row slice
+  constexpr int KQ = D / 16;   // k16 steps of Q K^T
+  constexpr int KP = Bc / 16;  // k16 steps of P V
   static_assert(D == 64 || D == 128, "head dim");
   static_assert(Bc == 64 || Bc == 128, "key tile");
 

@@ -12,8 +12,8 @@
 namespace samplers {
 
 void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const std::optional<at::Tensor>& attn_mask,
-                          const std::optional<at::Tensor>& key_padding_mask, double scale);
+                          const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
+                          double scale);
 
 namespace {
 
@@ -62,7 +62,8 @@ void run_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   if (attn_mask.has_value()) {
     mask = *attn_mask;
     if (mask.scalar_type() == at::kBool) {
-      mask = at::zeros(mask.sizes(), q.options()).masked_fill_(mask.logical_not(), -std::numeric_limits<float>::infinity());
+      mask = at::zeros(mask.sizes(), q.options())
+                 .masked_fill_(mask.logical_not(), -std::numeric_limits<float>::infinity());
     }
     while (mask.dim() < 4) mask = mask.unsqueeze(0);
     mask = mask.expand({B, H, Lq, Lk});  // broadcast dims get stride 0, no copy

@@ -22,8 +22,8 @@ namespace samplers {
 
 // Shared with attention_cuda.cu (same extension): raises a clear error for bad arguments.
 void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const std::optional<at::Tensor>& attn_mask,
-                          const std::optional<at::Tensor>& key_padding_mask, double scale) {
+                          const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
+                          double scale) {
   TORCH_CHECK(q.dim() == 4, "attention_fwd: q must be 4-D [B, H, Lq, D], got shape ", q.sizes());
   TORCH_CHECK(k.dim() == 4, "attention_fwd: k must be 4-D [B, H, Lk, D], got shape ", k.sizes());
   TORCH_CHECK(v.sizes() == k.sizes(), "attention_fwd: v must have the shape of k ", k.sizes(), ", got ", v.sizes());
@@ -55,8 +55,8 @@ void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Te
     const at::Tensor& kp = *key_padding_mask;
     TORCH_CHECK(kp.device() == q.device(), "attention_fwd: key_padding_mask must be on the device of q");
     TORCH_CHECK(kp.scalar_type() == at::kBool, "attention_fwd: key_padding_mask must be bool, got ", kp.scalar_type());
-    TORCH_CHECK(kp.dim() == 2 && kp.size(0) == B && kp.size(1) == Lk, "attention_fwd: key_padding_mask must be [B, Lk] = [",
-                B, ", ", Lk, "], got ", kp.sizes());
+    TORCH_CHECK(kp.dim() == 2 && kp.size(0) == B && kp.size(1) == Lk,
+                "attention_fwd: key_padding_mask must be [B, Lk] = [", B, ", ", Lk, "], got ", kp.sizes());
   }
 }
 

@@ -11,12 +11,12 @@
 #define SAMPLERS_MODULE_WITH_CUDA 0
 #endif
 
-#define SAMPLERS_DEFINE_PY_MODULE(NAME, DOC)                                              \
-  extern "C" PyObject* PyInit_##NAME(void) {                                              \
-    static PyModuleDef def = {PyModuleDef_HEAD_INIT, #NAME, DOC, -1, nullptr};            \
-    PyObject* module = PyModule_Create(&def);                                             \
+#define SAMPLERS_DEFINE_PY_MODULE(NAME, DOC)                                                        \
+  extern "C" PyObject* PyInit_##NAME(void) {                                                        \
+    static PyModuleDef def = {PyModuleDef_HEAD_INIT, #NAME, DOC, -1, nullptr};                      \
+    PyObject* module = PyModule_Create(&def);                                                       \
     if (module != nullptr) PyModule_AddIntConstant(module, "WITH_CUDA", SAMPLERS_MODULE_WITH_CUDA); \
-    return module;                                                                        \
+    return module;                                                                                  \
   }
 #else
 #define SAMPLERS_DEFINE_PY_MODULE(NAME, DOC)

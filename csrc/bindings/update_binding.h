@@ -16,14 +16,11 @@ namespace samplers {
 using UpdateLauncher = void (*)(const UpdateParams& params, const at::Tensor& like);
 using NoiseLauncher = void (*)(const NoiseParams& params, const at::Tensor& like);
 
-std::tuple<at::Tensor, at::Tensor> sampler_update_impl(const at::Tensor& x, const at::Tensor& model_output,
-                                                       const at::Tensor& coeffs,
-                                                       const std::optional<at::Tensor>& uncond,
-                                                       const std::optional<at::Tensor>& noise,
-                                                       const std::optional<at::Tensor>& seeds, int64_t noise_stream,
-                                                       const std::optional<at::Tensor>& history0,
-                                                       const std::optional<at::Tensor>& history1, bool write_x0,
-                                                       UpdateLauncher launch);
+std::tuple<at::Tensor, at::Tensor> sampler_update_impl(
+    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs,
+    const std::optional<at::Tensor>& uncond, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seeds, int64_t noise_stream, const std::optional<at::Tensor>& history0,
+    const std::optional<at::Tensor>& history1, bool write_x0, UpdateLauncher launch);
 
 at::Tensor philox_normal_impl(const at::Tensor& seeds, int64_t noise_stream, int64_t numel_per_sample,
                               NoiseLauncher launch);

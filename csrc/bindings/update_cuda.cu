@@ -26,9 +26,10 @@ void launch_noise_cuda(const NoiseParams& p, const at::Tensor& like) {
 }
 
 std::tuple<at::Tensor, at::Tensor> sampler_update_cuda_kernel(
-    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
-    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seeds, int64_t noise_stream,
-    const std::optional<at::Tensor>& history0, const std::optional<at::Tensor>& history1, bool write_x0) {
+    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs,
+    const std::optional<at::Tensor>& uncond, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seeds, int64_t noise_stream, const std::optional<at::Tensor>& history0,
+    const std::optional<at::Tensor>& history1, bool write_x0) {
   const c10::cuda::CUDAGuard guard(x.device());  // for the allocations and copies made before the launch
   return sampler_update_impl(x, model_output, coeffs, uncond, noise, seeds, noise_stream, history0, history1, write_x0,
                              launch_cuda);

@@ -110,9 +110,10 @@ void launch_noise_cpu(const NoiseParams& p, const at::Tensor&) {
 }
 
 std::tuple<at::Tensor, at::Tensor> sampler_update_cpu_kernel(
-    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
-    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seeds, int64_t noise_stream,
-    const std::optional<at::Tensor>& history0, const std::optional<at::Tensor>& history1, bool write_x0) {
+    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs,
+    const std::optional<at::Tensor>& uncond, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seeds, int64_t noise_stream, const std::optional<at::Tensor>& history0,
+    const std::optional<at::Tensor>& history1, bool write_x0) {
   return sampler_update_impl(x, model_output, coeffs, uncond, noise, seeds, noise_stream, history0, history1, write_x0,
                              launch_cpu);
 }
@@ -122,10 +123,13 @@ at::Tensor philox_normal_cpu_kernel(const at::Tensor& seeds, int64_t noise_strea
 }
 
 // Meta (fake tensor / torch.compile): same checks on dtypes and devices, outputs laid out like x.
-std::tuple<at::Tensor, at::Tensor> sampler_update_meta(
-    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
-    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seeds, int64_t noise_stream,
-    const std::optional<at::Tensor>& history0, const std::optional<at::Tensor>& history1, bool write_x0) {
+std::tuple<at::Tensor, at::Tensor> sampler_update_meta(const at::Tensor& x, const at::Tensor& model_output,
+                                                       const at::Tensor& coeffs,
+                                                       const std::optional<at::Tensor>& uncond,
+                                                       const std::optional<at::Tensor>& noise,
+                                                       const std::optional<at::Tensor>& seeds, int64_t noise_stream,
+                                                       const std::optional<at::Tensor>& history0,
+                                                       const std::optional<at::Tensor>& history1, bool write_x0) {
   (void)noise_stream;
   to_dtype(x.scalar_type());
   TORCH_CHECK(x.dim() >= 1, kOp, ": sample (x) must have a batch dimension first, got a 0-d tensor");
@@ -167,13 +171,11 @@ bool same_dense_layout(const at::Tensor& x, const std::vector<const at::Tensor*>
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> sampler_update_impl(const at::Tensor& x, const at::Tensor& model_output,
-                                                       const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
-                                                       const std::optional<at::Tensor>& noise,
-                                                       const std::optional<at::Tensor>& seeds, int64_t noise_stream,
-                                                       const std::optional<at::Tensor>& history0,
-                                                       const std::optional<at::Tensor>& history1, bool write_x0,
-                                                       UpdateLauncher launch) {
+std::tuple<at::Tensor, at::Tensor> sampler_update_impl(
+    const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& coeffs,
+    const std::optional<at::Tensor>& uncond, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seeds, int64_t noise_stream, const std::optional<at::Tensor>& history0,
+    const std::optional<at::Tensor>& history1, bool write_x0, UpdateLauncher launch) {
   check_args(x, model_output, coeffs, uncond, noise, seeds, history0, history1);
   at::Tensor prev = at::empty_like(x);
   at::Tensor x0 = write_x0 ? at::empty_like(x) : at::empty({0}, x.options());

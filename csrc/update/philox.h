@@ -199,8 +199,8 @@ struct Normal4 {
 };
 
 SAMPLERS_HD Normal4 philox_normal4(uint64_t seed, uint64_t stream, uint32_t group) {
-  const Philox4 r = philox4x32_10(group, 0u, (uint32_t)stream, (uint32_t)(stream >> 32), (uint32_t)seed,
-                                  (uint32_t)(seed >> 32));
+  const Philox4 r =
+      philox4x32_10(group, 0u, (uint32_t)stream, (uint32_t)(stream >> 32), (uint32_t)seed, (uint32_t)(seed >> 32));
   Normal4 out;
   box_muller(r.r0, r.r1, &out.n0, &out.n1);
   box_muller(r.r2, r.r3, &out.n2, &out.n3);

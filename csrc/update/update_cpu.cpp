@@ -38,7 +38,8 @@ void serial_or_openmp_for(int64_t n, int64_t grain, void* ctx, void (*body)(void
 #endif
 
 // Fills z[0 .. 4 * ceil(n / 4)) with the normals of elements first_group * 4 onwards.
-SAMPLERS_MULTIVERSION void fill_normals(uint64_t seed, uint64_t stream, int64_t first_group, int64_t n, float* __restrict z) {
+SAMPLERS_MULTIVERSION void fill_normals(uint64_t seed, uint64_t stream, int64_t first_group, int64_t n,
+                                        float* __restrict z) {
   const int64_t groups = (n + 3) / 4;
   for (int64_t j = 0; j < groups; ++j) {
     const Normal4 r = philox_normal4(seed, stream, (uint32_t)(first_group + j));
@@ -70,8 +71,8 @@ void update_chunk(const UpdateParams& p, int64_t b, int64_t begin, int64_t end, 
     const float h0 = kHist0 ? load_as_float(g0, i) : 0.0f;
     const float h1 = kHist1 ? load_as_float(g1, i) : 0.0f;
     float x0v;
-    const float pv =
-        update_element<kUncond, kNoise, kHist0, kHist1>(k, load_as_float(x, i), load_as_float(mo, i), u, z, h0, h1, &x0v);
+    const float pv = update_element<kUncond, kNoise, kHist0, kHist1>(k, load_as_float(x, i), load_as_float(mo, i), u, z,
+                                                                     h0, h1, &x0v);
     store_from_float(prev, i, pv);
     if (kWriteX0) store_from_float(x0, i, x0v);
   }

@@ -29,11 +29,17 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 template <typename T>
 __device__ __forceinline__ T from_float(float v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 template <typename T>
 struct alignas(16) Pack {
@@ -177,8 +183,7 @@ cudaError_t launch_variant(const UpdateParams& p, cudaStream_t stream) {
                    (!U || aligned16(p.uncond)) && (N != kNoiseTensor || aligned16(p.noise)) &&
                    (!H0 || aligned16(p.history0)) && (!H1 || aligned16(p.history1)) && (!X0 || aligned16(p.x0));
   if (vec) {
-    update_vec_kernel<T, U, N, H0, H1, X0>
-        <<<grid_for(p.numel_per_sample / V, p.batch), kThreads, 0, stream>>>(p);
+    update_vec_kernel<T, U, N, H0, H1, X0><<<grid_for(p.numel_per_sample / V, p.batch), kThreads, 0, stream>>>(p);
   } else {
     update_scalar_kernel<T, U, N, H0, H1, X0>
         <<<grid_for((p.numel_per_sample + 3) / 4, p.batch), kThreads, 0, stream>>>(p);
@@ -192,7 +197,8 @@ cudaError_t dispatch_x0(const UpdateParams& p, cudaStream_t s) {
 }
 template <typename T, bool U, int N>
 cudaError_t dispatch_hist(const UpdateParams& p, cudaStream_t s) {
-  if (p.has_history0) return p.has_history1 ? dispatch_x0<T, U, N, true, true>(p, s) : dispatch_x0<T, U, N, true, false>(p, s);
+  if (p.has_history0)
+    return p.has_history1 ? dispatch_x0<T, U, N, true, true>(p, s) : dispatch_x0<T, U, N, true, false>(p, s);
   return p.has_history1 ? dispatch_x0<T, U, N, false, true>(p, s) : dispatch_x0<T, U, N, false, false>(p, s);
 }
 template <typename T, bool U>

@@ -31,7 +31,8 @@ __global__ void __launch_bounds__(kThreads) philox_normal_kernel(const NoisePara
 }  // namespace cuda
 
 cudaError_t launch_sampler_update(const UpdateParams& params, cudaStream_t stream) {
-  if (params.has_seeds && !params.has_noise && params.numel_per_sample > (int64_t(1) << 34)) return cudaErrorInvalidValue;
+  if (params.has_seeds && !params.has_noise && params.numel_per_sample > (int64_t(1) << 34))
+    return cudaErrorInvalidValue;
   switch (params.dtype) {
     case DType::kFloat32:
       return cuda::launch_update_f32(params, stream);

@@ -34,8 +34,7 @@ SAMPLERS_HD CoeffRow load_coeff_row(const float* row) {
 // One element: returns prev, stores x0 (float32) in *x0. kUnitDiv: the caller knows div == 1, and
 // v / 1 == v exactly, so the (costly) IEEE division is skipped without changing a bit.
 template <bool kUncond, int kNoise, bool kHist0, bool kHist1, bool kUnitDiv = false>
-SAMPLERS_HD float update_element(const CoeffRow& k, float x, float o, float u, float z, float g0, float g1,
-                                 float* x0) {
+SAMPLERS_HD float update_element(const CoeffRow& k, float x, float o, float u, float z, float g0, float g1, float* x0) {
   float out = o;
   if (kUncond) out = fadd_rn(u, fmul_rn(k.w, fsub_rn(o, u)));
   float v = fadd_rn(fmul_rn(k.p, x), fmul_rn(k.q, out));

@@ -13,7 +13,17 @@
 namespace samplers {
 
 enum CoeffColumn : int {
-  kP = 0, kQ = 1, kLim = 2, kDiv = 3, kA = 4, kB = 5, kE = 6, kC = 7, kH0 = 8, kH1 = 9, kW = 10,
+  kP = 0,
+  kQ = 1,
+  kLim = 2,
+  kDiv = 3,
+  kA = 4,
+  kB = 5,
+  kE = 6,
+  kC = 7,
+  kH0 = 8,
+  kH1 = 9,
+  kW = 10,
   kNumCoeffs = 11
 };
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -30,13 +30,17 @@ class _RichProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         )
         self.overall = self.progress.add_task("benchmark", total=total_rows)
         self.row: Any = None
 
-    def __enter__(self) -> "_RichProgress":
+    def __enter__(self) -> _RichProgress:
         self.progress.__enter__()
         return self
 
@@ -88,7 +92,7 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _parse_options(items: List[str]) -> dict[str, Any]:
+def _parse_options(items: list[str]) -> dict[str, Any]:
     from samplers.bench.problems import _parse_value
 
     out: dict[str, Any] = {}
@@ -156,7 +160,10 @@ def render(result: R.BenchResult, console: Console) -> None:
     )
     load, cores = env.get("load_avg_1min"), env.get("cpu_count")
     if load is not None and cores and str(cfg["device"]).startswith("cpu") and load >= cores:
-        console.print(f"[yellow]note:[/yellow] load average {load} on {cores} cores when the run began: timings are noisy", soft_wrap=True)
+        console.print(
+            f"[yellow]note:[/yellow] load average {load} on {cores} cores when the run began: timings are noisy",
+            soft_wrap=True,
+        )
     table = Table(show_lines=False, header_style="bold")
     for col in ("scheduler", "steps", "NFE"):
         table.add_column(col, justify="right" if col != "scheduler" else "left", no_wrap=True)
@@ -209,17 +216,35 @@ def render(result: R.BenchResult, console: Console) -> None:
                 for name, fits in result.orders.items()
                 if metric in fits
             ]
-            console.print(f"empirical order ({METRICS[metric].label} vs NFE): " + ", ".join(parts), highlight=False, soft_wrap=True)
+            console.print(
+                f"empirical order ({METRICS[metric].label} vs NFE): " + ", ".join(parts),
+                highlight=False,
+                soft_wrap=True,
+            )
     attn = env.get("attention")
     if isinstance(attn, dict):  # speed-only runs: what the attention dispatcher did
-        picks = [f"{key}: {c.get('backend')}" + (f" ({c['kernel']})" if c.get("kernel") else "") for key, c in attn.get("choices", {}).items()]
-        console.print(f"attention: {attn.get('kernel')}" + (f"; dispatch {'; '.join(picks)}" if picks else ""), highlight=False, soft_wrap=True)
+        picks = [
+            f"{key}: {c.get('backend')}" + (f" ({c['kernel']})" if c.get("kernel") else "")
+            for key, c in attn.get("choices", {}).items()
+        ]
+        console.print(
+            f"attention: {attn.get('kernel')}" + (f"; dispatch {'; '.join(picks)}" if picks else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"time {timing['total_s']:.2f} s: sampling {timing['sampling_s']:.2f} s (model {timing['model_s']:.2f} s), "
-        + (f"model init {timing.get('model_init_s', 0.0):.2f} s, " if speed_only else
-           f"metrics {timing['metrics_s']:.2f} s, exact references {timing['reference_s']:.2f} s, ")
+        + (
+            f"model init {timing.get('model_init_s', 0.0):.2f} s, "
+            if speed_only
+            else f"metrics {timing['metrics_s']:.2f} s, exact references {timing['reference_s']:.2f} s, "
+        )
         + f"warm-up {timing['warmup_s']:.2f} s, "
-        + (f"gather/sync across ranks {timing['gather_s'] + timing['sync_s']:.2f} s, " if env.get("world_size", 1) > 1 else "")
+        + (
+            f"gather/sync across ranks {timing['gather_s'] + timing['sync_s']:.2f} s, "
+            if env.get("world_size", 1) > 1
+            else ""
+        )
         + f"runner bookkeeping {timing['harness_s']:.3f} s "
         f"({100 * timing['harness_fraction']:.2f} %)",
         highlight=False,
@@ -229,43 +254,65 @@ def render(result: R.BenchResult, console: Console) -> None:
 
 def bench(
     scheduler: str = typer.Option(
-        ",".join(R.DEFAULT_SCHEDULERS), "--scheduler", "-s", help="Comma-separated scheduler names (see `samplers list`; plugins work too)."
+        ",".join(R.DEFAULT_SCHEDULERS),
+        "--scheduler",
+        "-s",
+        help="Comma-separated scheduler names (see `samplers list`; plugins work too).",
     ),
     steps: str = typer.Option(
         ",".join(map(str, R.DEFAULT_STEPS)), "--steps", "-n", help="Comma-separated inference step counts (each >= 1)."
     ),
     problem: str = typer.Option(
-        R.DEFAULT_PROBLEM, "--problem", "-p",
+        R.DEFAULT_PROBLEM,
+        "--problem",
+        "-p",
         help="Oracle problem: gaussian, gaussian_nd, gmm2d, gmm_nd, swissroll; options as NAME:key=value,... "
         "(e.g. gmm2d:layout=ring, gmm_nd:dim=16). Speed only (random-weight network, no metrics): dit "
         "(dit:preset=dit-s, presets dit-tiny/dit-s/dit-b/dit-l/dit-xl, image_size=N, seed=N).",
     ),
-    samples: int = typer.Option(R.DEFAULT_SAMPLES, "--samples", help="Number of samples (split across ranks under torchrun)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Sample storage dtype: float32, float64, float16 or bfloat16."),
-    seed: int = typer.Option(0, "--seed", help="Base seed of the per-sample Philox keys."),
-    prediction_type: Optional[str] = typer.Option(
-        None, "--prediction-type", help="Oracle output: epsilon, sample, v_prediction, flow or score (default: each scheduler's own)."
+    samples: int = typer.Option(
+        R.DEFAULT_SAMPLES, "--samples", help="Number of samples (split across ranks under torchrun)."
     ),
-    metric: Optional[str] = typer.Option(
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Sample storage dtype: float32, float64, float16 or bfloat16."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Base seed of the per-sample Philox keys."),
+    prediction_type: str | None = typer.Option(
+        None,
+        "--prediction-type",
+        help="Oracle output: epsilon, sample, v_prediction, flow or score (default: each scheduler's own).",
+    ),
+    metric: str | None = typer.Option(
         None, "--metric", "-m", help=f"Comma-separated metrics: {', '.join(METRICS)} (default depends on the problem)."
     ),
     schedule: str = typer.Option(
-        "linear", "--schedule", help=f"The model's training schedule, given to every scheduler that runs on any schedule "
-        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)}."
+        "linear",
+        "--schedule",
+        help=f"The model's training schedule, given to every scheduler that runs on any schedule "
+        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)}.",
     ),
-    option: List[str] = typer.Option(
-        [], "--option", "-o", help="Scheduler config KEY=VALUE, applied where accepted (repeatable), e.g. use_karras_sigmas=true."
+    option: list[str] = typer.Option(
+        [],
+        "--option",
+        "-o",
+        help="Scheduler config KEY=VALUE, applied where accepted (repeatable), e.g. use_karras_sigmas=true.",
     ),
     backend: str = typer.Option("auto", "--backend", help="Sampler-update backend: auto, fused or torch."),
-    ode_samples: int = typer.Option(1000, "--ode-samples", help="Samples given an exact PF-ODE reference (ODE error)."),
+    ode_samples: int = typer.Option(
+        1000, "--ode-samples", help="Samples given an exact PF-ODE reference (ODE error)."
+    ),
     threads: int = typer.Option(
-        1, "--threads", help="CPU threads for torch; 0 = torch's default (one per core). The oracle problems are small, "
+        1,
+        "--threads",
+        help="CPU threads for torch; 0 = torch's default (one per core). The oracle problems are small, "
         "and one thread is the fast, stable choice on a shared machine.",
     ),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the full result as JSON here."),
-    csv_path: Optional[str] = typer.Option(None, "--csv", help="Write one CSV line per run here."),
-    plot_path: Optional[str] = typer.Option(None, "--plot", help="Write a PNG: accuracy vs NFE and, in 2-D, samples vs truth."),
+    json_path: str | None = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    csv_path: str | None = typer.Option(None, "--csv", help="Write one CSV line per run here."),
+    plot_path: str | None = typer.Option(
+        None, "--plot", help="Write a PNG: accuracy vs NFE and, in 2-D, samples vs truth."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (the table is still printed)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
@@ -354,7 +401,10 @@ def bench(
         if debug:
             raise
         if _is_main_process(dist):
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)", soft_wrap=True)
+            err.print(
+                f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)",
+                soft_wrap=True,
+            )
         raise typer.Exit(1) from None
     finally:
         torch.set_num_threads(threads_before)

@@ -67,7 +67,7 @@ class DistContext:
         dist.all_gather(pieces, padded)
         if not self.is_main:
             return None
-        return torch.cat([p[:s] for p, s in zip(pieces, sizes)])
+        return torch.cat([p[:s] for p, s in zip(pieces, sizes, strict=True)])
 
     def reduce_max(self, value: float, device: torch.device | str = "cpu") -> float:
         """The largest ``value`` over ranks (every rank gets it)."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -261,7 +261,9 @@ class ExactTarget:
         """Exact projected quantiles [P, n] (one row per direction) at levels (i + 1/2)/n (cached per n)."""
         if n not in self._quantiles:
             levels = (torch.arange(n, dtype=F64) + 0.5) / n
-            self._quantiles[n] = mixture_quantiles(self.weights, self.proj_means, self.proj_stds, levels).T.contiguous()
+            self._quantiles[n] = mixture_quantiles(
+                self.weights, self.proj_means, self.proj_stds, levels
+            ).T.contiguous()
         return self._quantiles[n]
 
     def sliced_wasserstein(self, x: torch.Tensor, p: int = 2) -> float:
@@ -330,7 +332,10 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
     c1, c2 = torch.as_tensor(cov1, dtype=F64), torch.as_tensor(cov2, dtype=F64)
     d = mu1.numel()
     if mu2.numel() != d or c1.shape != (d, d) or c2.shape != (d, d):
-        raise ValueError(f"shapes disagree: mu1 {tuple(mu1.shape)}, cov1 {tuple(c1.shape)}, mu2 {tuple(mu2.shape)}, cov2 {tuple(c2.shape)}")
+        raise ValueError(
+            f"shapes disagree: mu1 {tuple(mu1.shape)}, cov1 {tuple(c1.shape)}, "
+            f"mu2 {tuple(mu2.shape)}, cov2 {tuple(c2.shape)}"
+        )
     r = _psd_sqrt(c1)
     inner = torch.linalg.eigvalsh(0.5 * ((r @ c2 @ r) + (r @ c2 @ r).T)).clamp(min=0).sqrt().sum()
     value = float(((mu1 - mu2) ** 2).sum() + torch.trace(c1) + torch.trace(c2) - 2 * inner)
@@ -395,7 +400,11 @@ def convergence_order(nfe: Sequence[float], errors: Sequence[float]) -> OrderFit
 
     Points with non-finite or non-positive error are dropped; None when fewer than two distinct NFE remain.
     """
-    pairs = [(float(n), float(e)) for n, e in zip(nfe, errors) if n > 0 and e > 0 and math.isfinite(e) and math.isfinite(n)]
+    pairs = [
+        (float(n), float(e))
+        for n, e in zip(nfe, errors, strict=True)
+        if n > 0 and e > 0 and math.isfinite(e) and math.isfinite(n)
+    ]
     if len({n for n, _ in pairs}) < 2:
         return None
     lx = torch.tensor([math.log(n) for n, _ in pairs], dtype=F64)
@@ -491,14 +500,22 @@ METRICS: dict[str, MetricSpec] = {
     "sw1": MetricSpec("sw1", "SW1", "sliced Wasserstein-1 to the exact distribution (else to true samples)", _sw(1)),
     "mmd": MetricSpec("mmd", "MMD2", "unbiased RBF MMD^2 to the exact distribution (else to true samples)", _mmd),
     "frechet": MetricSpec(
-        "frechet", "Frechet", "Frechet distance of the sample fit to the exact moments",
+        "frechet",
+        "Frechet",
+        "Frechet distance of the sample fit to the exact moments",
         lambda m: frechet_distance(*gaussian_fit(m.samples), m.mean, m.cov),
     ),
     "kl": MetricSpec("kl", "KL", "KL(Gaussian fit of samples || Gaussian with the exact moments), nats", _kl_fit),
     "kl_exact": MetricSpec(
-        "kl_exact", "KL exact", "KL(exact output distribution || truth): Gaussian problem, deterministic samplers", _kl_exact, True
+        "kl_exact",
+        "KL exact",
+        "KL(exact output distribution || truth): Gaussian problem, deterministic samplers",
+        _kl_exact,
+        True,
     ),
-    "ode_error": MetricSpec("ode_error", "ODE err", "RMS distance to the exact PF-ODE endpoint (deterministic samplers)", _ode, True),
+    "ode_error": MetricSpec(
+        "ode_error", "ODE err", "RMS distance to the exact PF-ODE endpoint (deterministic samplers)", _ode, True
+    ),
 }
 
 

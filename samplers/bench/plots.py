@@ -47,7 +47,11 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
 
     metric_names = [m for m in result.metric_names if m in METRICS]
     primary = next((m for m in _PRIMARY_ORDER if m in metric_names and _series(result, m)), None)
-    panels = [m for m in (primary, "ode_error" if "ode_error" in metric_names and _series(result, "ode_error") else None) if m]
+    panels = [
+        m
+        for m in (primary, "ode_error" if "ode_error" in metric_names and _series(result, "ode_error") else None)
+        if m
+    ]
     if not panels:
         panels = [m for m in metric_names if _series(result, m)][:1]
     if not panels:
@@ -92,7 +96,10 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
     if scatter_runs:
         truth = result.truth[:SCATTER_POINTS].cpu().numpy()
         # one frame for all panels: the truth, widened for samples that overshoot (99th percentile)
-        spread = max([float(abs(truth).max()) * 1.15] + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, s in scatter_runs])
+        spread = max(
+            [float(abs(truth).max()) * 1.15]
+            + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, s in scatter_runs]
+        )
         lim = min(spread, float(abs(truth).max()) * 3) + 1e-9
         for j, (label, samples) in enumerate(scatter_runs[:ncols]):
             ax = fig.add_subplot(nrows, ncols, ncols + j + 1)

@@ -28,14 +28,15 @@ from __future__ import annotations
 import difflib
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from samplers.ops.reference import _MASK32, batch_seeds, philox4x32, philox_normal
 
 F64 = torch.float64
-Scalar = Union[float, torch.Tensor]
+Scalar = float | torch.Tensor
 
 # Philox noise streams used by the benchmark. A scheduler's in-step noise uses its call index
 # (0, 1, 2, ...) as the stream, so these sit far above any step count.
@@ -117,7 +118,9 @@ class Problem(ABC):
     # ---- what every problem provides -----------------------------------------------------
 
     @abstractmethod
-    def sample(self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0) -> torch.Tensor:
+    def sample(
+        self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0
+    ) -> torch.Tensor:
         """Exact samples ``[n, dim]`` float64; per-sample ``seeds`` [n] int64 (default ``batch_seeds(seed, n)``)."""
 
     @abstractmethod
@@ -207,7 +210,10 @@ class Problem(ABC):
         scale = max(self.scale(), 1e-12)
         s_big = 1e4 * scale
         if alpha_t <= 0 or sigma_t / alpha_t > s_big:
-            y, s_start = _gaussian_flow(x, alpha_t, sigma_t, self.mean().to(x.device), self.covariance().to(x.device), s_big), s_big
+            y, s_start = (
+                _gaussian_flow(x, alpha_t, sigma_t, self.mean().to(x.device), self.covariance().to(x.device), s_big),
+                s_big,
+            )
         else:
             y, s_start = x / alpha_t, sigma_t / alpha_t
         s_end = s_min if s_min is not None else 1e-5 * scale
@@ -216,6 +222,7 @@ class Problem(ABC):
         u0, u1 = math.log(s_start), math.log(s_end)
         n = max(8, int(math.ceil((u0 - u1) * steps_per_unit)))
         h = (u1 - u0) / n
+
         def f(y_: torch.Tensor, u: float) -> torch.Tensor:
             return y_ - self._denoise64(y_, 1.0, math.exp(u))
 
@@ -230,7 +237,9 @@ class Problem(ABC):
         return y
 
 
-def _gaussian_flow(x: torch.Tensor, alpha: float, sigma: float, mu: torch.Tensor, cov: torch.Tensor, s_to: float) -> torch.Tensor:
+def _gaussian_flow(
+    x: torch.Tensor, alpha: float, sigma: float, mu: torch.Tensor, cov: torch.Tensor, s_to: float
+) -> torch.Tensor:
     """PF-ODE of ``N(mu, cov)`` from model-space ``x`` at (alpha, sigma) to VE level ``s_to``, in VE coordinates.
 
     ``y(s) = mu + (cov + s^2)^{1/2} (alpha^2 cov + sigma^2)^{-1/2} (x - alpha mu)``, which equals the
@@ -284,7 +293,9 @@ class GaussianProblem(Problem):
     def mixture_components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.ones(1, dtype=F64), self.mu.view(1, -1).clone(), self.cov.view(1, self.dim, self.dim).clone()
 
-    def sample(self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0) -> torch.Tensor:
+    def sample(
+        self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0
+    ) -> torch.Tensor:
         seeds = self._seeds(n, seeds, seed)
         z = philox_normal(seeds, stream, self.dim).to(F64)
         mu, lam, vec = (t.to(seeds.device) for t in (self.mu, self.lam, self.vec))
@@ -376,7 +387,10 @@ class GaussianMixtureProblem(Problem):
 
     def covariance(self) -> torch.Tensor:
         m = self.mean()
-        second = (self.weights[:, None, None] * (self.component_covariances() + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        second = (
+            self.weights[:, None, None]
+            * (self.component_covariances() + self.means[:, :, None] * self.means[:, None, :])
+        ).sum(0)
         return second - m[:, None] * m[None, :]
 
     def describe(self) -> dict[str, Any]:
@@ -388,7 +402,9 @@ class GaussianMixtureProblem(Problem):
             "component_std": [round(float(v), 6) for v in self.lam.mean(1).sqrt()[:4]],
         }
 
-    def sample(self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0) -> torch.Tensor:
+    def sample(
+        self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0
+    ) -> torch.Tensor:
         seeds = self._seeds(n, seeds, seed)
         dev = seeds.device
         u = philox_uniform(seeds, stream, 1)[:, 0].contiguous()
@@ -482,7 +498,9 @@ def make_gmm2d(
         k = components or 16
         return GaussianMixtureProblem(_ring(k, radius), (std or 0.05) ** 2, name="gmm2d", layout=f"ring(k={k})")
     if layout == "random":
-        return make_gmm_nd(dim=2, layout="random", components=components or 8, std=std or 0.25, radius=radius, seed=seed, name="gmm2d")
+        return make_gmm_nd(
+            dim=2, layout="random", components=components or 8, std=std or 0.25, radius=radius, seed=seed, name="gmm2d"
+        )
     raise _unknown("gmm2d layout", layout, GMM2D_LAYOUTS)
 
 
@@ -515,7 +533,9 @@ def make_gmm_nd(
     raise _unknown(f"{name} layout", layout, GMM_ND_LAYOUTS)
 
 
-def make_swissroll(components: int = 128, std: float = 0.06, scale: float = 0.2, turns: float = 1.5) -> GaussianMixtureProblem:
+def make_swissroll(
+    components: int = 128, std: float = 0.06, scale: float = 0.2, turns: float = 1.5
+) -> GaussianMixtureProblem:
     """A 2-D swiss roll: ``components`` small isotropic Gaussians (``std``) evenly in arc length along
     ``t (cos t, sin t) * scale`` for ``t`` in ``[1.5 pi, 1.5 pi (1 + 2 turns / 1.5)]`` (the DDPM-tutorial picture,
     about ``[-2.7, 2.7]^2`` at the defaults)."""
@@ -530,7 +550,9 @@ def make_swissroll(components: int = 128, std: float = 0.06, scale: float = 0.2,
     return GaussianMixtureProblem(pts[idx], std * std, name="swissroll", layout=f"swissroll(k={components})")
 
 
-def make_gaussian(dim: int = 2, seed: int = 0, std: float = 1.0, anisotropy: float = 4.0, shift: float = 0.5) -> GaussianProblem:
+def make_gaussian(
+    dim: int = 2, seed: int = 0, std: float = 1.0, anisotropy: float = 4.0, shift: float = 0.5
+) -> GaussianProblem:
     """A Gaussian with a random rotation, eigenvalues spread by ``anisotropy`` around ``std^2`` and
     a random mean of norm ``shift`` (from ``seed``)."""
     if dim < 1:
@@ -542,7 +564,9 @@ def make_gaussian(dim: int = 2, seed: int = 0, std: float = 1.0, anisotropy: flo
     return GaussianProblem(mean, cov, name="gaussian" if dim == 2 else "gaussian_nd")
 
 
-def make_gaussian_nd(dim: int = 16, seed: int = 0, std: float = 1.0, anisotropy: float = 4.0, shift: float = 0.5) -> GaussianProblem:
+def make_gaussian_nd(
+    dim: int = 16, seed: int = 0, std: float = 1.0, anisotropy: float = 4.0, shift: float = 0.5
+) -> GaussianProblem:
     """:func:`make_gaussian` in ``dim`` dimensions (default 16)."""
     return make_gaussian(dim=dim, seed=seed, std=std, anisotropy=anisotropy, shift=shift)
 
@@ -568,15 +592,20 @@ class ModelProblem:
 
     speed_only = True
 
-    def __init__(self, name: str, sample_shape: tuple[int, ...], build: Callable[[torch.device, torch.dtype], Any],
-                 info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        sample_shape: tuple[int, ...],
+        build: Callable[[torch.device, torch.dtype], Any],
+        info: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.dim = math.prod(self.sample_shape)
         self._build = build
         self.info = dict(info or {})
 
-    def make_model(self, device: torch.device, dtype: torch.dtype) -> "NetworkModel":
+    def make_model(self, device: torch.device, dtype: torch.dtype) -> NetworkModel:
         """The network on ``device`` in ``dtype``, wrapped to take and return flat ``[B, dim]`` samples."""
         net = self._build(device, dtype)
         if hasattr(net, "parameters"):
@@ -584,7 +613,13 @@ class ModelProblem:
         return NetworkModel(net, self.sample_shape)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "sample_shape": list(self.sample_shape), "speed_only": True, **self.info}
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "sample_shape": list(self.sample_shape),
+            "speed_only": True,
+            **self.info,
+        }
 
 
 def is_speed_only(problem: Any) -> bool:
@@ -610,7 +645,9 @@ class NetworkModel:
         return out.reshape(x_in.shape[0], -1)
 
 
-def make_dit(preset: str = "dit-tiny", image_size: int | None = None, seed: int = 0, init: str = "random") -> ModelProblem:
+def make_dit(
+    preset: str = "dit-tiny", image_size: int | None = None, seed: int = 0, init: str = "random"
+) -> ModelProblem:
     """Speed-only problem: the reference DiT (:mod:`samplers.models.dit`) with seeded random weights.
 
     ``preset``: ``dit-tiny`` (default, CPU-sized: 4 x 16 x 16 inputs, 0.7 M parameters) or the

@@ -34,9 +34,10 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -72,10 +73,17 @@ FLOOR_SETS = 8  # independent true sets used to estimate the sampling noise floo
 # The model's training schedule given to every scheduler that runs on any schedule.
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
     "linear": {
-        "schedule": "discrete", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_train_timesteps": 1000,
+        "schedule": "discrete",
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "num_train_timesteps": 1000,
     },
     "scaled_linear": {
-        "schedule": "discrete", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+        "schedule": "discrete",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
         "num_train_timesteps": 1000,
     },
     "cosine": {"schedule": "discrete", "beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000},
@@ -206,7 +214,7 @@ def resolve_scheduler(name: str, config: BenchConfig) -> ResolvedScheduler:
 
 
 def _default_prediction_type(cls: type) -> str:
-    defaults = getattr(cls, "_signature_defaults", lambda: {})()
+    defaults = getattr(cls, "_signature_defaults", dict)()
     return str(defaults.get("prediction_type", "epsilon"))
 
 
@@ -223,7 +231,8 @@ def prepare(config: BenchConfig) -> Prepared:
         raise BenchInputError(f"--samples must be >= 2, got {config.samples}")
     if config.dtype not in DTYPES:
         raise BenchInputError(
-            f"--dtype: unknown dtype {config.dtype!r}{_close(config.dtype, list(DTYPES))} (expected one of: {', '.join(DTYPES)})"
+            f"--dtype: unknown dtype {config.dtype!r}{_close(config.dtype, list(DTYPES))} "
+            f"(expected one of: {', '.join(DTYPES)})"
         )
     if config.schedule not in SCHEDULE_PRESETS:
         raise BenchInputError(
@@ -474,7 +483,7 @@ class _PeakMemory:
             return None
         return None
 
-    def __enter__(self) -> "_PeakMemory":
+    def __enter__(self) -> _PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -549,7 +558,9 @@ def sample_oracle(
     device = noise.device
     network = model is not None
     if model is None:
-        prediction_type = getattr(scheduler, "prediction_type", None) or scheduler.config.get("prediction_type", "epsilon")
+        prediction_type = getattr(scheduler, "prediction_type", None) or scheduler.config.get(
+            "prediction_type", "epsilon"
+        )
         model = OracleModel(problem, scheduler.schedule, prediction_type)
     calls_before = model.calls
     on_cuda = device.type == "cuda"
@@ -601,13 +612,22 @@ def sample_oracle(
             progress.advanced(pending)
         progress.row_finished()
     peak = mem.peak() if mem is not None else 0
-    stochastic = bool(any(getattr(plan, "stochastic_calls", [])) if plan is not None else getattr(scheduler, "stochastic", True))
+    stochastic = bool(
+        any(getattr(plan, "stochastic_calls", [])) if plan is not None else getattr(scheduler, "stochastic", True)
+    )
     if plan is not None:
-        start = (float(scheduler.init_noise_sigma), float(plan.input_scale[0]), float(plan.model_alpha[0]), float(plan.model_sigma[0]))
+        start = (
+            float(scheduler.init_noise_sigma),
+            float(plan.input_scale[0]),
+            float(plan.model_alpha[0]),
+            float(plan.model_sigma[0]),
+        )
     else:
         a0, s0 = scheduler.schedule.alpha_sigma(torch.as_tensor(timesteps[0]).cpu())
         start = (float(scheduler.init_noise_sigma), 1.0, float(a0), float(s0))
-    return SampleRun(x, model.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start)
+    return SampleRun(
+        x, model.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,7 +653,9 @@ def _environment(prepared: Prepared, dist: DistContext) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else (platform.processor() or platform.machine()),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_avg_1min": _load_average(),
@@ -689,7 +711,15 @@ def _exact_output_gaussian(
     """
     d = problem.dim
     probe = torch.cat([torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64)]).to(device)
-    run = sample_oracle(_build_scheduler(rs), problem, probe, batch_seeds(0, d + 1, device=device), steps, backend, measure_memory=False)
+    run = sample_oracle(
+        _build_scheduler(rs),
+        problem,
+        probe,
+        batch_seeds(0, d + 1, device=device),
+        steps,
+        backend,
+        measure_memory=False,
+    )
     out = run.samples.to(F64).cpu()
     b = out[0]
     a = (out[1:] - b).T
@@ -716,12 +746,20 @@ def run_benchmark(
     n, d = config.samples, problem.dim
     n_local, offset = dist.shard(n)
     if n < dist.world_size:
-        raise BenchInputError(f"--samples {n} is smaller than the world size {dist.world_size}: every rank needs a sample")
+        raise BenchInputError(
+            f"--samples {n} is smaller than the world size {dist.world_size}: every rank needs a sample"
+        )
     seeds_local = batch_seeds(config.seed, n_local, sample_offset=offset, device=device)
     noise_local = _initial_noise(seeds_local, d, dtype)
     main = dist.is_main
     timing = {
-        "reference_s": 0.0, "warmup_s": 0.0, "sampling_s": 0.0, "model_s": 0.0, "metrics_s": 0.0, "gather_s": 0.0, "sync_s": 0.0,
+        "reference_s": 0.0,
+        "warmup_s": 0.0,
+        "sampling_s": 0.0,
+        "model_s": 0.0,
+        "metrics_s": 0.0,
+        "gather_s": 0.0,
+        "sync_s": 0.0,
         "model_init_s": 0.0,
     }
     speed_only = is_speed_only(problem)
@@ -768,9 +806,16 @@ def run_benchmark(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         for rs in prepared.schedulers:
-            sample_oracle(_build_scheduler(rs), problem, _initial_noise(batch_seeds(config.seed, w, device=device), d, dtype),
-                          batch_seeds(config.seed, w, device=device), min(config.steps), config.backend, measure_memory=False,
-                          model=network)
+            sample_oracle(
+                _build_scheduler(rs),
+                problem,
+                _initial_noise(batch_seeds(config.seed, w, device=device), d, dtype),
+                batch_seeds(config.seed, w, device=device),
+                min(config.steps),
+                config.backend,
+                measure_memory=False,
+                model=network,
+            )
         timing["warmup_s"] = time.perf_counter() - t_w
 
     rows: list[BenchRow] = []
@@ -778,7 +823,9 @@ def run_benchmark(
     for rs in prepared.schedulers:
         for steps in config.steps:
             sched = _build_scheduler(rs)
-            run = sample_oracle(sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network)
+            run = sample_oracle(
+                sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network
+            )
             t_s = time.perf_counter()
             wall = dist.reduce_max(run.wall_s, device)
             model_s = dist.reduce_max(run.model_s, device)
@@ -806,7 +853,9 @@ def run_benchmark(
                     t_r = time.perf_counter()
                     exact = _exact_output_gaussian(rs, problem, steps, device, config.backend)
                     ref_s += time.perf_counter() - t_r
-                inputs = M.MetricInputs(gathered.cpu(), truth, mean, cov, bandwidth, ode_ref, exact, not run.stochastic, target)
+                inputs = M.MetricInputs(
+                    gathered.cpu(), truth, mean, cov, bandwidth, ode_ref, exact, not run.stochastic, target
+                )
                 for spec in prepared.metrics:
                     values[spec.name] = spec(inputs)
                 if keep_samples:
@@ -837,7 +886,9 @@ def run_benchmark(
     orders = fit_orders(rows, prepared.metrics) if main else {}
     sched_info = {rs.name: _scheduler_info(rs) for rs in prepared.schedulers}
     total = time.perf_counter() - t_begin
-    accounted = sum(timing[k] for k in ("reference_s", "warmup_s", "sampling_s", "metrics_s", "gather_s", "sync_s", "model_init_s"))
+    accounted = sum(
+        timing[k] for k in ("reference_s", "warmup_s", "sampling_s", "metrics_s", "gather_s", "sync_s", "model_init_s")
+    )
     timing["total_s"] = total
     timing["harness_s"] = max(0.0, total - accounted)
     timing["harness_fraction"] = timing["harness_s"] / total if total > 0 else 0.0
@@ -864,7 +915,11 @@ def run_benchmark(
 
 
 def _ode_reference(
-    problem: Problem, noise: torch.Tensor, start: tuple[float, float, float, float], dtype: torch.dtype, cache: dict[tuple, torch.Tensor]
+    problem: Problem,
+    noise: torch.Tensor,
+    start: tuple[float, float, float, float],
+    dtype: torch.dtype,
+    cache: dict[tuple, torch.Tensor],
 ) -> torch.Tensor:
     """Exact PF-ODE endpoints for the first samples, from the sampler's own start (cached per start)."""
     init_sigma, in_scale, alpha0, sigma0 = start

@@ -46,7 +46,11 @@ def unsupported_reason(attn: Any) -> str | None:
     for name in ("add_q_proj", "add_k_proj", "add_v_proj"):
         if getattr(attn, name, None) is not None:
             return f"it has added key/value projections ({name}: joint or added-KV attention)"
-    if getattr(attn, "to_q", None) is None or getattr(attn, "to_k", None) is None or getattr(attn, "to_v", None) is None:
+    if (
+        getattr(attn, "to_q", None) is None
+        or getattr(attn, "to_k", None) is None
+        or getattr(attn, "to_v", None) is None
+    ):
         return "it has no to_q / to_k / to_v projections"
     if attn.to_k.out_features != attn.to_q.out_features:
         return "it has fewer key/value heads than query heads (grouped-query attention)"
@@ -147,9 +151,7 @@ class SamplersAttnProcessor:
         return attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
 
 
-def _broadcastable_mask(
-    mask: torch.Tensor, batch: int, heads: int, len_k: int, dtype: torch.dtype
-) -> torch.Tensor:
+def _broadcastable_mask(mask: torch.Tensor, batch: int, heads: int, len_k: int, dtype: torch.dtype) -> torch.Tensor:
     """``mask`` as a ``[B, heads|1, Lq|1, Lk]`` view for :func:`samplers.ops.attention` (see the module doc)."""
     if mask.shape[-1] != len_k:
         raise ValueError(f"attention_mask covers {mask.shape[-1]} keys but the layer attends over {len_k}")
@@ -205,7 +207,9 @@ def apply_samplers_attention(model: torch.nn.Module, backend: str = "auto") -> A
         if current is None or not hasattr(layer, "set_processor"):
             continue  # not an attention layer
         if not isinstance(layer, Attention):
-            why: str | None = f"{type(layer).__name__} is not diffusers' Attention class (its processors take other arguments)"
+            why: str | None = (
+                f"{type(layer).__name__} is not diffusers' Attention class (its processors take other arguments)"
+            )
         else:
             why = unsupported_reason(layer)
         if why is None and isinstance(current, torch.nn.Module):

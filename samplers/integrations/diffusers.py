@@ -18,7 +18,8 @@ reads them, and neither do we. Private keys (``_class_name``, ``_diffusers_versi
 
 **The wrapper.** :class:`SamplersScheduler` subclasses ``SchedulerMixin`` and ``ConfigMixin``, so
 ``DiffusionPipeline.from_pretrained(..., scheduler=obj)`` accepts it and ``pipe.save_pretrained``
-round-trips it (loading needs this module imported: diffusers imports no library a folder names). Its ``config`` is the wrapped scheduler's config plus ``_samplers_name``; a pipeline
+round-trips it (loading needs this module imported: diffusers imports no library a folder names).
+Its ``config`` is the wrapped scheduler's config plus ``_samplers_name``; a pipeline
 that edits ``scheduler._internal_dict`` (Stable Diffusion does for ``steps_offset``/``clip_sample``)
 gets a rebuilt scheduler at the next ``set_timesteps``, as diffusers would. Pipelines probe
 ``inspect.signature(scheduler.step)`` for ``eta`` and ``generator``: the signature shown is the one
@@ -41,8 +42,9 @@ import functools
 import inspect
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -51,6 +53,9 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+# The attention side of the drop-in lives in its own module (it needs no scheduler code); it is
+# re-exported here so `samplers.integrations.diffusers` is the one import for diffusers users.
+from samplers.integrations.attention_processor import SamplersAttnProcessor, apply_samplers_attention
 from samplers.ops.reference import COEFF
 from samplers.protocol import Scheduler
 from samplers.registry import registry
@@ -63,10 +68,6 @@ from samplers.schedulers import (
     HeunDiscreteScheduler,
 )
 from samplers.schedulers._sigma import SigmaSpaceScheduler
-
-# The attention side of the drop-in lives in its own module (it needs no scheduler code); it is
-# re-exported here so `samplers.integrations.diffusers` is the one import for diffusers users.
-from samplers.integrations.attention_processor import SamplersAttnProcessor, apply_samplers_attention
 
 __all__ = [
     "NOISE_MODES",
@@ -374,7 +375,9 @@ def samplers_config_to_diffusers(scheduler: Scheduler) -> tuple[str, dict[str, A
             out[key] = value
         elif key in ours_only:
             if not _value_in(value, (ours_only[key],)):
-                problems.append(f"{key}={value!r}: diffusers' {class_name} has no such option (only {ours_only[key]!r} matches it)")
+                problems.append(
+                    f"{key}={value!r}: diffusers' {class_name} has no such option (only {ours_only[key]!r} matches it)"
+                )
         else:
             problems.append(f"{key}={value!r}: diffusers' {class_name} has no such option")
     for key, rule in rules.items():
@@ -424,8 +427,9 @@ def from_diffusers(scheduler: Any, *, class_name: str | None = None) -> Schedule
             # set_shift() changed the live shift but not the grid's lower end (fixed at construction), a
             # combination no config describes
             raise UnsupportedConfigError(
-                f"this FlowMatchEulerDiscreteScheduler had set_shift({float(scheduler.shift)}) called after being built "
-                f"with shift={config['shift']}; its grid mixes both, which cannot be reproduced: build it with the shift instead"
+                f"this FlowMatchEulerDiscreteScheduler had set_shift({float(scheduler.shift)}) called after being "
+                f"built with shift={config['shift']}; its grid mixes both, which cannot be reproduced: "
+                "build it with the shift instead"
             )
     else:
         raise TypeError(f"expected a diffusers scheduler or config mapping, got {type(scheduler).__name__}")
@@ -473,7 +477,7 @@ _NATIVE_STEP_OPTIONS = ("noise", "seeds", "uncond", "guidance_scale", "backend",
 _SIGNATURES: dict[tuple[str, ...], inspect.Signature] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _per_call_options(scheduler_class: type[Scheduler]) -> tuple[str, ...]:
     """Options a scheduler class takes per ``step()`` call (DDIM: ``eta``, ``use_clipped_model_output``)."""
     params = inspect.signature(scheduler_class._step_overrides).parameters
@@ -542,8 +546,11 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(
-        cls, config: Mapping[str, Any] | str | os.PathLike | None = None, return_unused_kwargs: bool = False, **kwargs: Any
-    ) -> "SamplersScheduler | tuple[SamplersScheduler, dict[str, Any]]":
+        cls,
+        config: Mapping[str, Any] | str | os.PathLike | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ) -> SamplersScheduler | tuple[SamplersScheduler, dict[str, Any]]:
         """From a samplers config (``_samplers_name``) or a diffusers one (``_class_name``); kwargs override options.
 
         Unknown kwargs are an error unless ``return_unused_kwargs`` (then they come back, as in diffusers).

@@ -30,8 +30,9 @@ and returns x0_hat shaped like ``x``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import trange
@@ -412,8 +413,17 @@ def sample_ddpm(
     forward transition's variance instead.
     """
     return sample_scheduler(
-        model, x, sigmas, "ddpm", extra_args, callback, disable, s_noise, noise_sampler,
-        variance_type=variance_type, clip_sample=False,
+        model,
+        x,
+        sigmas,
+        "ddpm",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        noise_sampler,
+        variance_type=variance_type,
+        clip_sample=False,
     )
 
 

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from samplers.ops import attention as attention_ops
@@ -66,8 +65,15 @@ class DiTConfig:
     frequency_embedding_size: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads",
-                     "frequency_embedding_size"):
+        for name in (
+            "input_size",
+            "in_channels",
+            "patch_size",
+            "hidden_size",
+            "depth",
+            "num_heads",
+            "frequency_embedding_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
@@ -95,8 +101,9 @@ class DiTConfig:
 # tokens), 1000 ImageNet classes; "dit-tiny" is small enough for CPU tests and CPU benchmarks.
 # DiT-XL's head dim is 72, which the fused attention kernel does not take (64 and 128): SDPA runs.
 DIT_PRESETS: dict[str, DiTConfig] = {
-    "dit-tiny": DiTConfig(input_size=16, in_channels=4, patch_size=2, hidden_size=128, depth=2, num_heads=4,
-                          num_classes=10),
+    "dit-tiny": DiTConfig(
+        input_size=16, in_channels=4, patch_size=2, hidden_size=128, depth=2, num_heads=4, num_classes=10
+    ),
     "dit-s": DiTConfig(input_size=32, patch_size=2, hidden_size=384, depth=12, num_heads=6, num_classes=1000),
     "dit-b": DiTConfig(input_size=32, patch_size=2, hidden_size=768, depth=12, num_heads=12, num_classes=1000),
     "dit-l": DiTConfig(input_size=32, patch_size=2, hidden_size=1024, depth=24, num_heads=16, num_classes=1000),
@@ -240,8 +247,9 @@ class DiT(nn.Module):
     sampler); with random weights it is a fixed random function of (x, t, y), of order-one scale.
     """
 
-    def __init__(self, config: DiTConfig | None = None, *, seed: int = 0, init: Init = "random",
-                 attention_backend: str = "auto") -> None:
+    def __init__(
+        self, config: DiTConfig | None = None, *, seed: int = 0, init: Init = "random", attention_backend: str = "auto"
+    ) -> None:
         super().__init__()
         if init not in ("random", "adaln_zero"):
             raise ValueError(f"init must be 'random' or 'adaln_zero', got {init!r}")

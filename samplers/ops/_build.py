@@ -16,7 +16,6 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
@@ -26,8 +25,7 @@ CSRC = Path(__file__).resolve().parents[2] / "csrc"
 # SAMPLERS_PY_MODULE also gives the library a PyInit__C_<name>, so a JIT-built file can be
 # reused as the prebuilt module samplers/_C_<name>.so (benchmarks/gpu_update.sh does).
 # The C++ standard is torch's choice (c++17 or c++20 by version); our code is valid in both.
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
-             "-DSAMPLERS_PY_MODULE"]
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-DSAMPLERS_PY_MODULE"]
 LD_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 # Architectures an ahead-of-time CUDA build targets (A100, H100) when TORCH_CUDA_ARCH_LIST is unset.
@@ -179,7 +177,9 @@ def _load(name: str, cpu_sources: list[str], cuda_sources: list[str]) -> object 
         )
         why = "built with ninja, cached in torch's extension dir"
         if bool(cuda_sources) and not with_cuda:
-            why += "; CPU only (" + ("no CUDA device" if not torch.cuda.is_available() else "CUDA_HOME not found") + ")"
+            why += (
+                "; CPU only (" + ("no CUDA device" if not torch.cuda.is_available() else "CUDA_HOME not found") + ")"
+            )
         BUILD_STATUS[name] = BuildStatus(name, "jit", why, with_cuda)
         return path
     except Exception as exc:  # no compiler, a build error: fall back, but say why

@@ -32,8 +32,9 @@ import math
 import statistics
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -115,9 +116,8 @@ def _check_args(
         if attn_mask.device != q.device:
             raise ValueError(f"attn_mask is on {attn_mask.device} but q is on {q.device}")
         full = (B, H, Lq, Lk)
-        ok = attn_mask.dim() <= 4 and all(
-            s == 1 or s == f for s, f in zip(reversed(attn_mask.shape), reversed(full))
-        )
+        pairs = zip(reversed(attn_mask.shape), reversed(full), strict=False)
+        ok = attn_mask.dim() <= 4 and all(s == 1 or s == f for s, f in pairs)
         if not ok:
             raise ValueError(
                 f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to [B, H, Lq, Lk] = {list(full)}"
@@ -296,7 +296,7 @@ def _addressable(t: torch.Tensor, align: int, stride_multiple: int) -> bool:
     return (
         t.stride(-1) == 1
         and t.data_ptr() % align == 0
-        and all(s % stride_multiple == 0 for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)
+        and all(s % stride_multiple == 0 for s, n in zip(t.stride()[:-1], t.shape[:-1], strict=True) if n > 1)
     )
 
 
@@ -392,11 +392,21 @@ def _pow2_bucket(n: int) -> int:
 
 def _dispatch_key(q, k, attn_mask, key_padding_mask) -> tuple:
     B, H, Lq, D = q.shape
-    mask_kind = {(False, False): "none", (True, False): "additive", (False, True): "key_padding", (True, True): "both"}[
-        (attn_mask is not None, key_padding_mask is not None)
-    ]
-    return (str(q.device), str(q.dtype).removeprefix("torch."), D, mask_kind, _pow2_bucket(B * H), _pow2_bucket(Lq),
-            _pow2_bucket(k.shape[2]))
+    mask_kind = {
+        (False, False): "none",
+        (True, False): "additive",
+        (False, True): "key_padding",
+        (True, True): "both",
+    }[(attn_mask is not None, key_padding_mask is not None)]
+    return (
+        str(q.device),
+        str(q.dtype).removeprefix("torch."),
+        D,
+        mask_kind,
+        _pow2_bucket(B * H),
+        _pow2_bucket(Lq),
+        _pow2_bucket(k.shape[2]),
+    )
 
 
 def _key_str(key: tuple) -> str:
@@ -453,7 +463,9 @@ def _measure(q, k, v, attn_mask, key_padding_mask, scale, fused_ok: bool) -> Dis
                 for _ in range(_WARMUP):
                     fn()
             except RuntimeError as exc:  # backend not available for these inputs
-                logger.debug("attention dispatch: %s unavailable (%s)", name, str(exc).splitlines()[0] if str(exc) else exc)
+                logger.debug(
+                    "attention dispatch: %s unavailable (%s)", name, str(exc).splitlines()[0] if str(exc) else exc
+                )
                 continue
             fns[name] = fn
         torch.cuda.synchronize(q.device)
@@ -492,8 +504,13 @@ def _choose(q, k, v, attn_mask, key_padding_mask, scale) -> DispatchChoice:
         choice = _dispatch_cache.setdefault(key, choice)
     timing = ", ".join(f"{n} {t:.4f} ms" for n, t in sorted(choice.times_ms.items(), key=lambda kv: kv[1]))
     picked = f"fused ({choice.kernel})" if choice.backend == "fused" else choice.backend
-    logger.info("attention dispatch [%s]: %s (%s)%s", _key_str(key), picked, timing,
-                "" if fused_ok else f"; fused skipped: {why_not}")
+    logger.info(
+        "attention dispatch [%s]: %s (%s)%s",
+        _key_str(key),
+        picked,
+        timing,
+        "" if fused_ok else f"; fused skipped: {why_not}",
+    )
     return choice
 
 

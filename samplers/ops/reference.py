@@ -101,7 +101,9 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def batch_seeds(base_seed: int, batch_size: int, sample_offset: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+def batch_seeds(
+    base_seed: int, batch_size: int, sample_offset: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Per-sample Philox keys, shape [batch_size] int64.
 
     Sample ``sample_offset + b`` gets ``splitmix64(base_seed ^ splitmix64(sample_offset + b))``, so a

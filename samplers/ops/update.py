@@ -35,7 +35,9 @@ def _fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     if not _ops_loaded():
         status = _build.BUILD_STATUS.get(EXTENSION)
         return f"the compiled extension is not available ({status.reason if status else 'not loaded'})"
-    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("samplers::sampler_update", "CUDA"):
+    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+        "samplers::sampler_update", "CUDA"
+    ):
         status = _build.BUILD_STATUS.get(EXTENSION)
         return f"the compiled extension has no CUDA kernel ({status.reason if status else 'CPU-only build'})"
     return None
@@ -99,7 +101,8 @@ def check_update_args(
         raise TypeError(f"coeffs must be a floating torch.Tensor [1 or batch, {NUM_COEFFS}], got {got}")
     if coeffs.dim() != 2 or coeffs.shape[1] != NUM_COEFFS or coeffs.shape[0] not in (1, x.shape[0]):
         raise ValueError(
-            f"coeffs must have shape [1, {NUM_COEFFS}] or [batch={x.shape[0]}, {NUM_COEFFS}], got {tuple(coeffs.shape)}"
+            f"coeffs must have shape [1, {NUM_COEFFS}] or [batch={x.shape[0]}, {NUM_COEFFS}], "
+            f"got {tuple(coeffs.shape)}"
         )
     if coeffs.device != x.device:
         raise ValueError(f"coeffs is on {coeffs.device} but sample is on {x.device}")

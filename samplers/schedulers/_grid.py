@@ -84,7 +84,9 @@ def times_for_sigmas(scheduler: Scheduler, sigmas_ve: torch.Tensor) -> torch.Ten
         # sigma_ve = t / (1 - t)  =>  t = sigma_ve / (1 + sigma_ve)
         return sigmas_ve / (1 + sigmas_ve) * schedule.timestep_scale
     if isinstance(schedule, schedules.VESchedule):
-        return torch.log(sigmas_ve / schedule.sigma_min) / torch.log(torch.tensor(schedule.sigma_max / schedule.sigma_min, dtype=F64))
+        return torch.log(sigmas_ve / schedule.sigma_min) / torch.log(
+            torch.tensor(schedule.sigma_max / schedule.sigma_min, dtype=F64)
+        )
     # Generic monotone inverse by bisection on ve_sigma (VP cosine / linear): 60 halvings reach float64.
     lo = torch.zeros_like(sigmas_ve)
     hi = torch.ones_like(sigmas_ve)
@@ -135,7 +137,9 @@ def sigma_range(scheduler: Scheduler) -> tuple[float, float]:
         return schedule.sigma_min, schedule.sigma_max
     t_max = float(scheduler.config.get("t_max", getattr(schedule, "t_max", 1.0)))
     scale = getattr(schedule, "timestep_scale", 1.0)
-    return float(schedule.ve_sigma(torch.tensor(1e-3 * scale))), float(schedule.ve_sigma(torch.tensor(t_max * scale * 0.999)))
+    return float(schedule.ve_sigma(torch.tensor(1e-3 * scale))), float(
+        schedule.ve_sigma(torch.tensor(t_max * scale * 0.999))
+    )
 
 
 def previous_times(scheduler: Scheduler, t: torch.Tensor, n: int | None, custom: bool) -> torch.Tensor:

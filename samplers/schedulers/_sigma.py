@@ -35,8 +35,15 @@ class SigmaSpaceScheduler(Scheduler):
         if levels is not None:
             return times_for_sigmas(self, levels), levels.to(F64)
         schedule = self.schedule
-        if isinstance(schedule, DiscreteVPSchedule) and num_inference_steps is not None and num_inference_steps > schedule.num_train_timesteps:
-            raise ValueError(f"num_inference_steps={num_inference_steps} cannot exceed num_train_timesteps={schedule.num_train_timesteps}")
+        if (
+            isinstance(schedule, DiscreteVPSchedule)
+            and num_inference_steps is not None
+            and num_inference_steps > schedule.num_train_timesteps
+        ):
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} cannot exceed "
+                f"num_train_timesteps={schedule.num_train_timesteps}"
+            )
         if isinstance(schedule, DiscreteVPSchedule) and timesteps is None:
             spacing = self.config.get("timestep_spacing", "linspace")
             n_train = schedule.num_train_timesteps
@@ -49,14 +56,16 @@ class SigmaSpaceScheduler(Scheduler):
         return t, self._sigma_at(t)
 
     def _sigma_at(self, t: torch.Tensor) -> torch.Tensor:
-        """Sigma-space level at model times; ``interpolation_type='linear'`` interpolates the discrete table linearly."""
+        """Sigma-space level at model times (``interpolation_type='linear'``: linear in the discrete table)."""
         schedule = self.schedule
         if isinstance(schedule, DiscreteVPSchedule) and self.config.get("interpolation_type", "linear") == "linear":
             table = capped_sigmas(schedule.sigmas).numpy()
             return torch.from_numpy(np.interp(t.numpy(), np.arange(len(table)), table))
         return capped_sigmas(sigma_space(self, t)[0])
 
-    def _model_space(self, t: torch.Tensor, sigma_ve: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _model_space(
+        self, t: torch.Tensor, sigma_ve: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(p, q, input_scale, model_alpha, model_sigma)`` for calls at sigma-space levels ``sigma_ve``.
 
         The model-space alpha follows from the level: VP ``alpha = 1/sqrt(1 + s^2)``, VE/EDM ``1``,

@@ -8,7 +8,8 @@ eta = 0 is the deterministic DDIM ODE solver, eta = 1 the DDPM ancestral step.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -83,14 +84,27 @@ class DDIMScheduler(Scheduler):
         p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         rows = eps_form_rows(
-            p, q, alpha_t, sigma_t, coef_x0, coef_eps, std,
+            p,
+            q,
+            alpha_t,
+            sigma_t,
+            coef_x0,
+            coef_eps,
+            std,
             # eps comes from the raw output whenever x0 is clipped or thresholded (DDIM eq. 12 uses the
             # model's own eps; diffusers does the same), unless use_clipped_model_output asks otherwise.
             eps_from_raw_output=(clip is not None or bool(self.config.thresholding))
             and not self.config.use_clipped_model_output,
             clip=clip,
         )
-        return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t, init_noise_sigma=float((alpha_t[0]**2 + sigma_t[0]**2).sqrt()))
+        return Plan(
+            timesteps=t,
+            rows=rows,
+            input_scale=ones,
+            model_alpha=alpha_t,
+            model_sigma=sigma_t,
+            init_noise_sigma=float((alpha_t[0] ** 2 + sigma_t[0] ** 2).sqrt()),
+        )
 
     def _step_overrides(self, eta: float | None = None, use_clipped_model_output: bool | None = None, **kwargs: Any):
         super()._step_overrides(**kwargs)
@@ -98,7 +112,9 @@ class DDIMScheduler(Scheduler):
 
     def _row_for_call(self, index: int, overrides: dict[str, Any]) -> torch.Tensor | None:
         eta, clipped = overrides.get("eta"), overrides.get("use_clipped_model_output")
-        if (eta is None or eta == self.config.eta) and (clipped is None or clipped == self.config.use_clipped_model_output):
+        if (eta is None or eta == self.config.eta) and (
+            clipped is None or clipped == self.config.use_clipped_model_output
+        ):
             return None
         if eta is not None and not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")

@@ -11,7 +11,7 @@ Each step draws ``x_s ~ q(x_s | x_t, x0_hat)``: mean from the posterior (eq. 7, 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -26,7 +26,6 @@ from samplers.protocol import (
     init_args,
     model_space_x0_coefficients,
 )
-from samplers.ops.reference import COEFF
 from samplers.schedulers._grid import chain_alpha_sigma, model_times, previous_times
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -69,7 +68,9 @@ class DDPMScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, mu=None, **kw):
         if num_inference_steps is None and timesteps is None and sigmas is None:
-            num_inference_steps = len(self.schedule.alphas_cumprod) if hasattr(self.schedule, "alphas_cumprod") else None
+            num_inference_steps = (
+                len(self.schedule.alphas_cumprod) if hasattr(self.schedule, "alphas_cumprod") else None
+            )
         super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu, **kw)
 
     def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
@@ -96,7 +97,14 @@ class DDPMScheduler(Scheduler):
         p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
         clip = self.config.clip_sample_range if self.config.clip_sample else float("inf")
         rows = coefficient_rows(len(t), p=p, q=q, lim=clip, a=post.coef_xt, b=post.coef_x0, c=std)
-        return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t, init_noise_sigma=float((alpha_t[0]**2 + sigma_t[0]**2).sqrt()))
+        return Plan(
+            timesteps=t,
+            rows=rows,
+            input_scale=ones,
+            model_alpha=alpha_t,
+            model_sigma=sigma_t,
+            init_noise_sigma=float((alpha_t[0] ** 2 + sigma_t[0] ** 2).sqrt()),
+        )
 
     def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state):
         if not self.config.thresholding:
@@ -111,7 +119,9 @@ class DDPMScheduler(Scheduler):
             return model_output[:, : sample.shape[1]]  # predicted variance channels: used by learned*, else dropped
         return model_output
 
-    def step_functional(self, state: SamplerState, model_output, timestep, sample, **kwargs) -> tuple[StepOutput, SamplerState]:
+    def step_functional(
+        self, state: SamplerState, model_output, timestep, sample, **kwargs
+    ) -> tuple[StepOutput, SamplerState]:
         if not self.learned_variance:
             return super().step_functional(state, model_output, timestep, sample, **kwargs)
         if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() > 1:
@@ -133,7 +143,9 @@ class DDPMScheduler(Scheduler):
         noise = kwargs.pop("noise", None)
         if self._noisy_call[index]:
             if noise is None:
-                seeds, state = self.resolve_seeds(state, kwargs.pop("seeds", None), kwargs.pop("generator", None), sample)
+                seeds, state = self.resolve_seeds(
+                    state, kwargs.pop("seeds", None), kwargs.pop("generator", None), sample
+                )
                 noise = ops.philox_normal(seeds, index, sample[0].numel()).view_as(sample).to(sample.device)
             noise = (torch.exp(0.5 * log_var) * noise.float()).to(sample.dtype)
         else:
@@ -141,4 +153,3 @@ class DDPMScheduler(Scheduler):
         kwargs.pop("seeds", None)
         kwargs.pop("generator", None)
         return super().step_functional(state, model_output[:, :channels], timestep, sample, noise=noise, **kwargs)
-

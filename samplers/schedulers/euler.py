@@ -7,7 +7,7 @@ of ``(x, x0_hat)`` this is ``schedules.ddim_transition`` with eta = 0 at alpha =
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -57,6 +57,10 @@ class EulerDiscreteScheduler(SigmaSpaceScheduler):
         rows = eps_form_rows(p, q, ones, sigma, coef_x0, coef_eps, std)
         self.sigmas = torch.cat([sigma, torch.zeros(1, dtype=sigma.dtype)]).to(torch.float32)
         return Plan(
-            timesteps=t, rows=rows, input_scale=scale, model_alpha=model_alpha, model_sigma=model_sigma,
+            timesteps=t,
+            rows=rows,
+            input_scale=scale,
+            model_alpha=model_alpha,
+            model_sigma=model_sigma,
             init_noise_sigma=self._init_sigma(float(sigma.max())),
         )

@@ -7,7 +7,7 @@ sigma space, so this is ``schedules.ddim_transition`` at alpha = 1 (eta = 1 by d
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from samplers.protocol import init_args
 from samplers.schedulers.euler import EulerDiscreteScheduler

@@ -12,9 +12,7 @@ import numpy as np
 import torch
 
 from samplers import schedules
-from samplers.protocol import Plan, eps_form_rows, init_args, model_space_x0_coefficients
-
-from samplers.protocol import Scheduler
+from samplers.protocol import Plan, Scheduler, eps_form_rows, init_args, model_space_x0_coefficients
 
 
 class FlowMatchEulerDiscreteScheduler(Scheduler):

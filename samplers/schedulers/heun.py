@@ -17,7 +17,7 @@ diffusers' HeunDiscreteScheduler lists its doubled timesteps). The step into sig
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -67,7 +67,9 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
         t_grid, sigma = self._sigma_grid(num_inference_steps, timesteps, sigmas)
         n = len(sigma)
         in_band = (sigma >= c.s_tmin) & (sigma <= c.s_tmax)
-        gamma = torch.where(in_band, torch.full_like(sigma, min(c.s_churn / n, math.sqrt(2) - 1)), torch.zeros_like(sigma))
+        gamma = torch.where(
+            in_band, torch.full_like(sigma, min(c.s_churn / n, math.sqrt(2) - 1)), torch.zeros_like(sigma)
+        )
         sigma_hat = sigma * (1 + gamma)
         churn = c.s_noise * torch.sqrt(sigma_hat**2 - sigma**2)  # std added to reach sigma_hat (line 6)
         t_hat = torch.where(gamma > 0, times_for_sigmas(self, sigma_hat), t_grid)
@@ -92,7 +94,11 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
             # second call at s_next on x_pred, with history (x_hat, x0_1)  (line 11, then next churn)
             levels.append(s_next)
             times.append(float(t_grid[i + 1]))
-            rows.append(dict(a=h / (2 * s_next), b=-h / (2 * s_next), h0=1 + h / (2 * s_hat), h1=-h / (2 * s_hat), c=next_churn))
+            rows.append(
+                dict(
+                    a=h / (2 * s_next), b=-h / (2 * s_next), h0=1 + h / (2 * s_hat), h1=-h / (2 * s_hat), c=next_churn
+                )
+            )
             store.append(())
             use.append(("sample", "x0"))
 
@@ -107,8 +113,14 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
         first = float(sigma[0])
         init = math.sqrt(first**2 + float(churn[0]) ** 2)
         return Plan(
-            timesteps=t_calls, rows=table, input_scale=scale, model_alpha=model_alpha, model_sigma=model_sigma,
-            store=store, use=use, init_noise_sigma=self._init_sigma(init),
+            timesteps=t_calls,
+            rows=table,
+            input_scale=scale,
+            model_alpha=model_alpha,
+            model_sigma=model_sigma,
+            store=store,
+            use=use,
+            init_noise_sigma=self._init_sigma(init),
         )
 
     @property

@@ -11,8 +11,6 @@ Each Langevin step is one model call, so ``timesteps`` repeats every level ``K``
 
 from __future__ import annotations
 
-import torch
-
 from samplers.protocol import Plan, coefficient_rows, init_args
 from samplers.schedulers._sigma import SigmaSpaceScheduler
 
@@ -61,6 +59,10 @@ class AnnealedLangevinScheduler(SigmaSpaceScheduler):
         if self.config.final_denoise:
             rows[-1, 4:] = coefficient_rows(1, b=1.0)[0, 4:]  # x <- x0_hat(x, sigma_L)
         return Plan(
-            timesteps=t_calls, rows=rows, input_scale=scale, model_alpha=model_alpha, model_sigma=model_sigma,
+            timesteps=t_calls,
+            rows=rows,
+            input_scale=scale,
+            model_alpha=model_alpha,
+            model_sigma=model_sigma,
             init_noise_sigma=float(sigma[0]),
         )

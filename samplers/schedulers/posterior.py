@@ -56,5 +56,14 @@ class PosteriorSamplingScheduler(Scheduler):
         ones = torch.ones_like(alpha_t)
         p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
         clip = self.config.clip_sample_range if self.config.clip_sample else float("inf")
-        rows = coefficient_rows(len(t), p=p, q=q, lim=clip, a=post.coef_xt, b=post.coef_x0, c=post.variance.clamp(min=0).sqrt())
-        return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t, init_noise_sigma=float((alpha_t[0]**2 + sigma_t[0]**2).sqrt()))
+        rows = coefficient_rows(
+            len(t), p=p, q=q, lim=clip, a=post.coef_xt, b=post.coef_x0, c=post.variance.clamp(min=0).sqrt()
+        )
+        return Plan(
+            timesteps=t,
+            rows=rows,
+            input_scale=ones,
+            model_alpha=alpha_t,
+            model_sigma=sigma_t,
+            init_noise_sigma=float((alpha_t[0] ** 2 + sigma_t[0] ** 2).sqrt()),
+        )

@@ -96,11 +96,17 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         self._corrector = corrector
         self._levels = level
         return Plan(
-            timesteps=t_calls, rows=table, input_scale=scale, model_alpha=model_alpha, model_sigma=model_sigma,
+            timesteps=t_calls,
+            rows=table,
+            input_scale=scale,
+            model_alpha=model_alpha,
+            model_sigma=model_sigma,
             init_noise_sigma=float(sigma[0]),
         )
 
-    def step_functional(self, state: SamplerState, model_output, timestep, sample, **kwargs) -> tuple[StepOutput, SamplerState]:
+    def step_functional(
+        self, state: SamplerState, model_output, timestep, sample, **kwargs
+    ) -> tuple[StepOutput, SamplerState]:
         if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() > 1:
             raise ValueError("predictor_corrector keeps a per-run call sequence and cannot take per-sample timesteps")
         index = self._resolve_call(state, timestep)
@@ -133,7 +139,13 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         rows[:, COEFF["b"]] = eps / level_sq
         rows[:, COEFF["c"]] = torch.sqrt(2 * eps)
         prev, x0_out = ops.sampler_update(
-            sample, model_output, rows, uncond=kwargs.get("uncond"), noise=noise.to(sample.dtype),
+            sample,
+            model_output,
+            rows,
+            uncond=kwargs.get("uncond"),
+            noise=noise.to(sample.dtype),
             backend=kwargs.get("backend", "auto"),
         )
-        return StepOutput(prev, x0_out), SamplerState(step_index=state.step_index + 1, kept=state.kept, seeds=state.seeds)
+        return StepOutput(prev, x0_out), SamplerState(
+            step_index=state.step_index + 1, kept=state.kept, seeds=state.seeds
+        )

@@ -32,8 +32,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-import samplers  # noqa: E402
 from gmm_oracle import GMM2D  # noqa: E402
+
+import samplers  # noqa: E402
 
 SCHEDULE = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_train_timesteps": 1000}
 
@@ -44,6 +45,7 @@ def ensure_plugin() -> None:
         return
     sys.path.insert(0, str(HERE.parent))
     import samplers_dpmsolver.plugin as plugin
+
     from samplers.registry import Source
 
     samplers.registry().register(plugin, "dpmsolver", Source("dpmsolver", "samplers-dpmsolver", "source tree"))
@@ -73,7 +75,9 @@ def ode_reference(denoise, x_ve: torch.Tensor, sigma_ve: float) -> torch.Tensor:
         x = torch.from_numpy(y).view(shape)
         return (x - denoise(x * alpha, alpha, s * alpha).to(torch.float64)).reshape(-1).numpy()
 
-    sol = solve_ivp(rhs, (math.log(sigma_ve), math.log(1e-7)), x_ve.reshape(-1).numpy(), method="DOP853", rtol=1e-10, atol=1e-10)
+    sol = solve_ivp(
+        rhs, (math.log(sigma_ve), math.log(1e-7)), x_ve.reshape(-1).numpy(), method="DOP853", rtol=1e-10, atol=1e-10
+    )
     return torch.from_numpy(sol.y[:, -1].copy()).view(shape)
 
 
@@ -140,8 +144,10 @@ def main() -> None:
     alpha_top = 1 / math.sqrt(1 + sigma_top**2)
     t0 = time.perf_counter()
     reference = ode_reference(denoise, z / alpha_top, sigma_top)
-    print(f"problem: {description}; {args.samples} samples; exact denoiser; float32 sampling; "
-          f"reference ODE solve {time.perf_counter() - t0:.1f}s")
+    print(
+        f"problem: {description}; {args.samples} samples; exact denoiser; float32 sampling; "
+        f"reference ODE solve {time.perf_counter() - t0:.1f}s"
+    )
     print("metric: RMS distance to the exact PF-ODE solution from the same noise (lower is better)")
     nfes = [int(v) for v in args.nfe.split(",")]
     names = args.schedulers.split(",")

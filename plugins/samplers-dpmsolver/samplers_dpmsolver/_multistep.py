@@ -63,7 +63,9 @@ def discrete_timesteps(
     if n > total:
         raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={total}")
     lam = schedule.log_snr(torch.arange(total)) / 2
-    clipped = int(torch.searchsorted(torch.flip(lam, [0]).contiguous(), torch.tensor(float(lambda_min_clipped), dtype=F64)))
+    clipped = int(
+        torch.searchsorted(torch.flip(lam, [0]).contiguous(), torch.tensor(float(lambda_min_clipped), dtype=F64))
+    )
     last = total - clipped
     if spacing == "linspace":
         steps = np.linspace(0, last - 1, n + 1).round()[::-1][:-1]
@@ -144,10 +146,15 @@ class MultistepScheduler(Scheduler):
             if timesteps is not None:
                 t = timesteps.to(F64)
                 if discrete and bool(((t < 0) | (t > schedule.num_train_timesteps - 1)).any()):
-                    raise ValueError(f"custom timesteps must lie in [0, {schedule.num_train_timesteps - 1}], got {t.tolist()}")
+                    raise ValueError(
+                        f"custom timesteps must lie in [0, {schedule.num_train_timesteps - 1}], got {t.tolist()}"
+                    )
             elif discrete:
                 t = discrete_timesteps(
-                    schedule, n, c.get("timestep_spacing", "linspace"), c.get("steps_offset", 0),
+                    schedule,
+                    n,
+                    c.get("timestep_spacing", "linspace"),
+                    c.get("steps_offset", 0),
                     c.get("lambda_min_clipped", -math.inf),
                 )
             else:
@@ -191,7 +198,7 @@ class MultistepScheduler(Scheduler):
         return torch.cat([t[:1], inner, t[-1:]])
 
     def _sigma_range(self) -> tuple[float, float]:
-        """``(sigma_min, sigma_max)`` in sigma space for Karras or lambda spacing: config, else the schedule's range."""
+        """``(sigma_min, sigma_max)`` in sigma space for Karras or lambda spacing: config, else the schedule range."""
         c = self.config
         if isinstance(self.schedule, DiscreteVPSchedule):
             lo, hi = float(self.schedule.sigmas[0]), float(self.schedule.sigmas[-1])
@@ -226,20 +233,30 @@ class MultistepScheduler(Scheduler):
         for name, col in cols.items():
             if not bool(torch.isfinite(col).all()):
                 bad = int((~torch.isfinite(col)).nonzero()[0])
-                raise ValueError(f"{type(self).__name__}: non-finite {name!r} coefficient at call {bad} (grid {g.t.tolist()})")
+                raise ValueError(
+                    f"{type(self).__name__}: non-finite {name!r} coefficient at call {bad} (grid {g.t.tolist()})"
+                )
         alpha, sigma = g.alpha[:n], g.sigma[:n]
         p, q = x0_coefficients(self.prediction_type, alpha, sigma)
         rows = coefficient_rows(n, p=p, q=q, **cols)
         use = [
-            ((X0, X0_PREV) if float(cols["h1"][k]) != 0 else (X0,) if float(cols["h0"][k]) != 0 else ()) if k > start else ()
+            ((X0, X0_PREV) if float(cols["h1"][k]) != 0 else (X0,) if float(cols["h0"][k]) != 0 else ())
+            if k > start
+            else ()
             for k in range(n)
         ]
         store = [(X0,) if k + 1 < n and any(use[k + 1]) else () for k in range(n)]
         self._keep_prev = [k + 1 < n and X0_PREV in use[k + 1] for k in range(n)]
         init = 1.0 if self.schedule.family == "vp" else float(g.sigma[0])
         return Plan(
-            timesteps=g.t.clone(), rows=rows, input_scale=torch.ones(n, dtype=F64), model_alpha=alpha,
-            model_sigma=sigma, store=store, use=use, init_noise_sigma=init,
+            timesteps=g.t.clone(),
+            rows=rows,
+            input_scale=torch.ones(n, dtype=F64),
+            model_alpha=alpha,
+            model_sigma=sigma,
+            store=store,
+            use=use,
+            init_noise_sigma=init,
         )
 
     def _solver_columns(self, grid: Grid, start: int) -> dict[str, torch.Tensor]:

@@ -25,7 +25,8 @@ The warm-up and final-step rules follow diffusers' ``DPMSolverMultistepScheduler
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 

@@ -5,7 +5,6 @@ must be cheap and must not fail on a machine without optional extras.
 """
 
 from samplers.hookspecs import hookimpl
-
 from samplers_dpmsolver.dpmsolver import DPMSolver3MScheduler, DPMSolverMultistepScheduler, DPMSolverSDEScheduler
 from samplers_dpmsolver.unipc import UniPCMultistepScheduler
 

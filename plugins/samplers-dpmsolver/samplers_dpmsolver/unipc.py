@@ -8,7 +8,8 @@ Per call ``k`` the model is evaluated at the predicted ``x_k`` (giving ``m_k``),
   where ``P_{k-1}`` is the higher-order part the predictor added on the way to ``x_k`` and ``C_k`` the
   corrector's (both linear in ``m_k, m_{k-1}, m_{k-2}``; weights solve the order conditions
   ``R rho = g / B(h)`` with ``R`` the Vandermonde matrix of step ratios);
-* UniP steps from ``x_k^c``: ``x_{k+1} = (sigma_{k+1}/sigma_k) x_k^c - alpha_{k+1} (e^{-h} - 1) m_k - alpha_{k+1} B(h) P_k``.
+* UniP steps from ``x_k^c``:
+  ``x_{k+1} = (sigma_{k+1}/sigma_k) x_k^c - alpha_{k+1} (e^{-h} - 1) m_k - alpha_{k+1} B(h) P_k``.
 
 Both are linear in ``(x_k, m_k, m_{k-1}, m_{k-2})``, so the composition is one fused-update row per
 call with two x0 history tensors; the corrected sample never has to be stored. UniPC-2 (the
@@ -18,7 +19,7 @@ Warm-up and the final step follow diffusers' ``UniPCMultistepScheduler``, so the
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -125,8 +126,12 @@ class UniPCMultistepScheduler(MultistepScheduler):
                     corr = torch.tensor([0.5, -0.5, 0.0], dtype=F64)
                 else:
                     r = (lam[k - 2] - lam[k - 1]) / h
-                    rho = torch.linalg.solve(torch.stack([torch.ones(2, dtype=F64), torch.stack([r, torch.ones((), dtype=F64)])]), g)
-                    corr = rho[0] * torch.tensor([0.0, -1.0, 1.0], dtype=F64) / r + rho[1] * torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+                    rho = torch.linalg.solve(
+                        torch.stack([torch.ones(2, dtype=F64), torch.stack([r, torch.ones((), dtype=F64)])]), g
+                    )
+                    corr = rho[0] * torch.tensor([0.0, -1.0, 1.0], dtype=F64) / r + rho[1] * torch.tensor(
+                        [1.0, -1.0, 0.0], dtype=F64
+                    )
                 previous = torch.cat([torch.zeros(1, dtype=F64), pred_res[k - 1]])
                 correction = alpha[k] * b_h * (previous - corr)
             # ---- UniP from x_k^c ----

@@ -25,6 +25,7 @@ def dpmsolver_registered():
     registered = "dpmpp_2m" not in samplers.available()
     if registered:
         import samplers_dpmsolver.plugin as plugin
+
         from samplers.registry import Source
 
         samplers.registry().register(plugin, "dpmsolver", Source("dpmsolver", "samplers-dpmsolver", "source tree"))

@@ -32,7 +32,15 @@ def test_conforms_default(name):
         ("dpmpp_2m", {"solver_type": "heun", "prediction_type": "v_prediction"}),
         ("dpmpp_2m", {"use_karras_sigmas": True, "timestep_spacing": "trailing"}),
         ("dpmpp_3m", {"use_lu_lambdas": True, "lower_order_final": False}),
-        ("dpmpp_3m", {"final_sigmas_type": "sigma_min", "euler_at_final": True, "steps_offset": 1, "timestep_spacing": "leading"}),
+        (
+            "dpmpp_3m",
+            {
+                "final_sigmas_type": "sigma_min",
+                "euler_at_final": True,
+                "steps_offset": 1,
+                "timestep_spacing": "leading",
+            },
+        ),
         ("dpmpp_2m_sde", {"solver_order": 3, "prediction_type": "sample"}),
         ("unipc", {"solver_order": 1, "solver_type": "bh1"}),
         ("unipc", {"disable_corrector": [0, 2], "schedule": "vp_cosine"}),
@@ -41,7 +49,9 @@ def test_conforms_default(name):
     ],
 )
 def test_conforms_configured(name, config):
-    assert_conforms(name, settings=QUICK, checks=["protocol", "config_roundtrip", "determinism", "marginals", "accuracy"], **config)
+    assert_conforms(
+        name, settings=QUICK, checks=["protocol", "config_roundtrip", "determinism", "marginals", "accuracy"], **config
+    )
 
 
 @pytest.mark.parametrize(

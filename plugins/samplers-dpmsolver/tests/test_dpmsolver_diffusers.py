@@ -7,9 +7,9 @@ coefficients in float32, this plugin in float64, so results agree to float32 rou
 
 import pytest
 import torch
+from gmm_oracle import GMM2D
 
 import samplers
-from gmm_oracle import GMM2D
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -53,18 +53,31 @@ CASES = [
     ("dpmpp_2m", "DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}, {"timestep_spacing": "trailing"}),
     ("dpmpp_3m", "DPMSolverMultistepScheduler", {"solver_order": 3}, {}),
     (
-        "dpmpp_3m", "DPMSolverMultistepScheduler",
+        "dpmpp_3m",
+        "DPMSolverMultistepScheduler",
         {"solver_order": 3, "timestep_spacing": "leading", "steps_offset": 1, "lower_order_final": False},
         {"timestep_spacing": "leading", "steps_offset": 1, "lower_order_final": False},
     ),
     ("dpmpp_2m_sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
-    ("dpmpp_2m_sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, {"solver_order": 3}),
+    (
+        "dpmpp_2m_sde",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        {"solver_order": 3},
+    ),
     ("unipc", "UniPCMultistepScheduler", {}, {}),
     ("unipc", "UniPCMultistepScheduler", {"solver_order": 1}, {"solver_order": 1}),
-    ("unipc", "UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
     (
-        "unipc", "UniPCMultistepScheduler",
-        {"disable_corrector": [0, 3], "timestep_spacing": "trailing"}, {"disable_corrector": [0, 3], "timestep_spacing": "trailing"},
+        "unipc",
+        "UniPCMultistepScheduler",
+        {"solver_type": "bh1", "final_sigmas_type": "sigma_min"},
+        {"solver_type": "bh1", "final_sigmas_type": "sigma_min"},
+    ),
+    (
+        "unipc",
+        "UniPCMultistepScheduler",
+        {"disable_corrector": [0, 3], "timestep_spacing": "trailing"},
+        {"disable_corrector": [0, 3], "timestep_spacing": "trailing"},
     ),
 ]
 
@@ -83,7 +96,9 @@ def test_matches_diffusers(name, cls, theirs, ours, steps):
     assert err <= tol, f"{name} {ours} at {steps} steps differs from diffusers by {err:.2e}"
 
 
-@pytest.mark.parametrize("name, cls", [("dpmpp_2m", "DPMSolverMultistepScheduler"), ("unipc", "UniPCMultistepScheduler")])
+@pytest.mark.parametrize(
+    "name, cls", [("dpmpp_2m", "DPMSolverMultistepScheduler"), ("unipc", "UniPCMultistepScheduler")]
+)
 def test_begin_index_matches_diffusers(name, cls):
     z = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
     reference = run_diffusers(getattr(diffusers, cls)(), z, 20, begin=8)

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("scipy")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-import gmm2d_accuracy as table  # noqa: E402
+import gmm2d_accuracy as table
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,9 @@ def _error(name, steps, **config):
         out = oracle.model_output("epsilon", x, float(plan.model_alpha[i]), float(plan.model_sigma[i]))
         x = s.step(out, t, x, backend="torch").prev_sample
     abar0 = float(s.alphas_cumprod[0])
-    exact = _exact_flow(oracle, noise, float(plan.model_alpha[0]), float(plan.model_sigma[0]), abar0**0.5, (1 - abar0) ** 0.5)
+    exact = _exact_flow(
+        oracle, noise, float(plan.model_alpha[0]), float(plan.model_sigma[0]), abar0**0.5, (1 - abar0) ** 0.5
+    )
     return float(((x - exact) ** 2).sum(-1).mean().sqrt())
 
 
@@ -131,7 +133,7 @@ def test_history_is_kept_and_shifted():
     x = torch.randn(2, 3, dtype=F64)
     state = s.init_state()
     x0s = []
-    for i, t in enumerate(s.timesteps[:3]):
+    for t in s.timesteps[:3]:
         out, state = s.step_functional(state, torch.randn(2, 3, dtype=F64), t, x, backend="torch")
         x0s.append(out.pred_original_sample)
         x = out.prev_sample

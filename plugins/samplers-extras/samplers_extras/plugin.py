@@ -1,7 +1,6 @@
 """Entry-point module of ``samplers-extras``: noise schedules through ``samplers_register_schedules``."""
 
 from samplers.hookspecs import hookimpl
-
 from samplers_extras.schedules import LaplaceSchedule, ShiftedCosineSchedule
 
 SAMPLERS_API_VERSION = 1

@@ -43,7 +43,9 @@ class LogSNRSchedule(NoiseSchedule):
         """``lambda(t)`` for model time ``t`` in [0, 1] (float64)."""
         t = torch.as_tensor(t, dtype=F64)
         if bool(((t < 0) | (t > 1)).any()):
-            raise ValueError(f"{type(self).__name__} takes model times in [0, 1], got min {float(t.min())}, max {float(t.max())}")
+            raise ValueError(
+                f"{type(self).__name__} takes model times in [0, 1], got min {float(t.min())}, max {float(t.max())}"
+            )
         return self._logsnr_of(self._tau_lo + t * (self._tau_hi - self._tau_lo))
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +100,9 @@ class ShiftedCosineSchedule(LogSNRSchedule):
     ``lambda(tau) = -2 log tan(pi tau / 2) + 2 log(base_size / image_size)``. At ``image_size =
     base_size`` it is Nichol & Dhariwal's cosine schedule; larger images get less signal at each ``t``."""
 
-    def __init__(self, image_size: int = 64, base_size: int = 64, logsnr_min: float = -10.0, logsnr_max: float = 10.0) -> None:
+    def __init__(
+        self, image_size: int = 64, base_size: int = 64, logsnr_min: float = -10.0, logsnr_max: float = 10.0
+    ) -> None:
         if image_size <= 0 or base_size <= 0:
             raise ValueError(f"image_size and base_size must be > 0, got {image_size} and {base_size}")
         self.image_size, self.base_size = int(image_size), int(base_size)

@@ -19,6 +19,7 @@ def extras_registered():
     registered = "laplace" not in samplers.registry().schedules()
     if registered:
         import samplers_extras.plugin as plugin
+
         from samplers.registry import Source
 
         samplers.registry().register(plugin, "extras", Source("extras", "samplers-extras", "source tree"))

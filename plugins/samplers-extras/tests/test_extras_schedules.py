@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from samplers_extras import LaplaceSchedule, ShiftedCosineSchedule
 
 import samplers
 from samplers import schedules
 from samplers.testing import KitSettings, assert_conforms
-from samplers_extras import LaplaceSchedule, ShiftedCosineSchedule
 
 F64 = torch.float64
 NAMES = ("laplace", "shifted_cosine")
