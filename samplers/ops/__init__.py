@@ -11,7 +11,7 @@ import types as _types
 
 from samplers.ops import attention as _attention_module
 from samplers.ops.attention import attention_dispatch_report, attention_reference, reset_dispatch_cache
-from samplers.ops.reference import COEFF, COEFF_NAMES, NUM_COEFFS, batch_seeds, philox_normal
+from samplers.ops.reference import COEFF, COEFF_NAMES, NUM_COEFFS, batch_seeds, brownian_normal, philox_normal
 from samplers.ops.rng import seed_from_generator
 from samplers.ops.update import sampler_update
 
@@ -35,6 +35,7 @@ __all__ = [
     "attention_dispatch_report",
     "attention_reference",
     "batch_seeds",
+    "brownian_normal",
     "philox_normal",
     "reset_dispatch_cache",
     "sampler_update",

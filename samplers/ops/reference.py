@@ -8,23 +8,59 @@ The sampler update (one pass per element, math in float32 whatever the storage):
 
     out  = uncond + w * (model_output - uncond)   if uncond is given, else model_output
     x0   = clamp(p * x + q * out, -lim, lim) / div
-    prev = a * x + b * x0 + e * out + c * noise + h0 * history0 + h1 * history1
+    prev = a * x + b * x0 + e * out + u * (uncond or model_output) + c * noise
+           + h0 * history[0] + h1 * history[1] + h2 * history[2] + h3 * history[3]
 
 ``coeffs`` holds one row of :data:`COEFF_NAMES` per batch (shape ``[1, NUM_COEFFS]``)
-or per sample (``[B, NUM_COEFFS]``). ``noise`` is an explicit tensor, or is drawn
-from :func:`philox_normal` keyed by ``(seeds[b], noise_stream, element index)``.
+or per sample (``[B, NUM_COEFFS]``). ``x0`` is the call's *estimate*: the clean sample by
+default, or any other affine function of ``(x, out)`` a sampler asks for (e.g. the noise).
+``u`` weighs the unconditional output alone (CFG++ renoises with it); without ``uncond`` it
+weighs the model output. ``noise`` is an explicit tensor, or is drawn in the op:
+
+* Philox (default): :func:`philox_normal` keyed by ``(seeds[b], noise_stream + stream, element)``,
+  where ``stream`` is the row's column (the call index), so per-sample rows key exactly as the
+  scalar path does;
+* Brownian (``brownian=True``): the normalised increment ``(W(bt1) - W(bt0)) / sqrt(|bt1 - bt0|)``
+  of one Brownian path per sample (:func:`brownian_normal`), path ``noise_stream + stream``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-COEFF_NAMES: tuple[str, ...] = ("p", "q", "lim", "div", "a", "b", "e", "c", "h0", "h1", "w")
+COEFF_NAMES: tuple[str, ...] = (
+    "p",  # x0 = clamp(p x + q out, -lim, lim) / div: the call's estimate
+    "q",
+    "lim",
+    "div",
+    "a",  # prev = a x + b x0 + e out + u uncond + c noise + sum_j hj history[j]
+    "b",
+    "e",
+    "c",
+    "h0",
+    "h1",
+    "h2",
+    "h3",
+    "w",  # guidance weight: out = uncond + w (model_output - uncond)
+    "u",
+    "stream",  # Philox stream (call index) or Brownian path of this row, an integer < 2**24
+    "bt0",  # Brownian times in [0, 1] of the increment this row draws (brownian=True only)
+    "bt1",
+)
 NUM_COEFFS = len(COEFF_NAMES)
 COEFF = {name: i for i, name in enumerate(COEFF_NAMES)}
+HISTORY_COLUMNS: tuple[str, ...] = ("h0", "h1", "h2", "h3")
+MAX_HISTORY = len(HISTORY_COLUMNS)
+# In-op noise numbers Philox blocks of 4 elements with a 32-bit counter word.
+MAX_NOISE_NUMEL_PER_SAMPLE = 1 << 34
+# Rows carry integer streams in float32: exact below 2**24.
+MAX_STREAM = 1 << 24
+# Depth of the virtual Brownian tree: cells of 2**-24 in Brownian time (float32 resolves them on [0, 1]).
+BROWNIAN_DEPTH = 24
 
 # Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11).
 _PHILOX_M0 = 0xD2511F53
@@ -69,29 +105,114 @@ def _box_muller(r_radius: torch.Tensor, r_angle: torch.Tensor) -> tuple[torch.Te
     return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
-def philox_normal(seeds: torch.Tensor, noise_stream: int, numel_per_sample: int) -> torch.Tensor:
+def _normal4(
+    seeds: torch.Tensor, groups: torch.Tensor, word1: torch.Tensor | int, stream: torch.Tensor | int, high_tag: int = 0
+):
+    """Four normals per (sample, Philox group): counter ``(group, word1, stream_lo, stream_hi | high_tag)``.
+
+    Shapes broadcast: ``seeds`` [B, 1], ``groups`` [1, G] (or [B, G]), ``stream`` int or [B, 1].
+    Returns ``[B, G, 4]`` float32.
+    """
+    key = [seeds & _MASK32, (seeds >> 32) & _MASK32]
+    zero = torch.zeros_like(groups)
+    if isinstance(stream, torch.Tensor):
+        stream_lo, stream_hi = stream & _MASK32, ((stream >> 32) & _MASK32) | high_tag
+    else:
+        stream = int(stream) & 0xFFFFFFFFFFFFFFFF
+        stream_lo, stream_hi = stream & _MASK32, (stream >> 32) | high_tag
+    counter = [groups, zero + word1, zero + stream_lo, zero + stream_hi]
+    r0, r1, r2, r3 = philox4x32(counter, key)
+    n0, n1 = _box_muller(r0, r1)
+    n2, n3 = _box_muller(r2, r3)
+    return torch.stack([n0, n1, n2, n3], dim=-1)
+
+
+def _stream_column(noise_stream: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor | int:
+    if isinstance(noise_stream, torch.Tensor):
+        if noise_stream.dtype != torch.int64 or noise_stream.shape not in ((batch,), ()):
+            raise ValueError(
+                f"noise_stream must be an int or an int64 tensor [{batch}], "
+                f"got {noise_stream.dtype} {tuple(noise_stream.shape)}"
+            )
+        return noise_stream.to(device).reshape(-1, 1) if noise_stream.dim() else int(noise_stream)
+    return int(noise_stream)
+
+
+def philox_normal(seeds: torch.Tensor, noise_stream: int | torch.Tensor, numel_per_sample: int) -> torch.Tensor:
     """Standard normals keyed by (seed, stream, element): shape [B, numel_per_sample], float32.
 
     Element ``i`` of sample ``b`` comes from Philox block ``(i // 4, 0, stream_lo, stream_hi)``
     under key ``(seed_lo, seed_hi)``; outputs (r0, r1) and (r2, r3) go through Box-Muller to
     give elements ``4k, 4k+1`` and ``4k+2, 4k+3``. Depends on nothing else, so it is the same
-    for any batch split, device or memory layout.
+    for any batch split, device or memory layout. ``noise_stream`` is one int, or an int64
+    tensor [B] with each sample's own stream.
     """
     if seeds.dtype != torch.int64 or seeds.dim() != 1:
         raise ValueError(f"seeds must be a 1-D int64 tensor, got dtype={seeds.dtype} shape={tuple(seeds.shape)}")
-    device = seeds.device
     groups = (numel_per_sample + 3) // 4
-    seed = seeds.view(-1, 1)
-    key = [seed & _MASK32, (seed >> 32) & _MASK32]
-    g = torch.arange(groups, device=device, dtype=torch.int64).view(1, -1)
-    zero = torch.zeros_like(g)
-    stream = int(noise_stream) & 0xFFFFFFFFFFFFFFFF
-    counter = [g, zero, zero + (stream & _MASK32), zero + (stream >> 32)]
-    r0, r1, r2, r3 = philox4x32(counter, key)
-    n0, n1 = _box_muller(r0, r1)
-    n2, n3 = _box_muller(r2, r3)
-    normals = torch.stack([n0, n1, n2, n3], dim=-1).reshape(seeds.shape[0], groups * 4)
+    g = torch.arange(groups, device=seeds.device, dtype=torch.int64).view(1, -1)
+    stream = _stream_column(noise_stream, seeds.shape[0], seeds.device)
+    normals = _normal4(seeds.view(-1, 1), g, 0, stream).reshape(seeds.shape[0], groups * 4)
     return normals[:, :numel_per_sample]
+
+
+# Brownian draws use counter word 3's top bit, which per-call Philox streams (< 2**24) never set,
+# so the two noise sources never share a Philox block.
+_BROWNIAN_TAG = 0x80000000
+# sqrt((r - l) / 4) for a cell of width 2**-(d-1) at depth d = 1..BROWNIAN_DEPTH, rounded to float32 once.
+_BRIDGE_SCALE = [float(np.float32(math.sqrt(2.0 ** -(d - 1) / 4))) for d in range(1, BROWNIAN_DEPTH + 1)]
+
+
+def brownian_value(
+    seeds: torch.Tensor, path: int | torch.Tensor, t: torch.Tensor, numel_per_sample: int
+) -> torch.Tensor:
+    """``W(t)`` of the virtual Brownian tree of each sample: shape [B, numel_per_sample], float32.
+
+    One standard Brownian path on [0, 1] per (seed, path, element), ``W(0) = 0`` (Gaines & Lyons
+    1997; Li et al. 2020). ``W(1)`` is Philox node 0; the midpoint of heap cell ``h`` (h = 1 is
+    [0, 1], children 2h and 2h + 1) is the Brownian bridge ``(W(l) + W(r)) / 2 + sqrt((r - l) / 4) z_h``
+    with ``z_h`` Philox node ``h``. ``t`` [B] (float32, in [0, 1]) is located by bisection down to
+    cells of 2**-BROWNIAN_DEPTH and interpolated linearly inside its cell, so ``W`` is the same
+    function of ``t`` whatever other times are queried: one path for any step count.
+    """
+    batch = seeds.shape[0]
+    groups = (numel_per_sample + 3) // 4
+    g = torch.arange(groups, device=seeds.device, dtype=torch.int64).view(1, -1)
+    seed = seeds.view(-1, 1)
+    stream = _stream_column(path, batch, seeds.device)
+    t = t.to(torch.float32).reshape(batch, 1, 1)
+    f32 = dict(dtype=torch.float32, device=seeds.device)
+    lo = torch.zeros(batch, 1, 1, **f32)
+    hi = torch.ones(batch, 1, 1, **f32)
+    w_lo = torch.zeros(batch, groups, 4, **f32)
+    w_hi = _normal4(seed, g, 0, stream, _BROWNIAN_TAG)  # W(1)
+    heap = torch.ones(batch, 1, dtype=torch.int64, device=seeds.device)
+    for depth in range(BROWNIAN_DEPTH):
+        mid = (lo + hi) * 0.5
+        z = _normal4(seed, g, heap, stream, _BROWNIAN_TAG)
+        w_mid = (w_lo + w_hi) * 0.5 + _BRIDGE_SCALE[depth] * z
+        left = t < mid
+        hi, lo = torch.where(left, mid, hi), torch.where(left, lo, mid)
+        w_hi, w_lo = torch.where(left, w_mid, w_hi), torch.where(left, w_lo, w_mid)
+        heap = 2 * heap + (~left).reshape(batch, 1).to(torch.int64)
+    frac = (t - lo) / (hi - lo)
+    w = w_lo + frac * (w_hi - w_lo)
+    return w.reshape(batch, groups * 4)[:, :numel_per_sample]
+
+
+def brownian_normal(
+    seeds: torch.Tensor, path: int | torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, numel_per_sample: int
+) -> torch.Tensor:
+    """Normalised Brownian increments ``(W(t1) - W(t0)) / sqrt(|t1 - t0|)`` [B, numel_per_sample] float32.
+
+    Standard normal for every interval; increments over disjoint intervals are independent and
+    over overlapping ones correlated, as one path's are. ``t0 == t1`` gives 0.
+    """
+    t0 = t0.to(torch.float32).reshape(-1, 1)
+    t1 = t1.to(torch.float32).reshape(-1, 1)
+    dw = brownian_value(seeds, path, t1, numel_per_sample) - brownian_value(seeds, path, t0, numel_per_sample)
+    span = (t1 - t0).abs()
+    return torch.where(span > 0, dw / span.clamp(min=1e-30).sqrt(), torch.zeros_like(dw))
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -123,13 +244,14 @@ def sampler_update(
     noise: torch.Tensor | None = None,
     seeds: torch.Tensor | None = None,
     noise_stream: int = 0,
-    history0: torch.Tensor | None = None,
-    history1: torch.Tensor | None = None,
+    history: Sequence[torch.Tensor] = (),
     write_x0: bool = True,
+    brownian: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of ``samplers::sampler_update``; see the module docstring. Returns (prev, x0).
 
-    x, model_output, uncond, noise, history*: [B, ...] in one floating dtype; coeffs: [1 or B, NUM_COEFFS].
+    x, model_output, uncond, noise, history[j]: [B, ...] in one floating dtype (at most
+    ``MAX_HISTORY`` history tensors, weighed by columns h0, h1, ...); coeffs: [1 or B, NUM_COEFFS].
     When ``write_x0`` is False the second output is an empty tensor.
     """
     batch = x.shape[0]
@@ -140,20 +262,25 @@ def sampler_update(
 
     xf = x.float()
     out = model_output.float()
+    u = out
     if uncond is not None:
         u = uncond.float()
         out = u + col("w") * (out - u)
     lim = col("lim")
     x0 = torch.clamp(col("p") * xf + col("q") * out, -lim, lim) / col("div")
-    prev = col("a") * xf + col("b") * x0 + col("e") * out
+    prev = col("a") * xf + col("b") * x0 + col("e") * out + col("u") * u
     if noise is not None:
         prev = prev + col("c") * noise.float()
     elif seeds is not None:
-        z = philox_normal(seeds, noise_stream, x[0].numel()).view(batch, *x.shape[1:])
-        prev = prev + col("c") * z
-    if history0 is not None:
-        prev = prev + col("h0") * history0.float()
-    if history1 is not None:
-        prev = prev + col("h1") * history1.float()
+        rows = coeffs.to(torch.float32).expand(batch, -1)
+        stream = rows[:, COEFF["stream"]].to(torch.int64) + int(noise_stream)
+        numel = x[0].numel()
+        if brownian:
+            z = brownian_normal(seeds, stream, rows[:, COEFF["bt0"]], rows[:, COEFF["bt1"]], numel)
+        else:
+            z = philox_normal(seeds, stream, numel)
+        prev = prev + col("c") * z.view(batch, *x.shape[1:])
+    for name, h in zip(HISTORY_COLUMNS, history, strict=False):
+        prev = prev + col(name) * h.float()
     x0_out = x0.to(x.dtype) if write_x0 else x.new_empty(0)
     return prev.to(x.dtype), x0_out

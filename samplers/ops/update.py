@@ -5,12 +5,13 @@ See :mod:`samplers.ops.reference` for the exact semantics of the op.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 from samplers.ops import _build, reference
-from samplers.ops.reference import COEFF, COEFF_NAMES, NUM_COEFFS
+from samplers.ops.reference import COEFF, COEFF_NAMES, MAX_HISTORY, MAX_NOISE_NUMEL_PER_SAMPLE, NUM_COEFFS
 
 Backend = Literal["auto", "fused", "torch"]
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -81,8 +82,7 @@ def check_update_args(
     uncond: torch.Tensor | None,
     noise: torch.Tensor | None,
     seeds: torch.Tensor | None,
-    history0: torch.Tensor | None,
-    history1: torch.Tensor | None,
+    history: Sequence[torch.Tensor],
 ) -> None:
     """Raise a clear error for any argument the op cannot take (checked before any launch, no device sync)."""
     if not isinstance(x, torch.Tensor):
@@ -94,8 +94,10 @@ def check_update_args(
     _check_like("model_output", model_output, x)
     _check_like("uncond", uncond, x)
     _check_like("noise", noise, x)
-    _check_like("history0", history0, x)
-    _check_like("history1", history1, x)
+    if not isinstance(history, (list, tuple)) or len(history) > MAX_HISTORY:
+        raise ValueError(f"history must be a list of at most {MAX_HISTORY} tensors, got {history!r:.80}")
+    for j, h in enumerate(history):
+        _check_like(f"history[{j}]", h, x)
     if not isinstance(coeffs, torch.Tensor) or not coeffs.is_floating_point():
         got = getattr(coeffs, "dtype", type(coeffs).__name__)
         raise TypeError(f"coeffs must be a floating torch.Tensor [1 or batch, {NUM_COEFFS}], got {got}")
@@ -111,6 +113,10 @@ def check_update_args(
             raise ValueError(f"seeds must be int64 of shape [{x.shape[0]}], got {seeds.dtype} {tuple(seeds.shape)}")
         if seeds.device != x.device:
             raise ValueError(f"seeds is on {seeds.device} but sample is on {x.device}")
+        if noise is None and x[0].numel() > MAX_NOISE_NUMEL_PER_SAMPLE:
+            raise ValueError(
+                f"in-op noise supports at most {MAX_NOISE_NUMEL_PER_SAMPLE} elements per sample, got {x[0].numel()}"
+            )
 
 
 def check_finite_coeffs(coeffs: torch.Tensor) -> None:
@@ -139,6 +145,10 @@ def check_finite_coeffs(coeffs: torch.Tensor) -> None:
     raise RuntimeError(f"samplers::sampler_update: coefficient {name!r} of row {row} is {float(c[row, col]):g}; {why}")
 
 
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def sampler_update(
     x: torch.Tensor,
     model_output: torch.Tensor,
@@ -148,9 +158,9 @@ def sampler_update(
     noise: torch.Tensor | None = None,
     seeds: torch.Tensor | None = None,
     noise_stream: int = 0,
-    history0: torch.Tensor | None = None,
-    history1: torch.Tensor | None = None,
+    history: Sequence[torch.Tensor] = (),
     write_x0: bool = True,
+    brownian: bool = False,
     backend: Backend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused sampler update. Returns ``(prev, x0)``; shapes and dtype of ``x``.
@@ -160,24 +170,42 @@ def sampler_update(
         model_output: model output for ``x`` (the conditional branch when ``uncond`` is given).
         coeffs: ``[1 or B, NUM_COEFFS]`` rows of :data:`samplers.ops.reference.COEFF_NAMES`.
         uncond: unconditional model output for classifier-free guidance (weight in column ``w``).
-        noise: explicit noise; else drawn in-op from ``seeds`` and ``noise_stream`` (Philox).
-        history0, history1: extra tensors for multistep / second-order rules.
-        write_x0: also return the predicted clean sample (else an empty tensor).
+        noise: explicit noise; else drawn in-op from ``seeds`` (Philox keyed by the row's ``stream``
+            plus ``noise_stream``, or with ``brownian`` the increment of a Brownian path over the
+            row's ``[bt0, bt1]``).
+        history: up to ``MAX_HISTORY`` tensors kept from earlier calls (columns h0, h1, ...).
+        write_x0: also return the call's estimate (else an empty tensor).
         backend: ``"fused"`` (compiled op, error if unavailable), ``"torch"`` (reference), or
-            ``"auto"`` (compiled op when it is built and supports the dtype).
+            ``"auto"`` (compiled op when it is built and supports the dtype). When gradients are
+            needed through any input, ``"auto"`` runs the reference (differentiable) instead.
     """
-    check_update_args(x, model_output, coeffs, uncond, noise, seeds, history0, history1)
+    history = list(history)
+    check_update_args(x, model_output, coeffs, uncond, noise, seeds, history)
     if backend not in ("auto", "fused", "torch"):
         raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
-    if backend != "torch":
+    if backend == "fused" and _needs_grad(x, model_output, uncond, noise, *history):
+        raise RuntimeError(
+            "backend='fused' has no backward and an input requires grad; use backend='auto' (which falls back "
+            "to the differentiable reference) or 'torch', or run under torch.no_grad()"
+        )
+    if backend == "fused" or (backend == "auto" and not _needs_grad(x, model_output, uncond, noise, *history)):
         why_not = _fused_unavailable(x.device, x.dtype)
         if why_not is None:
             return torch.ops.samplers.sampler_update.default(
-                x, model_output, coeffs, uncond, noise, seeds, int(noise_stream), history0, history1, bool(write_x0)
+                x,
+                model_output,
+                coeffs,
+                uncond,
+                noise,
+                seeds,
+                int(noise_stream),
+                history,
+                bool(write_x0),
+                bool(brownian),
             )
         if backend == "fused":
             raise RuntimeError(f"backend='fused' cannot run: {why_not}; use backend='auto' or 'torch'")
     check_finite_coeffs(coeffs)  # the compiled op checks its own (on the host); the reference does not
     return reference.sampler_update(
-        x, model_output, coeffs, uncond, noise, seeds, noise_stream, history0, history1, write_x0
+        x, model_output, coeffs, uncond, noise, seeds, noise_stream, history, write_x0, brownian
     )
