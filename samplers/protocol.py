@@ -1,10 +1,11 @@
-"""The scheduler protocol: diffusers-compatible names over a table of per-step coefficients.
+"""The scheduler protocol: diffusers-compatible names over a plan of fused-update rows.
 
-A scheduler's whole job at ``set_timesteps`` is to compute, once and on the host in float64,
-a :class:`Plan`: the model times, and for every model evaluation one row of the fused update's
-coefficients (``samplers.ops.reference.COEFF_NAMES``). ``step()`` is then a table lookup and one
-fused op (or its PyTorch reference): no per-step host math, no host-device sync, and the same
-rows serve per-sample timesteps (gathered on the device) and CUDA-graph capture.
+A scheduler declares, for the levels a run visits (:mod:`samplers.levels`), the list of its model
+calls (:class:`samplers.plan.Call`); ``set_timesteps`` builds the :class:`samplers.plan.Plan` from
+that list once, on the host in float64, and swaps it in only when every check has passed.
+``step()`` is then a table lookup and one fused op (or its PyTorch reference): no per-step host
+math, no host-device sync, and the same rows serve per-sample timesteps (gathered on the device)
+and CUDA-graph capture. ``docs/architecture.md`` follows one step from ``set_timesteps`` to the kernel.
 
 Typical loop (a diffusers pipeline does exactly this)::
 
@@ -20,57 +21,56 @@ object, so one configured scheduler (with its plan) can serve concurrent request
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
-import inspect
 import json
 import math
-import numbers
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
+from samplers import config as cfg
+from samplers import levels as lv
 from samplers import ops, parameterization, schedules
-from samplers.ops.reference import COEFF, NUM_COEFFS
+from samplers.config import CONFIG_NAME, SchedulerConfig
+from samplers.ops.reference import COEFF
+from samplers.plan import ESTIMATE, SAMPLE, Call, Plan, build_plan
 from samplers.schedules import DiscreteVPSchedule, NoiseSchedule
 
-CONFIG_NAME = "scheduler_config.json"
-_GOLDEN_INT64 = 0x9E3779B97F4A7C15 - (1 << 64)  # 2^64 / golden ratio, as a signed int64
+# Sampler kinds shown by `samplers list`, in display order.
+KINDS: tuple[str, ...] = ("ode-single-step", "ode-multistep", "sde", "consistency", "langevin")
 
 
-class SchedulerConfig(dict):
-    """A read-only dict with attribute access (like diffusers' ``FrozenDict``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"scheduler config has no option {name!r}") from None
-
-    def _readonly(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
-
-    __setitem__ = __delitem__ = update = pop = setdefault = clear = popitem = _readonly  # type: ignore[assignment]
-
-    def __deepcopy__(self, memo: dict) -> SchedulerConfig:
-        return SchedulerConfig(copy.deepcopy(dict(self), memo))
-
-    def __reduce__(self) -> Any:
-        return (SchedulerConfig, (dict(self),))
-
-
-@dataclass
 class StepOutput:
-    """Result of one ``step()``: ``prev_sample`` [B, ...] and ``pred_original_sample`` (x0_hat) [B, ...]."""
+    """Result of one ``step()``: ``prev_sample`` [B, ...] and ``pred_original_sample`` (x0_hat) [B, ...].
 
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
+    Samplers whose calls estimate the noise rather than x0 give ``pred_original_sample`` on first
+    access (one small op then; none when nobody reads it).
+    """
+
+    def __init__(
+        self,
+        prev_sample: torch.Tensor,
+        pred_original_sample: torch.Tensor | None = None,
+        x0_from: Callable[[], torch.Tensor] | None = None,
+    ) -> None:
+        self.prev_sample = prev_sample
+        self._x0 = pred_original_sample
+        self._x0_from = x0_from
+
+    @property
+    def pred_original_sample(self) -> torch.Tensor | None:
+        if self._x0 is None and self._x0_from is not None:
+            self._x0, self._x0_from = self._x0_from(), None
+        return self._x0
+
+    @pred_original_sample.setter
+    def pred_original_sample(self, value: torch.Tensor | None) -> None:
+        self._x0, self._x0_from = value, None
 
     def __getitem__(self, index: int) -> torch.Tensor | None:  # diffusers' BaseOutput allows out[0]
         return self.to_tuple()[index]
@@ -79,49 +79,11 @@ class StepOutput:
         return iter(self.to_tuple())
 
     def to_tuple(self) -> tuple:
-        return (
-            (self.prev_sample,) if self.pred_original_sample is None else (self.prev_sample, self.pred_original_sample)
-        )
+        x0 = self.pred_original_sample
+        return (self.prev_sample,) if x0 is None else (self.prev_sample, x0)
 
-
-@dataclass
-class Plan:
-    """What ``set_timesteps`` computes: one entry per model evaluation ("call").
-
-    Attributes:
-        timesteps: [N] model times fed to the model, in call order.
-        rows: [N, NUM_COEFFS] float64 update coefficients per call.
-        input_scale: [N] float64, the model sees ``input_scale * sample``.
-        model_alpha, model_sigma: [N] float64, the schedule at each call in the model's space.
-        store: per call, names of tensors to keep for later calls ("sample", "x0").
-        use: per call, names of kept tensors fed as history0/history1.
-        init_noise_sigma: std of the initial sample.
-    """
-
-    timesteps: torch.Tensor
-    rows: torch.Tensor
-    input_scale: torch.Tensor
-    model_alpha: torch.Tensor
-    model_sigma: torch.Tensor
-    store: list[tuple[str, ...]] = field(default_factory=list)
-    use: list[tuple[str, ...]] = field(default_factory=list)
-    init_noise_sigma: float = 1.0
-
-    def __post_init__(self) -> None:
-        n = len(self.timesteps)
-        if self.rows.shape != (n, NUM_COEFFS):
-            raise ValueError(f"plan rows must be [{n}, {NUM_COEFFS}], got {tuple(self.rows.shape)}")
-        bad = ~torch.isfinite(self.rows[:, [COEFF[k] for k in ("p", "q", "a", "b", "e", "c", "h0", "h1", "w", "div")]])
-        if bool(bad.any()):
-            call = int(bad.any(dim=1).nonzero()[0])
-            raise ValueError(
-                f"non-finite update coefficient at call {call} (timestep {float(self.timesteps[call])}): "
-                f"{dict(zip(COEFF, self.rows[call].tolist(), strict=True))}; the schedule reaches alpha=0 or "
-                "sigma=0 where this prediction type cannot be inverted"
-            )
-        self.store = self.store or [()] * n
-        self.use = self.use or [()] * n
-        self.stochastic_calls = [bool(r != 0) for r in self.rows[:, COEFF["c"]]]
+    def __repr__(self) -> str:
+        return f"StepOutput(prev_sample={tuple(self.prev_sample.shape)}, pred_original_sample=...)"
 
 
 @dataclass
@@ -133,147 +95,68 @@ class SamplerState:
     seeds: torch.Tensor | None = None
 
 
-def coefficient_rows(n: int, **columns: Any) -> torch.Tensor:
-    """[n, NUM_COEFFS] float64 rows; unnamed columns get identity defaults (x0 unclamped, w = 1)."""
-    rows = torch.zeros(n, NUM_COEFFS, dtype=torch.float64)
-    rows[:, COEFF["lim"]] = math.inf
-    rows[:, COEFF["div"]] = 1.0
-    rows[:, COEFF["w"]] = 1.0
-    for name, value in columns.items():
-        rows[:, COEFF[name]] = torch.as_tensor(value, dtype=torch.float64)
-    return rows
-
-
-def eps_form_rows(
-    p: torch.Tensor,
-    q: torch.Tensor,
-    alpha_t: torch.Tensor,
-    sigma_t: torch.Tensor,
-    coef_x0: torch.Tensor,
-    coef_eps: torch.Tensor,
-    coef_noise: torch.Tensor | float = 0.0,
-    eps_from_raw_output: bool = False,
-    clip: float | None = None,
-) -> torch.Tensor:
-    """Rows for ``prev = coef_x0 * x0 + coef_eps * eps + coef_noise * z`` in the working space.
-
-    ``eps = (x - alpha_t x0) / sigma_t`` is taken from the (clipped) x0, or, with
-    ``eps_from_raw_output``, from the unclipped ``p x + q out`` (diffusers' default when clipping
-    without ``use_clipped_model_output``); both are affine in ``(x, x0, out)``.
-    """
-    n = len(p)
-    x0_raw_into_x0 = 0.0 if eps_from_raw_output else 1.0
-    return coefficient_rows(
-        n,
-        p=p,
-        q=q,
-        lim=math.inf if clip is None else clip,
-        a=coef_eps * (1 - (1 - x0_raw_into_x0) * alpha_t * p) / sigma_t,
-        b=coef_x0 - x0_raw_into_x0 * coef_eps * alpha_t / sigma_t,
-        e=-(1 - x0_raw_into_x0) * coef_eps * alpha_t * q / sigma_t,
-        c=coef_noise,
-    )
-
-
-def _config_value(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-# Options every scheduler may take, with the values they accept whatever schedule is configured
-# (so a typo is caught even where the option is unused, e.g. beta_schedule on a continuous schedule).
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "beta_schedule": schedules.BETA_SCHEDULES,
-    "timestep_spacing": schedules.TIMESTEP_SPACINGS,
-}
-_POSITIVE = ("clip_sample_range", "sample_max_value", "num_train_timesteps")
-
-
-def _check_config(cls: type, config: Mapping[str, Any]) -> None:
-    """Types against the ``__init__`` defaults, choices and ranges: errors name the option."""
-    defaults = cls._signature_defaults()
-    for key, value in config.items():
-        default = defaults.get(key, inspect.Parameter.empty)
-        if value is None or default is None or default is inspect.Parameter.empty:
-            continue
-        if isinstance(default, bool):
-            ok = isinstance(value, (bool, np.bool_))
-        elif isinstance(default, int):
-            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        else:
-            continue
-        if not ok:
-            raise TypeError(
-                f"{cls.__name__}: {key} must be {type(default).__name__} (default {default!r}), "
-                f"got {type(value).__name__} {value!r}"
-            )
-    for key, choices in _CHOICES.items():
-        if key in config and config[key] is not None and config[key] not in choices:
-            raise schedules._unknown(key, config[key], choices)
-    for key in _POSITIVE:
-        value = config.get(key)
-        if isinstance(value, (int, float)) and not value > 0:
-            raise ValueError(f"{cls.__name__}: {key} must be > 0, got {value!r}")
-    ratio = config.get("dynamic_thresholding_ratio")
-    if isinstance(ratio, (int, float)) and not 0 < ratio <= 1:
-        raise ValueError(f"{cls.__name__}: dynamic_thresholding_ratio must be in (0, 1], got {ratio!r}")
-
-
 class Scheduler:
-    """Base class of every scheduler (built-in or plugin). Subclasses implement :meth:`_make_plan`.
+    """Base of every scheduler (built-in or plugin).
 
-    Class metadata read by the registry, ``samplers list`` and the benchmark:
-    ``name``, ``family`` ("vp", "ve", "flow" or "any": the schedules it runs on), ``order``,
-    ``nfe_per_step``, ``stochastic``, ``prediction_types``.
+    A subclass gives class metadata, a diffusers-compatible ``__init__`` whose body only validates
+    (the arguments become ``self.config`` before it runs), and :meth:`plan_calls`. Metadata read by
+    the registry, ``samplers list`` and the benchmark: ``name``, ``family`` ("vp", "ve", "flow" or
+    "any": the schedules it runs on), ``kind`` (see :data:`KINDS`), ``order``, ``nfe_per_step``,
+    ``stochastic`` (the sampler *can* draw noise; :attr:`is_stochastic` says whether this
+    configuration does), ``prediction_types`` and ``paper``.
     """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = "any"
+    kind: ClassVar[str] = "ode-single-step"
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
-    # The config under which the scheduler draws noise when that depends on it (e.g. "eta > 0"); empty
-    # when ``stochastic`` says it all. Shown by ``samplers list``.
+    # The config under which the scheduler draws noise when that depends on it (e.g. "eta > 0").
     stochastic_when: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
     prediction_types: ClassVar[tuple[str, ...]] = parameterization.PREDICTION_TYPES
-    supports_per_sample_timesteps: ClassVar[bool] = True
     uses_mu: ClassVar[bool] = False  # whether set_timesteps(mu=...) means something (flow dynamic shifting)
+    # Default timestep_spacing on a discrete table when the config gives none.
+    default_spacing: ClassVar[str] = "leading"
     config_name: ClassVar[str] = CONFIG_NAME
     _compatibles: ClassVar[list] = []  # diffusers pipelines read this
+
+    config: SchedulerConfig
 
     # ---- construction and config --------------------------------------------------------
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Check option types/choices before a subclass __init__ runs its own checks (which may compare
-        # a str with a float): the error then names the option. wraps() keeps the signature visible.
+        """Bind the config once: a subclass ``__init__``'s arguments (defaults applied) become
+        ``self.config`` and are checked by name before its body (which only validates) runs."""
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
         if init is None:
             return
 
         @functools.wraps(init)
-        def checked_init(self: Scheduler, *args: Any, **config: Any) -> None:
-            if type(self) is cls:
-                _check_config(cls, config)
-            init(self, *args, **config)
+        def bound_init(self: Scheduler, *args: Any, **options: Any) -> None:
+            if "config" not in self.__dict__:  # the outermost __init__ of this construction
+                values = cfg.bind_config(cls.__name__, init, args, dict(options))
+                self._setup(values)
+                own = {k: v for k, v in values.items() if k not in cfg.COMMON_OPTIONS or k in options}
+                init(self, **{k: v for k, v in own.items() if k in _parameters(init)})
+            else:
+                init(self, *args, **options)
 
-        cls.__init__ = checked_init  # type: ignore[method-assign]
+        cls.__init__ = bound_init  # type: ignore[method-assign]
 
     def __init__(self, **config: Any) -> None:
-        _check_config(type(self), config)
-        self.config = SchedulerConfig({k: _config_value(v) for k, v in config.items()})
-        prediction_type = config.get("prediction_type", "epsilon")
-        canonical = parameterization.canonical_prediction_type(prediction_type)
+        if "config" not in self.__dict__:
+            self._setup({**cfg.COMMON_OPTIONS, **config})
+
+    def _setup(self, values: Mapping[str, Any]) -> None:
+        cfg.check_config(type(self).__name__, self._signature_defaults(), values)
+        self.config = SchedulerConfig({k: cfg.config_value(v) for k, v in values.items()})
+        canonical = parameterization.canonical_prediction_type(values.get("prediction_type", "epsilon"))
         if canonical not in self.prediction_types:
             raise ValueError(
-                f"{type(self).__name__} does not take prediction_type={prediction_type!r}; "
+                f"{type(self).__name__} does not take prediction_type={values.get('prediction_type')!r}; "
                 f"it takes {self.prediction_types}"
             )
         self.prediction_type = canonical
@@ -288,19 +171,18 @@ class Scheduler:
 
     @classmethod
     def _signature_defaults(cls) -> dict[str, Any]:
-        params = inspect.signature(cls.__init__).parameters
-        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        return {k: p.default for k, p in params.items() if k != "self" and p.kind in kinds}
+        return cfg.signature_defaults(cls.__init__)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None, **changes: Any) -> Scheduler:
         """New scheduler from a config dict (unknown keys are an error unless they start with '_')."""
         merged = {k: v for k, v in dict(config or {}).items() if not k.startswith("_")}
         merged.update(changes)
-        known = cls._signature_defaults()
-        unknown = sorted(set(merged) - set(known))
+        unknown = sorted(set(merged) - set(cls._signature_defaults()))
         if unknown:
-            raise TypeError(f"{cls.__name__} has no config option(s) {unknown}; it takes {sorted(known)}")
+            raise TypeError(
+                f"{cls.__name__} has no config option(s) {unknown}; it takes {sorted(cls._signature_defaults())}"
+            )
         return cls(**merged)
 
     def save_config(self, save_directory: str | os.PathLike, **_: Any) -> Path:
@@ -373,61 +255,127 @@ class Scheduler:
     ) -> None:
         """Choose the sampling grid: a step count, or custom ``timesteps`` or ``sigmas`` (descending).
 
-        ``mu`` is the dynamic time shift of flow schedulers. Resets the run state.
+        ``mu`` is the dynamic time shift of flow schedulers. Resets the run state. The new plan is
+        built aside and swapped in only when it is complete: on an error the scheduler keeps its
+        previous plan and run untouched.
         """
-        given = sum(v is not None for v in (num_inference_steps, timesteps, sigmas))
-        if given == 0:
-            raise ValueError("set_timesteps needs num_inference_steps, timesteps or sigmas")
-        if timesteps is not None and sigmas is not None:
-            raise ValueError("give either timesteps or sigmas, not both")
-        if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         if kwargs:
             raise TypeError(f"set_timesteps got unexpected argument(s) {sorted(kwargs)}")
-        grid_t = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
-        grid_sigma = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
-        for label, grid in (("timesteps", grid_t), ("sigmas", grid_sigma)):
-            if grid is None:
-                continue
-            if not bool(torch.isfinite(grid).all()):
-                raise ValueError(f"custom {label} must be finite, got {grid.tolist()}")
-            if len(grid) == 0 or bool((grid[1:] > grid[:-1]).any()):
-                raise ValueError(f"custom {label} must be a non-empty descending sequence")
-            if num_inference_steps is not None and num_inference_steps != len(grid):
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("give either timesteps or sigmas, not both")
+        if num_inference_steps is None and timesteps is None and sigmas is None:
+            num_inference_steps = self.default_num_inference_steps()
+        if num_inference_steps is not None:
+            lv.check_steps(num_inference_steps)
+        grid_t = None if timesteps is None else lv.custom_grid(timesteps, "timesteps")
+        grid_sigma = None if sigmas is None else lv.custom_grid(sigmas, "sigmas")
+        custom = grid_t if grid_t is not None else grid_sigma
+        if custom is not None and num_inference_steps is not None:
+            count = len(lv.levels_from_sigmas(self.schedule, custom)) if grid_sigma is not None else len(custom)
+            if num_inference_steps != count:
                 raise ValueError(
-                    f"num_inference_steps={num_inference_steps} disagrees with the {len(grid)} custom {label}; "
-                    "give one or the other"
+                    f"num_inference_steps={num_inference_steps} disagrees with the {count} custom "
+                    f"{'timesteps' if grid_t is not None else 'sigmas'}; give one or the other"
                 )
-        if mu is not None and not self.uses_mu:
-            raise ValueError(
-                f"mu (the dynamic time shift) only applies to flow schedulers; {type(self).__name__} does not use it"
-            )
+        if mu is not None:
+            if not self.uses_mu:
+                raise ValueError(
+                    f"mu (the dynamic time shift) only applies to flow schedulers; "
+                    f"{type(self).__name__} does not use it"
+                )
+            if not math.isfinite(float(mu)):
+                raise ValueError(f"mu must be a finite number, got {mu!r}")
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        levels = self.run_levels(num_inference_steps, grid_t, grid_sigma, mu)
         try:
-            plan = self._make_plan(num_inference_steps, grid_t, grid_sigma, mu)
+            plan = self.make_plan(levels, mu)
         except ValueError as exc:
             if "non-finite update coefficient" not in str(exc):
                 raise
             raise ValueError(f"prediction_type={self.prediction_type!r} cannot be used on this grid: {exc}") from exc
+        # Everything above may raise; nothing below does: the swap is all or nothing.
         self.plan = plan
-        self.num_inference_steps = (
-            num_inference_steps
-            if num_inference_steps is not None
-            else len(grid_t if grid_t is not None else grid_sigma)
-        )
+        self.num_inference_steps = num_inference_steps if num_inference_steps is not None else len(levels)
         self._device_cache = {}
         self._begin_index = None
         self._state = SamplerState()
         self._started = False
-        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        self._device = target
 
-    def _make_plan(
-        self,
-        num_inference_steps: int | None,
-        timesteps: torch.Tensor | None,
-        sigmas: torch.Tensor | None,
-        mu: float | None,
-    ) -> Plan:
-        raise NotImplementedError
+    def default_num_inference_steps(self) -> int:
+        """Step count of ``set_timesteps()`` with no grid (diffusers requires one; DDPM uses the table)."""
+        raise ValueError("set_timesteps needs num_inference_steps, timesteps or sigmas")
+
+    def run_levels(
+        self, n: int | None, timesteps: torch.Tensor | None, sigmas: torch.Tensor | None, mu: float | None
+    ) -> lv.Levels:
+        """The levels of the run's calls: custom ``sigmas`` / ``timesteps``, the configured named spacing
+        (``sigma_schedule``, or diffusers' ``use_*_sigmas`` flags), else :meth:`default_levels`."""
+        schedule = self.schedule
+        if sigmas is not None:
+            return self._tagged(lv.levels_at_levels(schedule, lv.levels_from_sigmas(schedule, sigmas)), "sigmas")
+        if timesteps is not None:
+            schedule.check_times(timesteps, "custom timesteps")
+            return self._tagged(self.levels_at_times(timesteps), "timesteps")
+        assert n is not None
+        named = self.named_spacing()
+        if named is not None:
+            name, params = named
+            return self._tagged(lv.named_grid(name, n, schedule, self.named_level_span(n), **params), "named")
+        return self._tagged(self.default_levels(n, mu), "spacing")
+
+    def _tagged(self, levels: lv.Levels, source: str) -> lv.Levels:
+        return dataclasses.replace(levels, source=source)  # how the grid was chosen (stride rules need it)
+
+    def named_spacing(self) -> tuple[str, dict[str, Any]] | None:
+        """``(grid name, params)`` from config ``sigma_schedule`` or diffusers' flags, or None for the default."""
+        name = self.config.get("sigma_schedule")
+        params = dict(self.config.get("sigma_schedule_kwargs") or {})
+        if name is not None:
+            return name, params
+        from samplers import grids
+
+        flagged, params = grids.from_diffusers_flags(self.config)
+        if flagged is None or grids.GRIDS[flagged].space == "flow":
+            return None  # flow shifts are the flow schedulers' own default spacing
+        params = {k: v for k, v in params.items() if k not in ("sigma_min", "sigma_max")}  # in named_level_span
+        if "rho" in grids.GRIDS[flagged].params and self.config.get("rho") is not None:
+            params["rho"] = float(self.config["rho"])
+        return flagged, params
+
+    def named_level_span(self, n: int) -> tuple[float, float]:
+        """``(sigma_min, sigma_max)`` a named spacing spans: config values over the schedule's range."""
+        return lv.level_range(self.schedule, self.config)
+
+    def default_levels(self, n: int, mu: float | None) -> lv.Levels:
+        """The scheduler's own spacing: ``timestep_spacing`` on a discrete table, the schedule's default times else."""
+        return self.levels_at_times(lv.spaced_times(self.schedule, self.config, n, self.default_spacing))
+
+    def levels_at_times(self, t: torch.Tensor) -> lv.Levels:
+        """Levels of calls at model times (sigma-space samplers interpolate the discrete table their way)."""
+        return lv.levels_at_times(self.schedule, t)
+
+    def make_plan(self, levels: lv.Levels, mu: float | None = None) -> Plan:
+        """The plan of a run over ``levels``: :meth:`plan_calls` built by :func:`samplers.plan.build_plan`."""
+        return build_plan(
+            self.plan_calls(levels),
+            self.prediction_type,
+            init_noise_sigma=self.initial_sigma(levels),
+            brownian=self.config.get("noise") == "brownian",
+            sigmas=self.run_sigmas(levels),
+        )
+
+    def plan_calls(self, levels: lv.Levels) -> list[Call]:
+        """The sampler's calls for a run over ``levels`` (the one method a sampler must write)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement plan_calls(levels)")
+
+    def initial_sigma(self, levels: lv.Levels) -> float:
+        """Std of the initial sample ``x_T``: ``sqrt(alpha^2 + sigma^2)`` at the first call (data of unit scale)."""
+        return float((levels.alpha[0] ** 2 + levels.sigma[0] ** 2).sqrt())
+
+    def run_sigmas(self, levels: lv.Levels) -> torch.Tensor:
+        """diffusers' ``scheduler.sigmas``: the sigma-space levels of the run and a final 0 (float32)."""
+        return torch.cat([levels.level, torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
 
     def _require_plan(self) -> Plan:
         if self.plan is None:
@@ -447,8 +395,30 @@ class Scheduler:
         return t.to(torch.float32)
 
     @property
+    def sigmas(self) -> torch.Tensor:
+        plan = self._require_plan()
+        if plan.sigmas is None:
+            raise AttributeError(f"{type(self).__name__} has no sigmas")
+        return plan.sigmas
+
+    @property
     def init_noise_sigma(self) -> float:
         return self._require_plan().init_noise_sigma
+
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether this configuration draws noise (the plan's, or a default-length run's before set_timesteps)."""
+        if self.plan is not None:
+            return self.plan.stochastic
+        probe = type(self).from_config(self.config)
+        probe.set_timesteps(timesteps=None, sigmas=None, num_inference_steps=self._probe_steps())
+        return probe._require_plan().stochastic
+
+    def _probe_steps(self) -> int:
+        try:
+            return self.default_num_inference_steps()
+        except ValueError:
+            return 10
 
     @property
     def step_index(self) -> int | None:
@@ -462,8 +432,13 @@ class Scheduler:
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at this call (img2img pipelines skip the first calls)."""
         plan = self._require_plan()
-        if not 0 <= begin_index < len(plan.timesteps):
-            raise ValueError(f"begin_index must be in [0, {len(plan.timesteps)}), got {begin_index}")
+        if not isinstance(begin_index, int) or not 0 <= begin_index < len(plan.timesteps):
+            raise ValueError(f"begin_index must be an int in [0, {len(plan.timesteps)}), got {begin_index!r}")
+        if plan.use[begin_index]:
+            raise ValueError(
+                f"call {begin_index} continues a step (it needs {plan.use[begin_index]} from earlier calls); "
+                "begin at the first call of a step"
+            )
         self._begin_index = begin_index
         self._state = SamplerState(step_index=begin_index)
         self._started = True
@@ -473,7 +448,7 @@ class Scheduler:
 
     # ---- device caches ----------------------------------------------------------------------
 
-    def _on_device(self, key: tuple, make: Any) -> torch.Tensor:
+    def _on_device(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         value = self._device_cache.get(key)
         if value is None:
             value = make()
@@ -484,15 +459,15 @@ class Scheduler:
         plan = self._require_plan()
         return self._on_device(("rows", device), lambda: plan.rows.to(torch.float32).to(device))
 
-    # ---- index lookup -----------------------------------------------------------------------
+    # ---- which call a step is ---------------------------------------------------------------
 
-    def index_for_timestep(self, timestep: Any) -> int:
-        """Host lookup of a scalar timestep in the plan (first call at or after the begin index)."""
+    def index_for_timestep(self, timestep: Any, start: int | None = None) -> int:
+        """Host lookup of a scalar timestep in the plan (first call at or after ``start`` / the begin index)."""
         plan = self._require_plan()
-        value = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-        hits = (plan.timesteps - value).abs() <= 1e-6 * max(1.0, abs(value))
-        start = self._begin_index or 0
-        candidates = [i for i in hits.nonzero().flatten().tolist() if i >= start]
+        value = _host_float(timestep, "timestep")
+        hits = (plan.timesteps - value).abs() <= 1e-4 * max(1.0, abs(value))
+        first = self._begin_index or 0 if start is None else start
+        candidates = [i for i in hits.nonzero().flatten().tolist() if i >= first]
         if not candidates:
             raise ValueError(
                 f"timestep {value:g} is not in this scheduler's timesteps "
@@ -501,32 +476,46 @@ class Scheduler:
         return candidates[0]
 
     def _resolve_call(self, state: SamplerState, timestep: Any) -> int:
-        """The plan index for this step: the state's counter, checked against a host timestep."""
+        """The plan index of a scalar-timestep step.
+
+        Memoryless plans (no call uses an earlier one's tensors, timesteps unique) resolve the call
+        from a host timestep, so steps may repeat, skip or go back as with diffusers' DDPM/DDIM. Other
+        plans step in order: the state's counter, checked against a host timestep.
+        """
         plan = self._require_plan()
+        on_host = not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
+        if on_host and self._memoryless(plan):
+            return self.index_for_timestep(timestep, start=0)
         index = state.step_index
         if index >= len(plan.timesteps):
             raise IndexError(
                 f"step() called {index + 1} times but the plan has {len(plan.timesteps)} calls; "
-                "call set_timesteps again to start a new run"
+                "call set_timesteps again (or set_begin_index) to start a new run"
             )
-        on_host = not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
         if on_host:
             expected = float(plan.timesteps[index])
-            value = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
+            value = _host_float(timestep, "timestep")
             if abs(value - expected) > 1e-4 * max(1.0, abs(expected)):
                 if index == (self._begin_index or 0) and not state.kept:
                     return self.index_for_timestep(value)  # a pipeline may start mid-schedule
                 raise ValueError(
-                    f"timestep {value:g} is not the next one in the schedule: expected {expected:g} "
-                    f"at step_index {index}"
+                    f"timestep {value:g} is not the next one in the schedule: expected {expected:g} at step_index "
+                    f"{index}. {type(self).__name__} carries state from call to call (history or repeated levels), "
+                    "so its calls must come in order; call set_timesteps (or set_begin_index) to start over"
                 )
         return index
 
+    def _memoryless(self, plan: Plan) -> bool:
+        return plan.memoryless and len(set(plan.timesteps.tolist())) == len(plan.timesteps)
+
     def _per_sample_indices(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """Device lookup of per-sample timesteps [B] -> plan indices [B] (no sync; exact match assumed)."""
+        """Device lookup of per-sample timesteps [B] -> plan indices [B] (no sync; exact match checked)."""
         plan = self._require_plan()
-        if not self.supports_per_sample_timesteps:
-            raise ValueError(f"{type(self).__name__} keeps per-run history and cannot take per-sample timesteps")
+        if not self._memoryless(plan):
+            raise ValueError(
+                f"{type(self).__name__} carries state from call to call (history or repeated levels) and cannot "
+                "take per-sample timesteps"
+            )
         if timestep.shape != (sample.shape[0],):
             raise ValueError(
                 f"per-sample timestep must have shape [batch={sample.shape[0]}], got {tuple(timestep.shape)}"
@@ -537,9 +526,9 @@ class Scheduler:
         best, indices = gap.min(dim=1)
         tolerance = 1e-4 * times.abs().clamp(min=1.0)[indices]
         if timestep.device.type == "cpu":
-            off = (best > tolerance).nonzero()  # host tensors: checking costs no device sync
-            if len(off):
-                i = int(off[0])
+            off = ~(best <= tolerance)  # NaN is off the plan too
+            if bool(off.any()):
+                i = int(off.nonzero()[0])
                 raise ValueError(
                     f"per-sample timestep[{i}]={float(timestep[i]):g} is not in this scheduler's timesteps "
                     f"(first {plan.timesteps[:4].tolist()}..., {len(plan.timesteps)} in all)"
@@ -551,11 +540,11 @@ class Scheduler:
     # ---- model-input scaling and noising ----------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        """The model sees ``input_scale * sample`` (1 for VP-space samplers, alpha for sigma-space ones)."""
+        """The model sees ``input_scale * sample`` (1 for model-space samplers, alpha for sigma-space ones)."""
         plan = self._require_plan()
         if bool((plan.input_scale == 1).all()):
             return sample
-        if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() == sample.shape[0] > 1:
+        if _is_per_sample(timestep):
             scale = self._on_device(("in_scale", sample.device), lambda: plan.input_scale.to(sample.device))
             s = scale[self._per_sample_indices(timestep, sample)].to(sample.dtype)
             return sample * s.view(-1, *([1] * (sample.dim() - 1)))
@@ -564,15 +553,19 @@ class Scheduler:
             index = self._resolve_call(self._state, timestep)
         return sample * float(plan.input_scale[min(index, len(plan.timesteps) - 1)])
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """Forward-noise ``x0`` to ``timesteps`` in this scheduler's working space (shape [B, ...])."""
         if original_samples.shape != noise.shape:
             raise ValueError(
                 f"noise shape {tuple(noise.shape)} must equal original_samples shape {tuple(original_samples.shape)}"
             )
         t = torch.as_tensor(timesteps, device=original_samples.device)
-        if t.dim() == 0:
-            t = t.expand(original_samples.shape[0])
+        if t.numel() == 1:  # one timestep for the batch (pipelines pass [1] too)
+            t = t.reshape(()).expand(original_samples.shape[0])
+        if t.shape != (original_samples.shape[0],):
+            raise ValueError(
+                f"timesteps must be a scalar or [batch={original_samples.shape[0]}], got {tuple(t.shape)}"
+            )
         alpha, sigma = self.working_alpha_sigma(t)
         view = (-1,) + (1,) * (original_samples.dim() - 1)
         alpha = alpha.to(original_samples.dtype).view(view)
@@ -584,7 +577,9 @@ class Scheduler:
         if isinstance(self.schedule, DiscreteVPSchedule) and not t.is_floating_point():
             abar = self._on_device(("abar", t.device), lambda: self.schedule.alphas_cumprod.to(t.device))[t]
             return abar.sqrt(), (1 - abar).sqrt()
-        alpha, sigma = self.schedule.alpha_sigma(t.cpu())
+        host = t.detach().cpu().to(torch.float64)
+        self.schedule.check_times(host, "add_noise timesteps")
+        alpha, sigma = self.schedule.alpha_sigma(host)
         return alpha.to(t.device), sigma.to(t.device)
 
     # ---- stepping ---------------------------------------------------------------------------
@@ -670,93 +665,108 @@ class Scheduler:
         check_finite: bool = False,
         **kwargs: Any,
     ) -> tuple[StepOutput, SamplerState]:
-        """Stateless step: returns the output and the next state; ``state`` itself is not modified."""
+        """Stateless step: returns the output and the next state; ``state`` itself is not modified.
+
+        Phases: check the inputs; find the call's row(s) (a plan lookup, or a per-sample gather);
+        apply guidance; find the noise (explicit, or the run's seeds); gather the history; let the
+        sampler adjust data-dependent coefficients; run the fused op; keep what later calls need.
+        """
         plan = self._require_plan()
         overrides = self._step_overrides(**kwargs)
         model_output = self._prepare_model_output(model_output, sample)
-        if uncond is not None and uncond.shape != model_output.shape:
-            raise ValueError(f"uncond has shape {tuple(uncond.shape)}; model_output has {tuple(model_output.shape)}")
-        if check_finite:
-            for label, t in (("model_output", model_output), ("uncond", uncond)):
-                if t is not None and not bool(torch.isfinite(t).all()):
-                    raise FloatingPointError(f"{label} contains NaN or Inf (check_finite=True)")
-
-        per_sample = isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() > 1
-        rows_dev = self._rows_on(sample.device)
-        if per_sample:
-            indices = self._per_sample_indices(timestep, sample)
-            coeffs = rows_dev[indices]
-            index, row = None, None
-        else:
-            index = self._resolve_call(state, timestep)
-            row = self._row_for_call(index, overrides)
-            coeffs = (
-                rows_dev[index : index + 1] if row is None else row.to(torch.float32).view(1, -1).to(sample.device)
-            )
-        if guidance_scale is not None:
-            if uncond is None:
-                raise ValueError("guidance_scale needs uncond (the unconditional model output)")
-            if not math.isfinite(float(guidance_scale)):
-                raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-            coeffs = coeffs.clone()
-            coeffs[:, COEFF["w"]] = float(guidance_scale)
-
-        if per_sample:
-            stochastic = True
-        elif row is not None:
-            stochastic = bool(row[COEFF["c"]] != 0)
-        else:
-            stochastic = plan.stochastic_calls[index]  # type: ignore[index]
+        self._check_step_inputs(model_output, sample, uncond, noise, check_finite)
+        index, indices, coeffs, stochastic = self._call_rows(state, timestep, sample, overrides)
+        coeffs = _with_guidance(coeffs, uncond, guidance_scale)
         run_seeds = state.seeds
-        stream = 0 if index is None else index
         if stochastic and noise is None:
             run_seeds, state = self.resolve_seeds(state, seeds, generator, sample)
-            if index is None:
-                # per-sample calls: fold each sample's call index into its key (int64 arithmetic wraps)
-                run_seeds = run_seeds + indices * _GOLDEN_INT64
         kept = dict(state.kept)
-        history = [kept.get(name) for name in (plan.use[index] if index is not None else ())]
-        if index is not None and any(h is None for h in history):
-            raise RuntimeError(
-                f"call {index} needs {plan.use[index]} from an earlier call of this run; "
-                "step through the calls in order"
-            )
-        coeffs = self._adjust_coeffs(coeffs, sample, model_output, uncond, index, state)
-        prev, x0 = ops.sampler_update(
+        history = self._history(plan, index, kept)
+        coeffs = self._adjust_coeffs(coeffs, sample, model_output, uncond, index, state, noise)
+        prev, estimate = ops.sampler_update(
             sample,
             model_output,
             coeffs,
             uncond=uncond,
             noise=noise if stochastic else None,
             seeds=run_seeds if (stochastic and noise is None) else None,
-            noise_stream=stream,
-            history0=history[0] if len(history) > 0 else None,
-            history1=history[1] if len(history) > 1 else None,
+            history=history,
+            brownian=self.config.get("noise") == "brownian",
             backend=backend,
         )
-        if index is not None:
-            for name in plan.store[index]:
-                kept[name] = {"sample": sample, "x0": x0}[name]
-            for name in plan.use[index]:
-                if name not in plan.store[index]:
-                    kept.pop(name, None)
-        next_state = SamplerState(
-            # index + 1, not step_index + 1: a run that starts mid-schedule resolved index from the timestep
-            step_index=index + 1 if index is not None else state.step_index,
-            kept=kept,
-            seeds=run_seeds if index is not None else state.seeds,
-        )
-        return StepOutput(prev, x0), next_state
+        output = self._output(plan, index, sample, prev, estimate)
+        if index is None:  # per-sample calls are memoryless: the state does not move
+            return output, state
+        for name in plan.drop[index]:
+            kept.pop(name, None)
+        for name, what in plan.keep[index]:
+            kept[name] = sample if what == SAMPLE else estimate
+        next_state = SamplerState(step_index=index + 1, kept=kept, seeds=run_seeds)
+        return output, next_state
+
+    def _check_step_inputs(
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        uncond: torch.Tensor | None,
+        noise: torch.Tensor | None,
+        check_finite: bool,
+    ) -> None:
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"sample must be a torch.Tensor, got {type(sample).__name__}")
+        if uncond is not None and uncond.shape != model_output.shape:
+            raise ValueError(f"uncond has shape {tuple(uncond.shape)}; model_output has {tuple(model_output.shape)}")
+        if check_finite:
+            for label, t in (("model_output", model_output), ("uncond", uncond), ("noise", noise)):
+                if t is not None and not bool(torch.isfinite(t).all()):
+                    raise FloatingPointError(f"{label} contains NaN or Inf (check_finite=True)")
+
+    def _call_rows(
+        self, state: SamplerState, timestep: Any, sample: torch.Tensor, overrides: dict[str, Any]
+    ) -> tuple[int | None, torch.Tensor | None, torch.Tensor, bool]:
+        """``(index, per-sample indices, coeffs [1 or B, NUM_COEFFS] float32, whether noise is drawn)``."""
+        plan = self._require_plan()
+        rows_dev = self._rows_on(sample.device)
+        if _is_per_sample(timestep):
+            indices = self._per_sample_indices(timestep, sample)
+            return None, indices, rows_dev[indices], plan.stochastic
+        index = self._resolve_call(state, timestep)
+        row = self._row_for_call(index, overrides)
+        if row is None:
+            return index, None, rows_dev[index : index + 1], plan.stochastic_calls[index]
+        coeffs = row.to(torch.float32).view(1, -1).to(sample.device)
+        return index, None, coeffs, bool(row[COEFF["c"]] != 0)
+
+    def _history(self, plan: Plan, index: int | None, kept: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        if index is None:
+            return []
+        missing = [name for name in plan.use[index] if name not in kept]
+        if missing:
+            raise RuntimeError(
+                f"call {index} needs {list(plan.use[index])} from earlier calls of this run (missing {missing}); "
+                "step through the calls in order from the start of a step"
+            )
+        return [kept[name] for name in plan.use[index]]
+
+    def _output(
+        self, plan: Plan, index: int | None, sample: torch.Tensor, prev: torch.Tensor, estimate: torch.Tensor
+    ) -> StepOutput:
+        convert = plan.x0_from_estimate[index] if index is not None else None
+        if convert is None:
+            return StepOutput(prev, estimate)
+        fx, fe = convert
+        return StepOutput(prev, x0_from=lambda: (fx * sample.float() + fe * estimate.float()).to(sample.dtype))
 
     def resolve_seeds(
         self, state: SamplerState, seeds: torch.Tensor | None, generator: torch.Generator | None, sample: torch.Tensor
     ) -> tuple[torch.Tensor, SamplerState]:
         """Per-sample Philox keys [B] for this run: explicit ``seeds``, the run's, or one draw from ``generator``."""
         if seeds is not None:
-            if seeds.dtype != torch.int64 or seeds.shape != (sample.shape[0],):
-                raise ValueError(
-                    f"seeds must be int64 of shape [{sample.shape[0]}], got {seeds.dtype} {tuple(seeds.shape)}"
+            if not isinstance(seeds, torch.Tensor) or seeds.dtype != torch.int64 or seeds.shape != (sample.shape[0],):
+                got = (
+                    f"{seeds.dtype} {tuple(seeds.shape)}" if isinstance(seeds, torch.Tensor) else type(seeds).__name__
                 )
+                raise ValueError(f"seeds must be an int64 tensor of shape [{sample.shape[0]}], got {got}")
             return seeds.to(sample.device), state
         if state.seeds is not None and state.seeds.shape[0] == sample.shape[0] and state.seeds.device == sample.device:
             return state.seeds, state
@@ -778,8 +788,13 @@ class Scheduler:
         uncond: torch.Tensor | None,
         index: int | None,
         state: SamplerState,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hook for data-dependent coefficients (dynamic thresholding, Langevin step sizes)."""
+        """Hook for data-dependent coefficients (dynamic thresholding, Langevin step sizes).
+
+        ``coeffs`` already carry the guidance weight in column ``w``; ``noise`` is the explicit noise of
+        the call when there is one.
+        """
         return coeffs
 
     # ---- metadata ---------------------------------------------------------------------------
@@ -790,54 +805,59 @@ class Scheduler:
             "name": cls.name,
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "family": cls.family,
+            "kind": cls.kind,
             "order": cls.order,
             "nfe_per_step": cls.nfe_per_step,
             "stochastic": cls.stochastic,
             "stochastic_when": cls.stochastic_when,
+            "paper": cls.paper,
             "prediction_types": list(cls.prediction_types),
         }
 
 
-def model_space_x0_coefficients(
-    prediction_type: str, model_alpha: torch.Tensor, model_sigma: torch.Tensor, input_scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(p, q)`` for ``x0 = p * sample + q * out`` when the model saw ``input_scale * sample``."""
-    p, q = parameterization.x0_coefficients(prediction_type, model_alpha, model_sigma)
-    return torch.as_tensor(p, dtype=torch.float64) * input_scale, torch.as_tensor(
-        q, dtype=torch.float64
-    ) + 0 * input_scale
+def _parameters(init: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(init).parameters) - {"self"}
 
 
-def init_args(local_vars: dict[str, Any]) -> dict[str, Any]:
-    """A subclass ``__init__``'s arguments, for ``super().__init__(**init_args(locals()))``."""
-    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+def _is_per_sample(timestep: Any) -> bool:
+    """A [B] tensor with B > 1 is one timestep per sample; a [B, 1] tensor is refused with a hint."""
+    if not isinstance(timestep, torch.Tensor):
+        return False
+    if timestep.dim() > 1:
+        raise ValueError(
+            f"timestep must be a scalar or a [batch] tensor, got shape {tuple(timestep.shape)}; flatten it first"
+        )
+    return timestep.dim() == 1 and timestep.numel() > 1
 
 
-def dynamic_threshold_coeffs(
-    coeffs: torch.Tensor,
-    sample: torch.Tensor,
-    model_output: torch.Tensor,
-    uncond: torch.Tensor | None,
-    ratio: float,
-    max_value: float,
-) -> torch.Tensor:
-    """Per-sample rows that clamp x0 to ``[-s, s]`` and divide by ``s`` (Imagen's dynamic thresholding).
+def _host_float(timestep: Any, what: str) -> float:
+    if isinstance(timestep, torch.Tensor):
+        if timestep.numel() != 1:
+            raise ValueError(f"{what} must be a single value here, got shape {tuple(timestep.shape)}")
+        value = float(timestep.reshape(()).item())
+    else:
+        try:
+            value = float(timestep)
+        except (TypeError, ValueError):
+            raise TypeError(f"{what} must be a number or a tensor, got {type(timestep).__name__}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    return value
 
-    ``s = clamp(quantile(|x0|, ratio), 1, max_value)`` per sample (Saharia et al. 2022, sec. 2.3); x0 is
-    computed once here on the device (a reduction the single-pass update cannot do), no host sync.
-    """
-    batch = sample.shape[0]
-    view = (-1,) + (1,) * (sample.dim() - 1)
 
-    def col(name: str) -> torch.Tensor:
-        return coeffs[:, COEFF[name]].view(view)
+def _with_guidance(coeffs: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:
+    """Rows with the guidance weight ``w`` set (needs ``uncond``; a scale without it is an error)."""
+    if guidance_scale is None:
+        return coeffs
+    if uncond is None:
+        raise ValueError("guidance_scale needs uncond (the unconditional model output)")
+    if isinstance(guidance_scale, bool) or not math.isfinite(float(guidance_scale)):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    coeffs = coeffs.clone()
+    coeffs[:, COEFF["w"]] = float(guidance_scale)
+    return coeffs
 
-    out = model_output.float()
-    if uncond is not None:
-        out = uncond.float() + col("w") * (out - uncond.float())
-    x0 = col("p") * sample.float() + col("q") * out
-    s = torch.quantile(x0.abs().reshape(batch, -1), ratio, dim=1).clamp(1.0, max_value)
-    rows = coeffs.expand(batch, -1).clone()
-    rows[:, COEFF["lim"]] = s
-    rows[:, COEFF["div"]] = s
-    return rows
+
+__all__ = ["ESTIMATE", "KINDS", "SAMPLE", "SamplerState", "Scheduler", "StepOutput"]

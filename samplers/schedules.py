@@ -16,7 +16,6 @@ Host-side coefficient math is float64 on the CPU: tables are built once per
 
 from __future__ import annotations
 
-import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -25,17 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from samplers import errors
+
 Scalar = float | torch.Tensor
 F64 = torch.float64
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
-
-
-def _unknown(kind: str, value: str, choices: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(str(value), list(choices), n=3)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return ValueError(f"unknown {kind} {value!r}: expected one of {tuple(choices)}{hint}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +71,7 @@ def make_betas(
         return torch.clamp(1 - abar[1:] / abar[:-1], max=max_beta)
     if beta_schedule == "sigmoid":
         return torch.sigmoid(torch.linspace(-6, 6, n, dtype=F64)) * (beta_end - beta_start) + beta_start
-    raise _unknown("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    raise errors.unknown("beta_schedule", beta_schedule, BETA_SCHEDULES)
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
@@ -200,6 +195,54 @@ class NoiseSchedule(ABC):
         alpha, sigma = self.alpha_sigma(torch.as_tensor(t, dtype=F64))
         return sigma / alpha
 
+    # ---- levels: the sigma-space view every sampler shares --------------------------------------
+
+    def time_domain(self) -> tuple[float, float]:
+        """The closed interval of model times this schedule is defined on (``t`` in [0, 1] by default)."""
+        return 0.0, 1.0
+
+    def check_times(self, t: torch.Tensor, what: str = "timesteps") -> None:
+        """Raise ``ValueError`` naming ``what`` if any time is non-finite or outside :meth:`time_domain`."""
+        t = torch.as_tensor(t, dtype=F64)
+        lo, hi = self.time_domain()
+        bad = ~torch.isfinite(t) | (t < lo) | (t > hi)
+        if bool(bad.any()):
+            values = t[bad][:4].tolist()
+            raise ValueError(
+                f"{what} must lie in [{lo:g}, {hi:g}], the domain of the {type(self).__name__}; got {values} "
+                f"(of {t.tolist()[:8]}{'...' if t.numel() > 8 else ''})"
+            )
+
+    def alpha_sigma_at_level(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space ``(alpha, sigma)`` at sigma-space levels ``level = sigma / alpha``, exact per family.
+
+        VP: ``alpha = 1 / sqrt(1 + level^2)``; rectified flow: ``alpha = 1 / (1 + level)``; VE: ``alpha = 1``.
+        """
+        level = torch.as_tensor(level, dtype=F64)
+        if self.family == "vp":
+            alpha = torch.rsqrt(1 + level**2)
+        elif self.family == "flow":
+            alpha = 1 / (1 + level)
+        else:
+            alpha = torch.ones_like(level)
+        return alpha, level * alpha
+
+    def time_at_level(self, level: torch.Tensor) -> torch.Tensor:
+        """Model times at which ``ve_sigma`` equals ``level`` [N] (monotone inverse by bisection on the domain).
+
+        Subclasses with a closed form override this; 80 halvings reach float64 resolution on any domain in use.
+        """
+        level = torch.as_tensor(level, dtype=F64)
+        lo_t, hi_t = self.time_domain()
+        lo = torch.full_like(level, lo_t)
+        hi = torch.full_like(level, hi_t if math.isfinite(hi_t) else 1e6)
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            above = self.ve_sigma(mid) > level
+            hi = torch.where(above, mid, hi)
+            lo = torch.where(above, lo, mid)
+        return (lo + hi) / 2
+
 
 class DiscreteVPSchedule(NoiseSchedule):
     """DDPM's discrete schedule over integer timesteps ``0 .. T-1`` (``t = 0`` least noisy).
@@ -253,6 +296,12 @@ class DiscreteVPSchedule(NoiseSchedule):
     @property
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
+
+    def time_domain(self) -> tuple[float, float]:
+        return 0.0, float(self.num_train_timesteps - 1)
+
+    def time_at_level(self, level: torch.Tensor) -> torch.Tensor:
+        return self.t_from_sigma(level)
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t)
@@ -340,6 +389,10 @@ class VESchedule(NoiseSchedule):
         sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
         return torch.ones_like(sigma), sigma
 
+    def time_at_level(self, level: torch.Tensor) -> torch.Tensor:
+        level = torch.as_tensor(level, dtype=F64)
+        return torch.log(level / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
 
 class EDMSchedule(NoiseSchedule):
     """EDM (Karras et al. 2022): ``alpha = 1`` and ``sigma(t) = t`` (Table 1), so model time is sigma."""
@@ -356,6 +409,12 @@ class EDMSchedule(NoiseSchedule):
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = torch.as_tensor(t, dtype=F64)
         return torch.ones_like(sigma), sigma
+
+    def time_domain(self) -> tuple[float, float]:
+        return 0.0, math.inf  # model time is sigma itself
+
+    def time_at_level(self, level: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(level, dtype=F64).clone()
 
 
 class RectifiedFlowSchedule(NoiseSchedule):
@@ -377,6 +436,13 @@ class RectifiedFlowSchedule(NoiseSchedule):
         t = torch.as_tensor(t, dtype=F64) / self.timestep_scale
         return 1 - t, t
 
+    def time_domain(self) -> tuple[float, float]:
+        return 0.0, float(self.timestep_scale)
+
+    def time_at_level(self, level: torch.Tensor) -> torch.Tensor:
+        level = torch.as_tensor(level, dtype=F64)  # level = t / (1 - t)  =>  t = level / (1 + level)
+        return level / (1 + level) * self.timestep_scale
+
 
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
     "vp_cosine": VPCosineSchedule,
@@ -396,7 +462,7 @@ def get_schedule(name: str, **kwargs: float) -> NoiseSchedule:
 
         table = registry().schedules()
     if name not in table:
-        raise _unknown("schedule", name, table)
+        raise errors.unknown("schedule", name, table)
     return table[name](**kwargs)
 
 
@@ -452,7 +518,7 @@ def spaced_timesteps(
     elif spacing == "linspace":
         steps = np.linspace(0, t_count - 1, n).round()[::-1].astype(np.int64)
     else:
-        raise _unknown("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+        raise errors.unknown("timestep_spacing", spacing, TIMESTEP_SPACINGS)
     return torch.from_numpy(steps.copy())
 
 

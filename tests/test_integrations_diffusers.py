@@ -264,7 +264,7 @@ def test_fifty_step_parity_with_diffusers(class_name, config, run_kwargs, monkey
     assert native.dtype == wrapped.dtype == torch.float32
     assert float((native - expected).abs().max()) < 1e-5
     assert float((wrapped - expected).abs().max()) < 1e-5
-    if ours.stochastic and step_kwargs.get("eta", 1.0) > 0:
+    if ours.is_stochastic and step_kwargs.get("eta", 1.0) > 0:
         assert drawn, "a stochastic run should have drawn noise"
 
 

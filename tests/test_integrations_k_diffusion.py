@@ -384,7 +384,7 @@ def test_sample_scheduler_runs_stochastic_plugins_style_schedulers() -> None:
     sigmas = kd.get_sigmas_exponential(6, 0.05, 10.0)
     x = start(sigmas, batch=64)
     noise = FixedNoise(x.shape, count=64)
-    options = dict(disable=True, steps_per_level=3, step_size=0.05)
+    options = dict(disable=True, steps_per_level=3, step_ratio=0.5)
     out = kd.sample_scheduler(exact_denoiser, x, sigmas, "langevin", noise_sampler=noise, **options)
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     assert len(noise.calls) == 6 * 3 - 1  # every Langevin call but the final denoise draws noise

@@ -58,7 +58,8 @@ TIMESTEP_CUSTOM = (
     "langevin",
     "predictor_corrector",
 )
-SIGMA_CUSTOM = ("euler", "euler_ancestral", "heun", "langevin", "predictor_corrector", "flow_euler")
+# Every scheduler takes custom sigma-space levels (flow_euler: flow times, diffusers' FlowMatch convention).
+SIGMA_CUSTOM = BUILTINS
 
 
 def make(name: str, **config) -> samplers.Scheduler:
@@ -320,12 +321,6 @@ def test_custom_sigmas_reproduce_the_default_grid(name):
     torch.testing.assert_close(c.plan.model_sigma / c.plan.model_alpha, s.plan.model_sigma / s.plan.model_alpha)
 
 
-@pytest.mark.parametrize("name", ("ddpm", "ddim", "posterior"))
-def test_timestep_only_schedulers_reject_sigmas(name):
-    with pytest.raises(ValueError, match="sigmas"):
-        make(name).set_timesteps(sigmas=[1.0, 0.5])
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_step_index_and_begin_index(name, oracle):
     s = make(name)
@@ -483,7 +478,7 @@ def test_determinism_with_generator_and_seeds(name, oracle):
     assert torch.equal(s1, s2)
     assert torch.equal(s1, s3) != noisy
     if noisy:
-        assert make(name).stochastic or getattr(s, "stochastic", False)
+        assert make(name).stochastic
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -592,6 +587,11 @@ def test_step_before_set_timesteps_and_past_the_end(name):
     calls = len(s.timesteps)
     for t in s.timesteps:
         x = s.step(torch.zeros_like(x), t, x, noise=torch.zeros_like(x)).prev_sample
+    if s.plan.memoryless and len(set(s.plan.timesteps.tolist())) == calls:
+        # a function of t, as diffusers' DDPM/DDIM/FlowMatch steps are: the last step may run again
+        again = s.step(torch.zeros_like(x), s.timesteps[-1], x, noise=torch.zeros_like(x)).prev_sample
+        assert torch.isfinite(again).all()
+        return
     with pytest.raises(IndexError, match=rf"{calls} calls"):
         s.step(torch.zeros_like(x), s.timesteps[-1], x)
 

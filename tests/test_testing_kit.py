@@ -149,8 +149,8 @@ class LoudDDPM(DDPMScheduler):
 
     name = "loud_ddpm"
 
-    def _make_plan(self, *args):
-        plan = super()._make_plan(*args)
+    def make_plan(self, *args):
+        plan = super().make_plan(*args)
         plan.rows[:, COEFF["c"]] *= 1.5
         return plan
 
@@ -160,8 +160,8 @@ class BlindEuler(EulerDiscreteScheduler):
 
     name = "blind_euler"
 
-    def _make_plan(self, *args):
-        plan = super()._make_plan(*args)
+    def make_plan(self, *args):
+        plan = super().make_plan(*args)
         plan.rows[:, COEFF["a"]] = 1.0
         plan.rows[:, COEFF["b"]] = 0.0
         return plan

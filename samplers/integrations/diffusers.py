@@ -67,7 +67,7 @@ from samplers.schedulers import (
     FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
 )
-from samplers.schedulers._sigma import SigmaSpaceScheduler
+from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 __all__ = [
     "NOISE_MODES",
@@ -269,7 +269,9 @@ SUPPORTED_CLASSES: dict[str, type[Scheduler]] = dict(_OURS)
 
 # Our options that diffusers' class has no name for, at the value that behaves as diffusers does
 # (``samplers_config_to_diffusers`` refuses any other value). Callables get our config.
-_DISCRETE = {"schedule": "discrete", "schedule_kwargs": None}
+# Options every samplers scheduler has; diffusers' classes express only their defaults.
+_COMMON = {"sigma_schedule": None, "sigma_schedule_kwargs": None, "noise": "philox"}
+_DISCRETE = {**_COMMON, "schedule": "discrete", "schedule_kwargs": None}
 _SIGMA_DEFAULTS = {"interpolation_type": "linear", "use_karras_sigmas": False, "sigma_min": None, "sigma_max": None}
 _OURS_ONLY: dict[str, dict[str, Any]] = {
     "DDPMScheduler": dict(_DISCRETE),
@@ -288,9 +290,10 @@ _OURS_ONLY: dict[str, dict[str, Any]] = {
         "s_noise": 1.0,
     },
     "FlowMatchEulerDiscreteScheduler": {
+        **_COMMON,
         "prediction_type": "flow",
         "schedule": "flow",
-        "schedule_kwargs": lambda c: {"timestep_scale": float(c["num_train_timesteps"])},
+        "schedule_kwargs": None,
     },
 }
 

@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from tqdm.auto import trange
 
 from samplers import parameterization, schedules
-from samplers.protocol import SamplerState, Scheduler, model_space_x0_coefficients
+from samplers.levels import level_range
+from samplers.plan import estimate_coefficients
+from samplers.protocol import SamplerState, Scheduler
 from samplers.registry import get as get_scheduler
-from samplers.schedulers._grid import sigma_range, times_for_sigmas
 from samplers.schedules import DiscreteVPSchedule, NoiseSchedule, RectifiedFlowSchedule
 
 F64 = torch.float64
@@ -121,11 +121,6 @@ def get_sigmas_vp(
 # --------------------------------------------------------------------------------------------
 
 
-def _on(schedule: NoiseSchedule) -> Any:
-    """What ``samplers.schedulers._grid``'s helpers read from a scheduler (its schedule and config)."""
-    return SimpleNamespace(schedule=schedule, config={})
-
-
 class Denoiser(torch.nn.Module):
     """``D(x, sigma)``: a network trained on ``schedule`` with ``prediction_type``, read as x0_hat.
 
@@ -161,16 +156,16 @@ class Denoiser(torch.nn.Module):
     @property
     def sigma_min(self) -> float:
         """Smallest sigma-space level the training schedule reaches."""
-        return sigma_range(_on(self.schedule))[0]
+        return level_range(self.schedule, {})[0]
 
     @property
     def sigma_max(self) -> float:
         """Largest sigma-space level the training schedule reaches."""
-        return sigma_range(_on(self.schedule))[1]
+        return level_range(self.schedule, {})[1]
 
     def sigma_to_t(self, sigma: torch.Tensor, quantize: bool | None = None) -> torch.Tensor:
         """Model times [B] (host) for sigma-space levels [B]: float64, or int64 nearest timesteps when quantizing."""
-        t = times_for_sigmas(_on(self.schedule), torch.as_tensor(sigma).detach().to("cpu", F64).reshape(-1))
+        t = self.schedule.time_at_level(torch.as_tensor(sigma).detach().to("cpu", F64).reshape(-1))
         return t.round().long() if (self.quantize if quantize is None else quantize) else t
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
@@ -191,7 +186,7 @@ class Denoiser(torch.nn.Module):
             raise ValueError(f"sigma must be a scalar or have shape [batch={batch}], got {tuple(sigma.shape)}")
         t = self.sigma_to_t(sigma, quantize=False)
         alpha, sigma_model = self.schedule.alpha_sigma(t)  # model space at the exact (unquantized) level
-        p, q = model_space_x0_coefficients(self.prediction_type, alpha, sigma_model, alpha)
+        p, q = estimate_coefficients(self.prediction_type, alpha, sigma_model, alpha)
         view = (batch,) + (1,) * (x.dim() - 1)
         col = lambda v: v.to(device=x.device, dtype=x.dtype).view(view)  # noqa: E731
         # float32 times at least: a half-precision t (up to 999) would lose the fraction.

@@ -10,6 +10,7 @@ from samplers.schedulers.heun import HeunDiscreteScheduler
 from samplers.schedulers.langevin import AnnealedLangevinScheduler
 from samplers.schedulers.posterior import PosteriorSamplingScheduler
 from samplers.schedulers.predictor_corrector import PredictorCorrectorScheduler
+from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 BUILTIN_SCHEDULERS = [
     DDPMScheduler,
@@ -29,4 +30,4 @@ def samplers_register_schedulers() -> list[type]:
     return list(BUILTIN_SCHEDULERS)
 
 
-__all__ = [cls.__name__ for cls in BUILTIN_SCHEDULERS] + ["BUILTIN_SCHEDULERS"]
+__all__ = [cls.__name__ for cls in BUILTIN_SCHEDULERS] + ["BUILTIN_SCHEDULERS", "SigmaSpaceScheduler"]

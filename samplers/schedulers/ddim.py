@@ -13,26 +13,22 @@ from typing import Any
 
 import torch
 
+from samplers import levels as lv
 from samplers import schedules
-from samplers.protocol import (
-    Plan,
-    Scheduler,
-    dynamic_threshold_coeffs,
-    eps_form_rows,
-    init_args,
-    model_space_x0_coefficients,
-)
-from samplers.schedulers._grid import chain_alpha_sigma, model_times, previous_times
+from samplers.ops.reference import COEFF
+from samplers.plan import Call, Plan, Update, build_plan, dynamic_threshold_coeffs
+from samplers.protocol import Scheduler
 from samplers.schedules import DiscreteVPSchedule
 
 
 class DDIMScheduler(Scheduler):
     name = "ddim"
-    family = "any"
+    kind = "ode-single-step"
+    paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, eq. 12"
     order = 1
-    stochastic = True  # for eta > 0
+    stochastic = True  # only when eta > 0
     stochastic_when = "eta > 0"
-    nfe_per_step = 1
+    default_spacing = "leading"
 
     def __init__(
         self,
@@ -58,53 +54,36 @@ class DDIMScheduler(Scheduler):
     ) -> None:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        super().__init__(**init_args(locals()))
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
-        if sigmas is not None:
-            raise ValueError("DDIM takes custom timesteps, not sigmas")
-        t = model_times(self, num_inference_steps, timesteps)
-        s = previous_times(self, t, num_inference_steps, timesteps is not None)
-        self._grid = (t, s)
-        return self._plan_for(t, s, self.config.eta)
-
-    def _final_alpha_sigma(self) -> tuple[float, float]:
+    def final_alpha_sigma(self) -> tuple[float, float]:
         """x_0's (alpha, sigma); ``set_alpha_to_one=False`` stops at the first training timestep instead."""
         if isinstance(self.schedule, DiscreteVPSchedule) and not self.config.set_alpha_to_one:
             abar0 = float(self.schedule.alphas_cumprod[0])
             return math.sqrt(abar0), math.sqrt(1 - abar0)
         return 1.0, 0.0
 
-    def _plan_for(self, t: torch.Tensor, s: torch.Tensor, eta: float) -> Plan:
-        final = self._final_alpha_sigma()
-        alpha_t, sigma_t = chain_alpha_sigma(self, t, final)
-        alpha_s, sigma_s = chain_alpha_sigma(self, s, final)
-        coef_x0, coef_eps, std = schedules.ddim_transition(alpha_s, sigma_s, alpha_t, sigma_t, eta)  # eq. 12, 16
-        ones = torch.ones_like(alpha_t)
-        p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
-        clip = self.config.clip_sample_range if self.config.clip_sample else None
-        rows = eps_form_rows(
-            p,
-            q,
-            alpha_t,
-            sigma_t,
-            coef_x0,
-            coef_eps,
-            std,
-            # eps comes from the raw output whenever x0 is clipped or thresholded (DDIM eq. 12 uses the
-            # model's own eps; diffusers does the same), unless use_clipped_model_output asks otherwise.
-            eps_from_raw_output=(clip is not None or bool(self.config.thresholding))
-            and not self.config.use_clipped_model_output,
-            clip=clip,
-        )
-        return Plan(
-            timesteps=t,
-            rows=rows,
-            input_scale=ones,
-            model_alpha=alpha_t,
-            model_sigma=sigma_t,
-            init_noise_sigma=float((alpha_t[0] ** 2 + sigma_t[0] ** 2).sqrt()),
-        )
+    def plan_calls(self, levels: lv.Levels, eta: float | None = None) -> list[Call]:
+        c = self.config
+        eta = c.eta if eta is None else eta
+        stride = levels.source == "spacing"
+        _, alpha_s, sigma_s = lv.step_targets(levels, self.schedule, stride=stride, final=self.final_alpha_sigma())
+        clip = c.clip_sample_range if c.clip_sample else None
+        # eps comes from the raw output whenever x0 is clipped or thresholded (DDIM eq. 12 uses the model's
+        # own eps; diffusers does the same), unless use_clipped_model_output asks otherwise.
+        raw_eps = (clip is not None or bool(c.thresholding)) and not c.use_clipped_model_output
+        calls = []
+        for i in range(len(levels)):
+            a_t, s_t, a_s, s_s = (float(v[i]) for v in (levels.alpha, levels.sigma, alpha_s, sigma_s))
+            coef_x0, coef_eps, std = schedules.ddim_transition(a_s, s_s, a_t, s_t, eta)  # eq. 12, 16
+            update = Update(x0=coef_x0, eps=coef_eps, noise=std, eps_from_raw=raw_eps)
+            interval = (s_t / a_t, s_s / a_s) if std else None
+            calls.append(levels.call(i, update, clip=clip, brownian=interval))
+        return calls
+
+    def make_plan(self, levels: lv.Levels, mu: float | None = None) -> Plan:
+        plan = super().make_plan(levels, mu)
+        plan.extras["levels"] = levels  # per-call eta / use_clipped_model_output overrides rebuild one row
+        return plan
 
     def _step_overrides(self, eta: float | None = None, use_clipped_model_output: bool | None = None, **kwargs: Any):
         super()._step_overrides(**kwargs)
@@ -112,21 +91,24 @@ class DDIMScheduler(Scheduler):
 
     def _row_for_call(self, index: int, overrides: dict[str, Any]) -> torch.Tensor | None:
         eta, clipped = overrides.get("eta"), overrides.get("use_clipped_model_output")
-        if (eta is None or eta == self.config.eta) and (
-            clipped is None or clipped == self.config.use_clipped_model_output
-        ):
+        c = self.config
+        if (eta is None or eta == c.eta) and (clipped is None or clipped == c.use_clipped_model_output):
             return None
         if eta is not None and not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         other = type(self).from_config(
-            self.config,
-            eta=self.config.eta if eta is None else eta,
-            use_clipped_model_output=self.config.use_clipped_model_output if clipped is None else clipped,
+            c,
+            eta=c.eta if eta is None else eta,
+            use_clipped_model_output=c.use_clipped_model_output if clipped is None else clipped,
         )
-        t, s = self._grid
-        return other._plan_for(t[index : index + 1], s[index : index + 1], other.config.eta).rows[0]
+        plan = self._require_plan()
+        call = other.plan_calls(plan.extras["levels"])[index]
+        brownian = c.get("noise") == "brownian"
+        row = build_plan([call], self.prediction_type, init_noise_sigma=1.0, brownian=brownian).rows[0]
+        row[COEFF["stream"]] = plan.rows[index, COEFF["stream"]]  # the call's own noise stream
+        return row
 
-    def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state):
+    def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state, noise=None):
         if not self.config.thresholding:
             return coeffs
         return dynamic_threshold_coeffs(

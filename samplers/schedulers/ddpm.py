@@ -15,28 +15,22 @@ from collections.abc import Sequence
 
 import torch
 
+from samplers import levels as lv
 from samplers import ops, schedules
-from samplers.protocol import (
-    Plan,
-    SamplerState,
-    Scheduler,
-    StepOutput,
-    coefficient_rows,
-    dynamic_threshold_coeffs,
-    init_args,
-    model_space_x0_coefficients,
-)
-from samplers.schedulers._grid import chain_alpha_sigma, model_times, previous_times
+from samplers.ops.reference import COEFF
+from samplers.plan import Call, Plan, Update, dynamic_threshold_coeffs
+from samplers.protocol import SamplerState, Scheduler, StepOutput
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
 
 class DDPMScheduler(Scheduler):
     name = "ddpm"
-    family = "any"
+    kind = "sde"
+    paper = "Ho, Jain & Abbeel 2020, Denoising Diffusion Probabilistic Models, Alg. 2"
     order = 1
     stochastic = True
-    nfe_per_step = 1
+    default_spacing = "leading"
 
     def __init__(
         self,
@@ -60,53 +54,48 @@ class DDPMScheduler(Scheduler):
     ) -> None:
         if variance_type not in VARIANCE_TYPES:
             raise ValueError(f"unknown variance_type {variance_type!r}: expected one of {VARIANCE_TYPES}")
-        super().__init__(**init_args(locals()))
 
     @property
     def learned_variance(self) -> bool:
         return self.config.variance_type in ("learned", "learned_range")
 
-    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, mu=None, **kw):
-        if num_inference_steps is None and timesteps is None and sigmas is None:
-            num_inference_steps = (
-                len(self.schedule.alphas_cumprod) if hasattr(self.schedule, "alphas_cumprod") else None
-            )
-        super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu, **kw)
+    def default_num_inference_steps(self) -> int:
+        """Every training timestep (DDPM's own sampler), when the schedule is a discrete table."""
+        table = getattr(self.schedule, "alphas_cumprod", None)
+        if table is None:
+            return super().default_num_inference_steps()
+        return len(table)
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
-        if sigmas is not None:
-            raise ValueError("DDPM takes custom timesteps, not sigmas")
-        t = model_times(self, num_inference_steps, timesteps)
+    def plan_calls(self, levels: lv.Levels) -> list[Call]:
         # Each step lands on the next timestep the run visits (not t - T // n): with linspace spacing, or
         # trailing with n not dividing T, the stride would leave the sample at a level the next call does
         # not model (diffusers' DDPMScheduler.previous_timestep does the same).
-        s = previous_times(self, t, num_inference_steps, custom=True)
-        alpha_t, sigma_t = chain_alpha_sigma(self, t)
-        alpha_s, sigma_s = chain_alpha_sigma(self, s)
-        post = schedules.posterior(alpha_s, sigma_s, alpha_t, sigma_t)  # eq. 6-7 for any s < t
-        _, beta_ts = schedules.transition(alpha_s, sigma_s, alpha_t, sigma_t)  # "beta_t" of the spaced chain
-        small = post.variance.clamp(min=1e-20)
-        self._log_var_bounds = (small.log(), beta_ts.clamp(min=1e-20).log())
-        kind = self.config.variance_type
-        variance = beta_ts if kind.startswith("fixed_large") else small
-        std = torch.where(t > 0, variance.sqrt(), torch.zeros_like(variance))  # no noise into x_0
+        _, alpha_s, sigma_s = lv.step_targets(levels, self.schedule)
+        post = schedules.posterior(alpha_s, sigma_s, levels.alpha, levels.sigma)  # eq. 6-7 for any s < t
+        _, beta_ts = schedules.transition(alpha_s, sigma_s, levels.alpha, levels.sigma)  # "beta_t" of the chain
+        small = post.variance.clamp(min=0.0)
+        variance = beta_ts if self.config.variance_type.startswith("fixed_large") else small
+        noisy = levels.t > 0  # no noise into x_0
+        std = torch.where(noisy, variance.clamp(min=0.0).sqrt(), torch.zeros_like(variance))
         if self.learned_variance:
-            std = torch.where(t > 0, torch.ones_like(std), torch.zeros_like(std))  # noise comes pre-scaled
-        self._noisy_call = t > 0
-        ones = torch.ones_like(alpha_t)
-        p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
-        clip = self.config.clip_sample_range if self.config.clip_sample else float("inf")
-        rows = coefficient_rows(len(t), p=p, q=q, lim=clip, a=post.coef_xt, b=post.coef_x0, c=std)
-        return Plan(
-            timesteps=t,
-            rows=rows,
-            input_scale=ones,
-            model_alpha=alpha_t,
-            model_sigma=sigma_t,
-            init_noise_sigma=float((alpha_t[0] ** 2 + sigma_t[0] ** 2).sqrt()),
-        )
+            std = noisy.to(std.dtype)  # the noise comes pre-scaled by the predicted variance
+        clip = self.config.clip_sample_range if self.config.clip_sample else None
+        calls = []
+        for i in range(len(levels)):
+            update = Update(sample=float(post.coef_xt[i]), x0=float(post.coef_x0[i]), noise=float(std[i]))
+            interval = (float(levels.level[i]), float(sigma_s[i] / alpha_s[i])) if std[i] else None
+            calls.append(levels.call(i, update, clip=clip, brownian=interval))
+        return calls
 
-    def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state):
+    def make_plan(self, levels: lv.Levels, mu: float | None = None) -> Plan:
+        plan = super().make_plan(levels, mu)
+        _, alpha_s, sigma_s = lv.step_targets(levels, self.schedule)
+        post = schedules.posterior(alpha_s, sigma_s, levels.alpha, levels.sigma)
+        _, beta_ts = schedules.transition(alpha_s, sigma_s, levels.alpha, levels.sigma)
+        plan.extras["log_variance_bounds"] = (post.variance.clamp(min=1e-20).log(), beta_ts.clamp(min=1e-20).log())
+        return plan
+
+    def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state, noise=None):
         if not self.config.thresholding:
             return coeffs
         return dynamic_threshold_coeffs(
@@ -126,6 +115,7 @@ class DDPMScheduler(Scheduler):
             return super().step_functional(state, model_output, timestep, sample, **kwargs)
         if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() > 1:
             raise ValueError("learned variance with per-sample timesteps is not supported")
+        plan = self._require_plan()
         index = self._resolve_call(state, timestep)
         channels = sample.shape[1]
         if model_output.dim() < 2 or model_output.shape[1] != 2 * channels:
@@ -134,22 +124,31 @@ class DDPMScheduler(Scheduler):
                 f"({2 * channels}), got shape {tuple(model_output.shape)}"
             )
         var_out = model_output[:, channels:].float()
-        log_small, log_large = (b[index].item() for b in self._log_var_bounds)
+        log_small, log_large = (float(b[index]) for b in plan.extras["log_variance_bounds"])
         if self.config.variance_type == "learned":
             log_var = var_out
         else:  # learned_range: v in [-1, 1] -> log-space interpolation (Improved DDPM eq. 15)
             frac = (var_out + 1) / 2
             log_var = frac * log_large + (1 - frac) * log_small
         noise = kwargs.pop("noise", None)
-        if self._noisy_call[index]:
+        seeds, generator = kwargs.pop("seeds", None), kwargs.pop("generator", None)
+        if plan.stochastic_calls[index]:
             if noise is None:
-                seeds, state = self.resolve_seeds(
-                    state, kwargs.pop("seeds", None), kwargs.pop("generator", None), sample
-                )
-                noise = ops.philox_normal(seeds, index, sample[0].numel()).view_as(sample).to(sample.device)
+                seeds, state = self.resolve_seeds(state, seeds, generator, sample)
+                noise = self._in_step_noise(plan, index, seeds, sample)
             noise = (torch.exp(0.5 * log_var) * noise.float()).to(sample.dtype)
         else:
             noise = torch.zeros_like(sample)
-        kwargs.pop("seeds", None)
-        kwargs.pop("generator", None)
         return super().step_functional(state, model_output[:, :channels], timestep, sample, noise=noise, **kwargs)
+
+    def _in_step_noise(self, plan: Plan, index: int, seeds: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The noise the fused op would draw for this call (Philox, or the Brownian increment)."""
+        row = plan.rows[index]
+        numel = sample[0].numel()
+        if self.config.get("noise") == "brownian":
+            t0 = torch.full((sample.shape[0],), float(row[COEFF["bt0"]]), device=sample.device)
+            t1 = torch.full((sample.shape[0],), float(row[COEFF["bt1"]]), device=sample.device)
+            z = ops.brownian_normal(seeds, int(row[COEFF["stream"]]), t0, t1, numel)
+        else:
+            z = ops.philox_normal(seeds, int(row[COEFF["stream"]]), numel)
+        return z.view_as(sample).to(sample.device)

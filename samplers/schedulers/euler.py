@@ -2,27 +2,26 @@
 the second-order correction; k-diffusion's ``sample_euler``).
 
 ``d = (x - x0_hat) / sigma`` (eq. 3 with D = x0_hat); ``x_next = x + (sigma_next - sigma) d``. In terms
-of ``(x, x0_hat)`` this is ``schedules.ddim_transition`` with eta = 0 at alpha = 1.
+of ``(x0_hat, eps_hat)`` this is ``schedules.ddim_transition`` with eta = 0 at alpha = 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from samplers import schedules
-from samplers.protocol import Plan, eps_form_rows, init_args
-from samplers.schedulers._sigma import SigmaSpaceScheduler
+from samplers.levels import Levels
+from samplers.plan import Call, Update
+from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 
 class EulerDiscreteScheduler(SigmaSpaceScheduler):
     name = "euler"
-    family = "any"
+    kind = "ode-single-step"
+    paper = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models, Alg. 1"
     order = 1
     stochastic = False
-    nfe_per_step = 1
-    eta: float = 0.0
+    eta: float = 0.0  # the ancestral variant's share of fresh noise
 
     def __init__(
         self,
@@ -45,22 +44,13 @@ class EulerDiscreteScheduler(SigmaSpaceScheduler):
     ) -> None:
         if interpolation_type not in ("linear", "log_linear"):
             raise ValueError(f"interpolation_type must be 'linear' or 'log_linear', got {interpolation_type!r}")
-        super().__init__(**init_args(locals()))
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
-        t, sigma = self._sigma_grid(num_inference_steps, timesteps, sigmas)
-        sigma_next = torch.cat([sigma[1:], torch.zeros(1, dtype=sigma.dtype)])
-        p, q, scale, model_alpha, model_sigma = self._model_space(t, sigma)
-        ones = torch.ones_like(sigma)
-        # Sigma space has alpha = 1 on both ends of every step.
-        coef_x0, coef_eps, std = schedules.ddim_transition(ones, sigma_next, ones, sigma, self.eta)
-        rows = eps_form_rows(p, q, ones, sigma, coef_x0, coef_eps, std)
-        self.sigmas = torch.cat([sigma, torch.zeros(1, dtype=sigma.dtype)]).to(torch.float32)
-        return Plan(
-            timesteps=t,
-            rows=rows,
-            input_scale=scale,
-            model_alpha=model_alpha,
-            model_sigma=model_sigma,
-            init_noise_sigma=self._init_sigma(float(sigma.max())),
-        )
+    def plan_calls(self, levels: Levels) -> list[Call]:
+        sigma = levels.level.tolist() + [0.0]
+        calls = []
+        for i in range(len(levels)):
+            # Sigma space has alpha = 1 on both ends of every step.
+            coef_x0, coef_eps, std = schedules.ddim_transition(1.0, sigma[i + 1], 1.0, sigma[i], self.eta)
+            update = Update(x0=coef_x0, eps=coef_eps, noise=std)
+            calls.append(self.call_at(levels, i, update, brownian=(sigma[i], sigma[i + 1]) if std else None))
+        return calls

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from samplers.protocol import init_args
 from samplers.schedulers.euler import EulerDiscreteScheduler
 
 
 class EulerAncestralDiscreteScheduler(EulerDiscreteScheduler):
     name = "euler_ancestral"
+    kind = "sde"
+    paper = "Ho et al. 2020 (ancestral sampling) in sigma space; k-diffusion sample_euler_ancestral"
     stochastic = True
+    stochastic_when = "eta > 0"
 
     def __init__(
         self,
@@ -39,5 +41,6 @@ class EulerAncestralDiscreteScheduler(EulerDiscreteScheduler):
     ) -> None:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
+        if interpolation_type not in ("linear", "log_linear"):
+            raise ValueError(f"interpolation_type must be 'linear' or 'log_linear', got {interpolation_type!r}")
         self.eta = eta
-        super(EulerDiscreteScheduler, self).__init__(**init_args(locals()))

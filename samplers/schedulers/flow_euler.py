@@ -1,9 +1,14 @@
 """Euler on the rectified-flow ODE ``dx/dt = v`` (Liu et al. 2022; Esser et al. 2024 for the shift).
 
 ``x_{t'} = x_t + (t' - t) v_hat``, with ``v = eps - x0``; written through ``(x0_hat, eps_hat)`` this is
-``schedules.ddim_transition`` at eta = 0 on the flow schedule (the two coincide exactly, since both
-interpolate linearly in t). Times are shifted by SD3's ``shift`` or, with ``use_dynamic_shifting``,
-by the resolution-dependent ``mu`` given to ``set_timesteps``.
+``schedules.ddim_transition`` at eta = 0 (the two coincide exactly, since both interpolate linearly in
+t). Times are shifted by SD3's ``shift`` (eq. 23) or, with ``use_dynamic_shifting``, by the
+resolution-dependent ``mu`` given to ``set_timesteps``.
+
+Grid convention (diffusers' FlowMatch family): ``sigmas=`` are flow times ``t`` in (0, 1] and
+``timesteps`` are ``t * num_train_timesteps``. On another schedule (discrete VP, VE, EDM, ...) the
+same flow times mean the same noise-to-signal ratio ``t / (1 - t)``, clipped to the levels that
+schedule reaches, so the sampler is Euler in flow time on any model.
 """
 
 from __future__ import annotations
@@ -11,16 +16,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from samplers import levels as lv
 from samplers import schedules
-from samplers.protocol import Plan, Scheduler, eps_form_rows, init_args, model_space_x0_coefficients
+from samplers.plan import Call, Update
+from samplers.protocol import Scheduler
+from samplers.schedules import NoiseSchedule, RectifiedFlowSchedule
+
+F64 = torch.float64
 
 
 class FlowMatchEulerDiscreteScheduler(Scheduler):
     name = "flow_euler"
     family = "flow"
+    kind = "ode-single-step"
+    paper = "Liu et al. 2022, Flow Straight and Fast; Esser et al. 2024 (SD3) eq. 23 for the shift"
     order = 1
     stochastic = False
-    nfe_per_step = 1
     uses_mu = True  # pipelines (SD3, Flux) pass mu on every call; it applies with use_dynamic_shifting
 
     def __init__(
@@ -36,48 +47,69 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         schedule: str = "flow",
         schedule_kwargs: dict | None = None,
     ) -> None:
-        if shift <= 0:
+        if not shift > 0:
             raise ValueError(f"shift must be > 0, got {shift}")
-        if schedule_kwargs is None and schedule == "flow":
-            schedule_kwargs = {"timestep_scale": float(num_train_timesteps)}
-        super().__init__(**init_args(locals()))
 
-    def _shifted(self, sigmas: torch.Tensor, mu: float | None) -> torch.Tensor:
+    def _make_schedule(self) -> NoiseSchedule:
+        c = self.config
+        if c.get("schedule") == "flow" and c.get("schedule_kwargs") is None:
+            return RectifiedFlowSchedule(timestep_scale=float(c.num_train_timesteps))  # the model sees 1000 t
+        return super()._make_schedule()
+
+    def _shifted(self, t: torch.Tensor, mu: float | None) -> torch.Tensor:
         if self.config.use_dynamic_shifting:
             if mu is None:
                 raise ValueError("use_dynamic_shifting=True needs set_timesteps(..., mu=...)")
-            return schedules.flow_time_shift_exponential(sigmas, mu)
-        return schedules.flow_time_shift(sigmas, self.config.shift)
+            return schedules.flow_time_shift_exponential(t, mu)
+        return schedules.flow_time_shift(t, self.config.shift)
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
+    def default_levels(self, n: int, mu: float | None) -> lv.Levels:
         n_train = self.config.num_train_timesteps
-        if sigmas is None and timesteps is None:
-            # The training grid's extremes are sigma = 1 and shift(1 / T); sample evenly between them.
-            lowest = float(self._shifted(torch.tensor(1.0 / n_train, dtype=torch.float64), mu))
-            if self.config.use_dynamic_shifting:
-                lowest = 1.0 / n_train
-            sigmas = torch.from_numpy(np.linspace(1.0, lowest, num_inference_steps))
-            sigmas = self._shifted(sigmas, mu)
-        elif timesteps is not None:
-            sigmas = timesteps.to(torch.float64) / n_train
-        if bool(((sigmas <= 0) | (sigmas > 1)).any()):
-            raise ValueError(f"flow sigmas must lie in (0, 1], got {sigmas.tolist()}")
-        scale = float(getattr(self.schedule, "timestep_scale", 1.0))
-        t = sigmas * scale
-        alpha_t, sigma_t = self.schedule.alpha_sigma(t)
-        s_next = torch.cat([sigmas[1:], torch.zeros(1, dtype=sigmas.dtype)])
-        alpha_s, sigma_s = self.schedule.alpha_sigma(s_next * scale)
-        coef_x0, coef_eps, std = schedules.ddim_transition(alpha_s, sigma_s, alpha_t, sigma_t, 0.0)
-        ones = torch.ones_like(alpha_t)
-        p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
-        rows = eps_form_rows(p, q, alpha_t, sigma_t, coef_x0, coef_eps, std)
-        self.sigmas = torch.cat([sigmas, torch.zeros(1, dtype=sigmas.dtype)]).to(torch.float32)
-        return Plan(timesteps=t, rows=rows, input_scale=ones, model_alpha=alpha_t, model_sigma=sigma_t)
+        # The training grid's extremes are t = 1 and shift(1 / T); sample evenly between them.
+        lowest = float(self._shifted(torch.tensor(1.0 / n_train, dtype=F64), mu))
+        if self.config.use_dynamic_shifting:
+            lowest = 1.0 / n_train
+        highest = 1.0
+        if self.schedule.family != "flow":  # clip to the flow times this schedule reaches
+            lo, hi = lv.reachable_level_range(self.schedule)
+            lowest, highest = max(lowest, lo / (1 + lo)), min(highest, hi / (1 + hi))
+        flow_t = self._shifted(torch.from_numpy(np.linspace(highest, lowest, n)), mu)
+        return self._flow_levels(flow_t)
+
+    def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:
+        if sigmas is None:
+            return super().run_levels(n, timesteps, sigmas, mu)
+        flow_t = sigmas[:-1] if len(sigmas) > 1 and float(sigmas[-1]) == 0.0 else sigmas
+        if bool(((flow_t <= 0) | (flow_t > 1)).any()):
+            raise ValueError(f"flow sigmas (flow times) must lie in (0, 1], got {sigmas.tolist()[:8]}")
+        return self._tagged(self._flow_levels(flow_t.to(F64)), "sigmas")
+
+    def _flow_levels(self, flow_t: torch.Tensor) -> lv.Levels:
+        if isinstance(self.schedule, RectifiedFlowSchedule):
+            return lv.levels_at_times(self.schedule, flow_t * self.schedule.timestep_scale)
+        levels = lv.capped_levels(flow_t / (1 - flow_t))
+        return lv.levels_at_levels(self.schedule, lv.levels_from_sigmas(self.schedule, levels))
+
+    def plan_calls(self, levels: lv.Levels) -> list[Call]:
+        _, alpha_s, sigma_s = lv.step_targets(levels, self.schedule)
+        calls = []
+        for i in range(len(levels)):
+            a_t, s_t, a_s, s_s = (float(v[i]) for v in (levels.alpha, levels.sigma, alpha_s, sigma_s))
+            coef_x0, coef_eps, _ = schedules.ddim_transition(a_s, s_s, a_t, s_t, 0.0)
+            calls.append(levels.call(i, Update(x0=coef_x0, eps=coef_eps)))
+        return calls
+
+    def run_sigmas(self, levels: lv.Levels) -> torch.Tensor:
+        """diffusers' FlowMatch ``sigmas``: the flow times of the run and a final 0."""
+        flow_t = levels.sigma / (levels.alpha + levels.sigma)
+        return torch.cat([flow_t, torch.zeros(1, dtype=F64)]).to(torch.float32)
 
     def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
         """diffusers' name for forward noising in flow pipelines: ``(1 - t) x0 + t noise``."""
         return self.add_noise(sample, noise, torch.as_tensor(timestep))
 
     def working_alpha_sigma(self, t: torch.Tensor):
-        alpha, sigma = self.schedule.alpha_sigma(t.detach().cpu().to(torch.float64))
+        host = t.detach().cpu().to(F64)
+        self.schedule.check_times(host, "add_noise timesteps")
+        alpha, sigma = self.schedule.alpha_sigma(host)
         return alpha.to(t.device), sigma.to(t.device)

@@ -21,19 +21,19 @@ from collections.abc import Sequence
 
 import torch
 
-from samplers.protocol import Plan, coefficient_rows, init_args
-from samplers.schedulers._grid import times_for_sigmas
-from samplers.schedulers._sigma import SigmaSpaceScheduler
+from samplers.levels import Levels
+from samplers.plan import ESTIMATE, SAMPLE, Call, Update
+from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 
 class HeunDiscreteScheduler(SigmaSpaceScheduler):
     name = "heun"
-    family = "any"
+    kind = "ode-single-step"
+    paper = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models, Alg. 2"
     order = 2
-    stochastic = False  # True when s_churn > 0
+    stochastic = True  # only when s_churn > 0
     stochastic_when = "s_churn > 0"
     nfe_per_step = 2
-    supports_per_sample_timesteps = False
 
     def __init__(
         self,
@@ -59,69 +59,56 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
     ) -> None:
         if s_churn < 0 or s_noise < 0:
             raise ValueError(f"s_churn and s_noise must be >= 0, got s_churn={s_churn}, s_noise={s_noise}")
-        super().__init__(**init_args(locals()))
-        self.stochastic = s_churn > 0
+        if interpolation_type not in ("linear", "log_linear"):
+            raise ValueError(f"interpolation_type must be 'linear' or 'log_linear', got {interpolation_type!r}")
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
+    def _churn(self, sigma: torch.Tensor) -> tuple[list[float], list[float]]:
+        """``(sigma_hat, churn std)`` per level (lines 4-6)."""
         c = self.config
-        t_grid, sigma = self._sigma_grid(num_inference_steps, timesteps, sigmas)
+        gamma_max = min(c.s_churn / len(sigma), math.sqrt(2) - 1)
+        hats, stds = [], []
+        for s in sigma.tolist():
+            gamma = gamma_max if c.s_tmin <= s <= c.s_tmax else 0.0
+            hats.append(s * (1 + gamma))
+            stds.append(c.s_noise * math.sqrt(max(hats[-1] ** 2 - s**2, 0.0)))
+        return hats, stds
+
+    def plan_calls(self, levels: Levels) -> list[Call]:
+        sigma = levels.level
+        sigma_hat, churn = self._churn(sigma)
         n = len(sigma)
-        in_band = (sigma >= c.s_tmin) & (sigma <= c.s_tmax)
-        gamma = torch.where(
-            in_band, torch.full_like(sigma, min(c.s_churn / n, math.sqrt(2) - 1)), torch.zeros_like(sigma)
-        )
-        sigma_hat = sigma * (1 + gamma)
-        churn = c.s_noise * torch.sqrt(sigma_hat**2 - sigma**2)  # std added to reach sigma_hat (line 6)
-        t_hat = torch.where(gamma > 0, times_for_sigmas(self, sigma_hat), t_grid)
-
-        levels, times, rows, store, use = [], [], [], [], []
+        calls = []
         for i in range(n):
-            s_hat = float(sigma_hat[i])
+            s_hat = sigma_hat[i]
             s_next = float(sigma[i + 1]) if i + 1 < n else 0.0
-            next_churn = float(churn[i + 1]) if i + 1 < n else 0.0
             h = s_next - s_hat
-            levels.append(s_hat)
-            times.append(float(t_hat[i]))
+            first_options = {}
             if s_next == 0.0:  # Euler into sigma = 0: x_next = x0_hat
-                rows.append(dict(a=0.0, b=1.0))
-                store.append(())
-                use.append(())
+                first = Update(x0=1.0)
+            else:  # x_pred = x_hat + h (x_hat - x0_1) / s_hat  (line 8)
+                first = Update(sample=1 + h / s_hat, x0=-h / s_hat)
+                first_options["keep"] = {"x_hat": SAMPLE, "x0_1": ESTIMATE}
+            if s_hat == float(sigma[i]):
+                calls.append(self.call_at(levels, i, first, **first_options))
+            else:
+                t_hat = float(self.schedule.time_at_level(torch.tensor(s_hat, dtype=torch.float64)))
+                calls.append(self.call_at_level(t_hat, s_hat, first, **first_options))
+            if s_next == 0.0:
                 continue
-            # first call: x_pred = x_hat + h (x_hat - x0_1) / s_hat  (line 8)
-            rows.append(dict(a=1 + h / s_hat, b=-h / s_hat))
-            store.append(("sample", "x0"))
-            use.append(())
-            # second call at s_next on x_pred, with history (x_hat, x0_1)  (line 11, then next churn)
-            levels.append(s_next)
-            times.append(float(t_grid[i + 1]))
-            rows.append(
-                dict(
-                    a=h / (2 * s_next), b=-h / (2 * s_next), h0=1 + h / (2 * s_hat), h1=-h / (2 * s_hat), c=next_churn
-                )
+            # second call at s_next on x_pred, with (x_hat, x0_1) (line 11), then the next step's churn (line 6)
+            second = Update(
+                sample=h / (2 * s_next),
+                x0=-h / (2 * s_next),
+                history={"x_hat": 1 + h / (2 * s_hat), "x0_1": -h / (2 * s_hat)},
+                noise=churn[i + 1],
             )
-            store.append(())
-            use.append(("sample", "x0"))
+            interval = (s_next, sigma_hat[i + 1]) if churn[i + 1] else None
+            calls.append(self.call_at(levels, i + 1, second, brownian=interval))
+        return calls
 
-        level_t = torch.tensor(levels, dtype=torch.float64)
-        t_calls = torch.tensor(times, dtype=torch.float64)
-        p, q, scale, model_alpha, model_sigma = self._model_space(t_calls, level_t)
-        table = coefficient_rows(len(levels), p=p, q=q)
-        for i, r in enumerate(rows):
-            for name, value in r.items():
-                table[i, _col(name)] = value
-        self.sigmas = torch.cat([sigma, torch.zeros(1, dtype=sigma.dtype)]).to(torch.float32)
-        first = float(sigma[0])
-        init = math.sqrt(first**2 + float(churn[0]) ** 2)
-        return Plan(
-            timesteps=t_calls,
-            rows=table,
-            input_scale=scale,
-            model_alpha=model_alpha,
-            model_sigma=model_sigma,
-            store=store,
-            use=use,
-            init_noise_sigma=self._init_sigma(init),
-        )
+    def initial_sigma(self, levels: Levels) -> float:
+        churn = self._churn(levels.level)[1][0]  # the first step's churn is part of the prior
+        return self.prior_std(math.sqrt(float(levels.level[0]) ** 2 + churn**2))
 
     @property
     def state_in_first_order(self) -> bool:
@@ -129,9 +116,3 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
         plan = self._require_plan()
         i = self._state.step_index
         return i >= len(plan.use) or not plan.use[i]
-
-
-def _col(name: str) -> int:
-    from samplers.ops.reference import COEFF
-
-    return COEFF[name]

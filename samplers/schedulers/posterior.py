@@ -9,19 +9,19 @@ chain; by default the continuous VP-SDE with ``beta_min = 0.1``, ``beta_max = 20
 
 from __future__ import annotations
 
-import torch
-
+from samplers import levels as lv
 from samplers import schedules
-from samplers.protocol import Plan, Scheduler, coefficient_rows, init_args, model_space_x0_coefficients
-from samplers.schedulers._grid import chain_alpha_sigma, model_times, previous_times
+from samplers.plan import Call, Update
+from samplers.protocol import Scheduler
 
 
 class PosteriorSamplingScheduler(Scheduler):
     name = "posterior"
-    family = "any"
+    kind = "sde"
+    paper = "Xiao, Kreis & Vahdat 2022, Tackling the Generative Learning Trilemma with Denoising Diffusion GANs, eq. 4"
     order = 1
     stochastic = True
-    nfe_per_step = 1
+    default_spacing = "trailing"
 
     def __init__(
         self,
@@ -38,32 +38,19 @@ class PosteriorSamplingScheduler(Scheduler):
         steps_offset: int = 0,
         t_max: float = 1.0,
     ) -> None:
-        super().__init__(**init_args(locals()))
+        pass
 
-    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, mu=None, **kw):
-        if num_inference_steps is None and timesteps is None and sigmas is None:
-            num_inference_steps = 4  # the few-step regime this sampler is for (Denoising Diffusion GAN)
-        super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu, **kw)
+    def default_num_inference_steps(self) -> int:
+        return 4  # the few-step regime this sampler is for (Denoising Diffusion GAN)
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
-        if sigmas is not None:
-            raise ValueError("posterior sampling takes custom timesteps, not sigmas")
-        t = model_times(self, num_inference_steps, timesteps)
-        s = previous_times(self, t, num_inference_steps, timesteps is not None)
-        alpha_t, sigma_t = chain_alpha_sigma(self, t)
-        alpha_s, sigma_s = chain_alpha_sigma(self, s)
-        post = schedules.posterior(alpha_s, sigma_s, alpha_t, sigma_t)  # DDGAN eq. 4
-        ones = torch.ones_like(alpha_t)
-        p, q = model_space_x0_coefficients(self.prediction_type, alpha_t, sigma_t, ones)
-        clip = self.config.clip_sample_range if self.config.clip_sample else float("inf")
-        rows = coefficient_rows(
-            len(t), p=p, q=q, lim=clip, a=post.coef_xt, b=post.coef_x0, c=post.variance.clamp(min=0).sqrt()
-        )
-        return Plan(
-            timesteps=t,
-            rows=rows,
-            input_scale=ones,
-            model_alpha=alpha_t,
-            model_sigma=sigma_t,
-            init_noise_sigma=float((alpha_t[0] ** 2 + sigma_t[0] ** 2).sqrt()),
-        )
+    def plan_calls(self, levels: lv.Levels) -> list[Call]:
+        _, alpha_s, sigma_s = lv.step_targets(levels, self.schedule, stride=levels.source == "spacing")
+        post = schedules.posterior(alpha_s, sigma_s, levels.alpha, levels.sigma)  # DDGAN eq. 4
+        std = post.variance.clamp(min=0).sqrt()
+        clip = self.config.clip_sample_range if self.config.clip_sample else None
+        calls = []
+        for i in range(len(levels)):
+            update = Update(sample=float(post.coef_xt[i]), x0=float(post.coef_x0[i]), noise=float(std[i]))
+            interval = (float(levels.level[i]), float(sigma_s[i] / alpha_s[i])) if std[i] else None
+            calls.append(levels.call(i, update, clip=clip, brownian=interval))
+        return calls

@@ -13,7 +13,8 @@ Per level ``sigma_{i+1} -> sigma_i``:
     eps = 2 (r ||z|| / ||score||)^2;   x <- x + eps score + sqrt(2 eps) z
 
 The corrector's step size depends on the norms of the score and the noise, a per-sample
-reduction: those calls compute their rows on the device and pass the noise explicitly. As in the
+reduction: those calls draw their noise explicitly and set their rows on the device from the
+guided model output (so classifier-free guidance acts exactly as on every other call). As in the
 paper's code, the norms are averaged over the batch by default (``corrector_norm="batch"``): a
 per-sample ratio (``"sample"``) is only stable for high-dimensional samples such as images.
 """
@@ -23,17 +24,21 @@ from __future__ import annotations
 import torch
 
 from samplers import ops
+from samplers.levels import Levels
 from samplers.ops.reference import COEFF
-from samplers.protocol import Plan, SamplerState, StepOutput, coefficient_rows, init_args
-from samplers.schedulers._sigma import SigmaSpaceScheduler
+from samplers.plan import Call, Plan, Update
+from samplers.protocol import SamplerState, StepOutput
+from samplers.schedulers.sigma_space import SigmaSpaceScheduler
+
+CORRECTOR = "corrector"
 
 
 class PredictorCorrectorScheduler(SigmaSpaceScheduler):
     name = "predictor_corrector"
-    family = "any"
+    kind = "langevin"
+    paper = "Song et al. 2021, Score-Based Generative Modeling through SDEs, Alg. 2 and 4"
     order = 1
     stochastic = True
-    supports_per_sample_timesteps = False
     nfe_per_step = 2  # per noise level with the default config; instances set their own
 
     def __init__(
@@ -56,77 +61,66 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
     ) -> None:
         if corrector_steps < 0:
             raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
-        if snr <= 0:
+        if not snr > 0:
             raise ValueError(f"snr must be > 0, got {snr}")
         if corrector_norm not in ("batch", "sample"):
             raise ValueError(f"corrector_norm must be 'batch' or 'sample', got {corrector_norm!r}")
-        super().__init__(**init_args(locals()))
+        if self.config.noise == "brownian":
+            raise ValueError("noise='brownian' does not apply to the corrector's Langevin steps; use noise='philox'")
         self.nfe_per_step = 1 + corrector_steps
 
-    def _make_plan(self, num_inference_steps, timesteps, sigmas, mu) -> Plan:
-        t, sigma = self._sigma_grid(num_inference_steps, timesteps, sigmas)
-        m = self.config.corrector_steps
-        times, levels, rows, corrector = [], [], [], []
-        for i in range(len(sigma)):
-            s, s_next = float(sigma[i]), float(sigma[i + 1]) if i + 1 < len(sigma) else 0.0
+    def plan_calls(self, levels: Levels) -> list[Call]:
+        sigma = levels.level.tolist()
+        calls = []
+        for i, s in enumerate(sigma):
+            s_next = sigma[i + 1] if i + 1 < len(sigma) else 0.0
             last = i + 1 == len(sigma)
-            times.append(float(t[i]))
-            levels.append(s)
             if last and self.config.final_denoise:
-                rows.append(dict(a=0.0, b=1.0))  # Tweedie denoise at the smallest level
-                corrector.append(False)
+                calls.append(self.call_at(levels, i, Update(x0=1.0)))  # Tweedie denoise at the smallest level
                 continue
             delta = s * s - s_next * s_next
-            rows.append(dict(a=1 - delta / (s * s), b=delta / (s * s), c=delta**0.5))  # eq. 47 predictor
-            corrector.append(False)
+            predictor = Update(sample=1 - delta / (s * s), x0=delta / (s * s), noise=delta**0.5)  # eq. 47
+            calls.append(self.call_at(levels, i, predictor))
             if last:
                 continue
-            for _ in range(m):  # rows filled per sample at step time
-                times.append(float(t[i + 1]))
-                levels.append(s_next)
-                rows.append(dict(a=1.0, b=0.0))
-                corrector.append(True)
-        t_calls = torch.tensor(times, dtype=torch.float64)
-        level = torch.tensor(levels, dtype=torch.float64)
-        p, q, scale, model_alpha, model_sigma = self._model_space(t_calls, level)
-        table = coefficient_rows(len(levels), p=p, q=q)
-        for i, r in enumerate(rows):
-            for name, value in r.items():
-                table[i, COEFF[name]] = value
-        self._corrector = corrector
-        self._levels = level
-        return Plan(
-            timesteps=t_calls,
-            rows=table,
-            input_scale=scale,
-            model_alpha=model_alpha,
-            model_sigma=model_sigma,
-            init_noise_sigma=float(sigma[0]),
-        )
+            for _ in range(self.config.corrector_steps):  # rows set per sample at step time
+                calls.append(self.call_at(levels, i + 1, Update(sample=1.0, noise=1.0), tag=CORRECTOR))
+        return calls
+
+    def make_plan(self, levels: Levels, mu: float | None = None) -> Plan:
+        plan = super().make_plan(levels, mu)
+        plan.extras["levels"] = plan.model_sigma / plan.model_alpha
+        return plan
 
     def step_functional(
         self, state: SamplerState, model_output, timestep, sample, **kwargs
     ) -> tuple[StepOutput, SamplerState]:
+        plan = self._require_plan()
         if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() > 1:
             raise ValueError("predictor_corrector keeps a per-run call sequence and cannot take per-sample timesteps")
         index = self._resolve_call(state, timestep)
-        if not self._corrector[index]:
-            return super().step_functional(state, model_output, timestep, sample, **kwargs)
-        # Langevin corrector (Algorithm 4): step size from per-sample norms of score and noise.
-        noise = kwargs.pop("noise", None)
-        if noise is None:
+        if plan.tags[index] == CORRECTOR and kwargs.get("noise") is None:
+            # Algorithm 4 needs the noise's norm before the update: draw the call's Philox noise here.
             seeds, state = self.resolve_seeds(state, kwargs.pop("seeds", None), kwargs.pop("generator", None), sample)
-            noise = ops.philox_normal(seeds, index, sample[0].numel()).view(sample.shape).to(sample.device)
-        kwargs.pop("seeds", None)
-        kwargs.pop("generator", None)
-        row = self._rows_on(sample.device)[index]
+            stream = int(plan.rows[index, COEFF["stream"]])
+            kwargs["noise"] = ops.philox_normal(seeds, stream, sample[0].numel()).view(sample.shape).to(sample.dtype)
+        return super().step_functional(state, model_output, timestep, sample, **kwargs)
+
+    def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state, noise=None):
+        plan = self._require_plan()
+        if index is None or not plan.tags[index] == CORRECTOR:
+            return coeffs
+        # Langevin corrector (Algorithm 4): step size from per-sample norms of score and noise, with the
+        # guided output uncond + w (cond - uncond) as every other call uses it.
         batch = sample.shape[0]
+        view = (-1,) + (1,) * (sample.dim() - 1)
+        row = coeffs[:1]
+        w = row[:, COEFF["w"]].view(view)
         out = model_output.float()
-        if kwargs.get("uncond") is not None:
-            w = kwargs.get("guidance_scale") or 1.0
-            out = kwargs["uncond"].float() + w * (out - kwargs["uncond"].float())
-        x0 = row[COEFF["p"]] * sample.float() + row[COEFF["q"]] * out
-        level_sq = float(self._levels[index]) ** 2
+        if uncond is not None:
+            out = uncond.float() + w * (out - uncond.float())
+        x0 = row[:, COEFF["p"]].view(view) * sample.float() + row[:, COEFF["q"]].view(view) * out
+        level_sq = float(plan.extras["levels"][index]) ** 2
         score = (x0 - sample.float()) / level_sq
         noise_norm = noise.float().reshape(batch, -1).norm(dim=1)
         score_norm = score.reshape(batch, -1).norm(dim=1)
@@ -134,18 +128,8 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
             noise_norm, score_norm = noise_norm.mean().expand(batch), score_norm.mean().expand(batch)
         ratio = noise_norm / score_norm.clamp(min=1e-30)
         eps = 2 * (self.config.snr * ratio) ** 2
-        rows = row.view(1, -1).repeat(batch, 1)
+        rows = row.repeat(batch, 1)
         rows[:, COEFF["a"]] = 1 - eps / level_sq  # x + eps * (x0 - x) / sigma^2
         rows[:, COEFF["b"]] = eps / level_sq
         rows[:, COEFF["c"]] = torch.sqrt(2 * eps)
-        prev, x0_out = ops.sampler_update(
-            sample,
-            model_output,
-            rows,
-            uncond=kwargs.get("uncond"),
-            noise=noise.to(sample.dtype),
-            backend=kwargs.get("backend", "auto"),
-        )
-        return StepOutput(prev, x0_out), SamplerState(
-            step_index=state.step_index + 1, kept=state.kept, seeds=state.seeds
-        )
+        return rows
