@@ -450,19 +450,17 @@ def flow(
     """
     n = _check_n(n)
     num_train_timesteps = _check_n(num_train_timesteps, "num_train_timesteps")
-    if mu is None and shift is None:
-        raise ValueError(
-            "mu is required: this flow grid shifts dynamically (shift=None, diffusers' use_dynamic_shifting)"
-        )
-    if mu is not None and shift not in (None, 1.0):
-        raise ValueError(f"give shift or mu, not both: got shift={shift!r}, mu={mu!r}")
-    if mu is None and kind != "exponential":
-        raise ValueError(f"kind={kind!r} sets the dynamic shift and needs mu")
     if mu is None:
-        shift = _check_number("shift", shift, low=0.0)
-        lowest = float(flow_shift(1.0 / num_train_timesteps, shift))
-        t = flow_shift(_flow_base(n, spacing, num_train_timesteps, lowest), shift)
+        if shift is None:
+            raise ValueError("mu is required: this flow grid shifts dynamically (shift=None, use_dynamic_shifting)")
+        if kind != "exponential":
+            raise ValueError(f"kind={kind!r} chooses the dynamic shift by mu: pass mu")
+        static = _check_number("shift", shift, low=0.0)
+        lowest = float(flow_shift(1.0 / num_train_timesteps, static))
+        t = flow_shift(_flow_base(n, spacing, num_train_timesteps, lowest), static)
     else:
+        if shift not in (None, 1.0):
+            raise ValueError(f"give shift or mu, not both: got shift={shift!r}, mu={mu!r}")
         t = time_shift(_flow_base(n, spacing, num_train_timesteps, 1.0 / num_train_timesteps), mu, kind=kind)
     if shift_terminal is not None:
         t = stretch_to_terminal(t, shift_terminal)
@@ -548,22 +546,24 @@ def beta_ppf(p: float, a: float, b: float) -> float:
     b = _check_number("b", b, low=0.0)
     if p in (0.0, 1.0):
         return p
-    if p > 0.5:  # solve in the complement so that x near 1 keeps its precision: 1 - x ~ Beta(b, a)
-        return 1.0 - beta_ppf(1.0 - p, b, a)
     log_b = _log_beta(a, b)
-    lo, hi = 0.0, 1.0
-    x = min(math.exp((math.log(p) + math.log(a) + log_b) / a), 0.5)  # I_x ~ x^a / (a B) for small x
+    lo, hi = 0.0, 1.0  # the bracket: I_lo < p < I_hi
+    # start from the tail expansions I_x ~ x^a / (a B) near 0 and 1 - I_x ~ (1 - x)^b / (b B) near 1
+    if p <= 0.5:
+        x = math.exp((math.log(p) + math.log(a) + log_b) / a)
+    else:
+        x = 1.0 - math.exp((math.log1p(-p) + math.log(b) + log_b) / b)
+    x = x if 0.0 < x < 1.0 else 0.5
     for _ in range(200):
         f = _betainc(a, b, x) - p
         if f == 0.0:
             return x
-        if f < 0:
-            lo = x
-        else:
-            hi = x
-        density = math.exp((a - 1) * math.log(x) + (b - 1) * math.log1p(-x) - log_b)
-        step = x - f / density
-        nxt = step if lo < step < hi else 0.5 * (lo + hi)
+        lo, hi = (x, hi) if f < 0 else (lo, x)
+        nxt = 0.5 * (lo + hi)
+        if 0.0 < x < 1.0:
+            log_density = (a - 1) * math.log(x) + (b - 1) * math.log1p(-x) - log_b
+            newton = x - f / math.exp(min(log_density, 700.0))
+            nxt = newton if lo < newton < hi else nxt
         if abs(nxt - x) <= 1e-15 * nxt:
             return nxt
         x = nxt
