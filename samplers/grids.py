@@ -192,7 +192,7 @@ def kl_optimal(n: int, *, sigma_min: float, sigma_max: float) -> torch.Tensor:
 
 
 def beta(n: int, *, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
-    """Beta-distributed levels (Lee et al. 2024, "Beta Sampling is All You Need", sec. 3) [n].
+    """Beta-distributed levels (Lee et al. 2024, "Beta Sampling is All You Need", arXiv:2407.12173) [n].
 
     ``sigma_i = sigma_min + F^-1(1 - i/(n-1)) (sigma_max - sigma_min)`` with ``F`` the CDF of
     Beta(alpha, beta): alpha = beta < 1 spends more steps at both ends of the range (the paper's
@@ -210,7 +210,7 @@ def beta(n: int, *, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta
 
 def vp(n: int, *, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> torch.Tensor:
     """The continuous VP-SDE's levels (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
-    eq. 33 with a linear beta(t)) at times evenly spaced from 1 to eps_s [n] (k-diffusion's ``get_sigmas_vp``).
+    App. B, linear beta(t)) at times evenly spaced from 1 to eps_s [n] (k-diffusion's ``get_sigmas_vp``).
 
     ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``, evaluated with expm1 so that small t
     keeps full precision.
@@ -623,7 +623,7 @@ _ROWS: tuple[tuple[str, Callable[..., torch.Tensor], Space, str, str], ...] = (
     ("exponential", exponential, "sigma", "even in log sigma", "k-diffusion get_sigmas_exponential"),
     ("polyexponential", polyexponential, "sigma", "log sigma a power rho of a ramp", "k-diffusion"),
     ("lu", lu, "sigma", "even in log-SNR lambda", "Lu et al. 2022 (DPM-Solver), sec. 3.3"),
-    ("beta", beta, "sigma", "Beta(alpha, beta) quantiles of the range", "Lee et al. 2024, Beta Sampling"),
+    ("beta", beta, "sigma", "Beta(alpha, beta) quantiles of the range", "Lee et al. 2024, arXiv:2407.12173"),
     ("kl_optimal", kl_optimal, "sigma", "even in arctan(sigma)", "Sabour et al. 2024 (AYS), Thm 3.1"),
     ("vp", vp, "sigma", "continuous VP-SDE, even in t", "Song et al. 2021 (score SDE); k-diffusion"),
     ("ays", ays, "sigma", "published Align Your Steps levels", "Sabour et al. 2024 (AYS), Table 3"),

@@ -581,3 +581,22 @@ def test_schedule_file_rejects_missing_fields_and_bad_json(tmp_path) -> None:
         grids.load(path)
     with pytest.raises(ValueError, match="meta must be JSON-serialisable"):
         grids.ScheduleFile(sampler="euler", nfe=1, sigmas=[1.0], meta={"x": object()})
+
+
+# ---- docs/grids.md --------------------------------------------------------------------------------------
+
+
+def test_docs_usage_snippet_runs() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "grids.md").read_text()
+    (code,) = re.findall(r"<!-- snippet: usage -->\s*```python\n(.*?)```", doc, re.S)
+    ns: dict = {}
+    exec(compile(code, "grids.md:usage", "exec"), ns)
+    assert ns["sigmas"].tolist() == PAPER_AYS["sd15"][:10] + [0.0]
+    assert ns["beta_levels"].shape == (12,) and ns["strided"].shape == (12,)
+    assert float(ns["flux"][0]) == 1.0 and ns["flux"].shape == (28,)
+    # every grid the page names has a paragraph
+    for name in grids.GRIDS:
+        assert f"**{name}**" in doc, name
