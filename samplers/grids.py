@@ -708,19 +708,26 @@ _DIFFUSERS_SIGMA_FLAGS = {
 def from_diffusers_flags(config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """``(grid name, params)`` for a diffusers scheduler config; ``(None, {})`` when it selects no grid.
 
-    ``use_karras_sigmas`` / ``use_exponential_sigmas`` / ``use_beta_sigmas`` / ``use_lu_lambdas`` map to
-    the grid of that name (with the config's ``sigma_min`` / ``sigma_max`` when set; else the caller's
-    range, diffusers' being the ends of the training table). ``use_flow_sigmas`` maps to :func:`flow` with
-    ``shift=flow_shift`` and DPM-Solver's or (``_class_name`` UniPC..., or a config with UniPC's
-    ``disable_corrector``) UniPC's spacing. A FlowMatch config (one with ``shift``) maps to :func:`flow` with
-    its ``shift_terminal``, and with ``use_dynamic_shifting`` to ``shift=None`` plus ``kind=time_shift_type``:
-    the caller must then pass ``mu`` (as diffusers' ``set_timesteps(mu=...)``). More than one flag set is
-    refused, as diffusers does for most pairs.
+    * ``use_karras_sigmas`` / ``use_exponential_sigmas`` / ``use_beta_sigmas`` / ``use_lu_lambdas``: the grid
+      of that name, with the config's ``sigma_min`` / ``sigma_max`` when set (else the caller supplies the
+      range; diffusers' is the ends of the training table, or of the ``timestep_spacing`` grid in Euler).
+    * ``use_flow_sigmas`` + ``flow_shift``: :func:`flow` with ``shift=flow_shift`` and ``spacing="dpm"``, or
+      ``"unipc"`` for UniPC (``_class_name`` starting with "UniPC", or a config with UniPC's
+      ``disable_corrector`` when the class name is absent).
+    * A FlowMatch config (one with ``shift``): :func:`flow` with ``spacing="flow_match"``, its ``shift`` and
+      ``shift_terminal``.
+    * ``use_dynamic_shifting`` (FlowMatch, UniPC, DPM-Solver): ``shift=None`` and ``kind=time_shift_type``;
+      the caller must then pass ``mu``, as to diffusers' ``set_timesteps(mu=...)``.
+
+    Two grid flags at once are refused (diffusers refuses most pairs and silently prefers one in the
+    rest), and so is FlowMatch's ``invert_sigmas``, which is no grid of its own.
     """
     if not isinstance(config, Mapping):
         raise ValueError(f"config must be a mapping (a diffusers scheduler config), got {type(config).__name__}")
     chosen = [flag for flag in _DIFFUSERS_SIGMA_FLAGS if config.get(flag)]
     flow_match = "shift" in config
+    if config.get("invert_sigmas"):
+        raise ValueError("invert_sigmas=True (Mochi's inverted flow sigmas) has no grid here: map it by hand")
     if len(chosen) > 1 or (flow_match and chosen):
         flags = chosen + (["FlowMatch shift"] if flow_match else [])
         raise ValueError(f"contradictory grid flags {flags}: diffusers uses one noise-level spacing at a time")
@@ -783,7 +790,7 @@ class ScheduleFile:
     version: int = SCHEDULE_FILE_VERSION
 
     def __post_init__(self) -> None:
-        if self.version != SCHEDULE_FILE_VERSION:
+        if isinstance(self.version, bool) or self.version != SCHEDULE_FILE_VERSION:
             raise ValueError(f"version must be {SCHEDULE_FILE_VERSION}, got {self.version!r}")
         if not isinstance(self.sampler, str) or not self.sampler:
             raise ValueError(f"sampler must be a non-empty string, got {self.sampler!r}")

@@ -408,6 +408,8 @@ def test_from_diffusers_flags_maps_and_refuses() -> None:
         grids.from_diffusers_flags({"use_exponential_sigmas": True, "use_flow_sigmas": True})
     with pytest.raises(ValueError, match="contradictory.*FlowMatch shift"):
         grids.from_diffusers_flags({"shift": 3.0, "use_karras_sigmas": True})
+    with pytest.raises(ValueError, match="invert_sigmas=True"):
+        grids.from_diffusers_flags({"shift": 1.0, "invert_sigmas": True})
     with pytest.raises(ValueError, match="config must be a mapping"):
         grids.from_diffusers_flags([("use_karras_sigmas", True)])  # type: ignore[arg-type]
 
@@ -544,6 +546,7 @@ GOOD = {"version": 1, "sampler": "euler", "nfe": 3, "sigmas": [10.0, 1.0, 0.1]}
     [
         ({"version": 2}, "version must be 1, got 2"),
         ({"version": None}, "version must be 1"),
+        ({"version": True}, "version must be 1, got True"),
         ({"colour": "red"}, r"unknown schedule file field\(s\) \['colour'\]"),
         ({"sigmas": [1.0, 10.0, 0.1]}, "strictly descending"),
         ({"sigmas": [10.0, 1.0, 1.0]}, "strictly descending"),
