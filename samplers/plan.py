@@ -109,10 +109,12 @@ class Plan:
         use: per call, names of kept tensors fed as history (slot j weighed by column h_j).
         keep: per call, ``(name, SAMPLE or ESTIMATE)`` pairs kept for later calls.
         drop: per call, names no later call needs (released after the call).
-        x0_from_estimate: per call, ``(fx, fe)`` with ``x0_hat = fx * x + fe * estimate`` where the
-            estimate is not x0 (``None`` where it is).
+        x0_from_estimate: per call, ``(p, q)`` with ``x0_hat = p * x + q * out`` (out guided) where the
+            estimate is not x0 (``None`` where it is): ``pred_original_sample`` of such calls.
         init_noise_sigma: std of the initial sample.
         tags: per call, the sampler's label (``Call.tag``).
+        noise_intervals: per call, the ``(level_from, level_to)`` its noise stands for (``Call.brownian``),
+            or None; what a k-diffusion ``noise_sampler(sigma, sigma_next)`` is asked for.
         sigmas: sigma-space levels of the run (diffusers' ``scheduler.sigmas``), or None.
         extras: per-sampler data built with the plan (swapped in with it, never half-updated).
     """
@@ -127,6 +129,7 @@ class Plan:
     drop: list[tuple[str, ...]] = field(default_factory=list)
     x0_from_estimate: list[tuple[float, float] | None] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    noise_intervals: list[tuple[float, float] | None] = field(default_factory=list)
     init_noise_sigma: float = 1.0
     sigmas: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
@@ -148,6 +151,7 @@ class Plan:
         self.drop = self.drop or [()] * n
         self.x0_from_estimate = self.x0_from_estimate or [None] * n
         self.tags = self.tags or [""] * n
+        self.noise_intervals = self.noise_intervals or [None] * n
         self.stochastic_calls = [bool(r != 0) for r in self.rows[:, COEFF["c"]]]
 
     def __len__(self) -> int:
@@ -206,8 +210,13 @@ def _check_call(index: int, call: Call) -> None:
         )
 
 
-def _columns(update: Update, estimate: str, p: float, q: float, alpha_w: float, sigma_w: float) -> dict[str, float]:
-    """The op's (a, b, e, u, c) for one call: every named term folded onto (x, estimate, out, uncond, z)."""
+def _columns(
+    update: Update, estimate: str, p: float, q: float, x0_p: float, x0_q: float, alpha_w: float, sigma_w: float
+) -> dict[str, float]:
+    """The op's (a, b, e, u, c) for one call: every named term folded onto (x, estimate, out, uncond, z).
+
+    ``(p, q)`` give the call's estimate and ``(x0_p, x0_q)`` its ``x0_hat = x0_p x + x0_q out``.
+    """
     a, b, e = update.sample, update.x0, update.out
     if estimate == "x0":
         if update.eps:
@@ -217,11 +226,10 @@ def _columns(update: Update, estimate: str, p: float, q: float, alpha_w: float, 
             else:
                 a += update.eps / sigma_w
                 b -= update.eps * alpha_w / sigma_w
-    else:  # the estimate is eps: x0_hat = (x - sigma_w eps) / alpha_w
+    else:  # the estimate is eps; x0_hat is read from (x, out) directly (valid at alpha = 0 too)
         b = update.eps
-        if update.x0:
-            a += update.x0 / alpha_w
-            b -= update.x0 * sigma_w / alpha_w
+        a += update.x0 * x0_p
+        e += update.x0 * x0_q
     return {"a": a, "b": b, "e": e, "u": update.uncond, "c": update.noise}
 
 
@@ -253,21 +261,22 @@ def build_plan(
     scale = torch.tensor([c.input_scale for c in calls], dtype=F64)
     rows = coefficient_rows(n)
     x0_from: list[tuple[float, float] | None] = []
-    for kind in ESTIMATES:
-        idx = [i for i, c in enumerate(calls) if c.estimate == kind]
-        if not idx:
-            continue
-        with torch.no_grad():
-            p, q = estimate_coefficients(prediction_type, alpha[idx], sigma[idx], scale[idx], kind)
-        rows[idx, COEFF["p"]] = p
-        rows[idx, COEFF["q"]] = q
+    with torch.no_grad():
+        x0_p, x0_q = estimate_coefficients(prediction_type, alpha, sigma, scale, "x0")
+        for kind in ESTIMATES:
+            idx = [i for i, c in enumerate(calls) if c.estimate == kind]
+            if idx:
+                p, q = estimate_coefficients(prediction_type, alpha[idx], sigma[idx], scale[idx], kind)
+                rows[idx, COEFF["p"]] = p
+                rows[idx, COEFF["q"]] = q
     kept: set[str] = set()
     last_use: dict[str, int] = {}
     use: list[tuple[str, ...]] = []
     for i, call in enumerate(calls):
         alpha_w, sigma_w = call.alpha / call.input_scale, call.sigma / call.input_scale
         p, q = float(rows[i, COEFF["p"]]), float(rows[i, COEFF["q"]])
-        for name, value in _columns(call.update, call.estimate, p, q, alpha_w, sigma_w).items():
+        folded = _columns(call.update, call.estimate, p, q, float(x0_p[i]), float(x0_q[i]), alpha_w, sigma_w)
+        for name, value in folded.items():
             rows[i, COEFF[name]] = value
         names = tuple(call.update.history)
         missing = [k for k in names if k not in kept]
@@ -286,7 +295,7 @@ def build_plan(
                 raise ValueError(f"call {i} draws noise but declares no Brownian interval (Call.brownian)")
             rows[i, COEFF["bt0"]] = brownian_time(call.brownian[0])
             rows[i, COEFF["bt1"]] = brownian_time(call.brownian[1])
-        x0_from.append(None if call.estimate == "x0" else (1 / alpha_w, -sigma_w / alpha_w))
+        x0_from.append(None if call.estimate == "x0" else (float(x0_p[i]), float(x0_q[i])))
     # A kept tensor lives until its last use; a keep no later call reads is not stored at all.
     drop: list[list[str]] = [[] for _ in range(n)]
     for name, i in last_use.items():
@@ -306,6 +315,7 @@ def build_plan(
         drop=[tuple(d) for d in drop],
         x0_from_estimate=x0_from,
         tags=[c.tag for c in calls],
+        noise_intervals=[c.brownian if c.update.noise else None for c in calls],
         init_noise_sigma=float(init_noise_sigma),
         sigmas=sigmas,
         extras=dict(extras or {}),

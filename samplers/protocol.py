@@ -694,7 +694,7 @@ class Scheduler:
             brownian=self.config.get("noise") == "brownian",
             backend=backend,
         )
-        output = self._output(plan, index, sample, prev, estimate)
+        output = self._output(plan, index, sample, prev, estimate, model_output, uncond, coeffs)
         if index is None:  # per-sample calls are memoryless: the state does not move
             return output, state
         for name in plan.drop[index]:
@@ -749,13 +749,28 @@ class Scheduler:
         return [kept[name] for name in plan.use[index]]
 
     def _output(
-        self, plan: Plan, index: int | None, sample: torch.Tensor, prev: torch.Tensor, estimate: torch.Tensor
+        self,
+        plan: Plan,
+        index: int | None,
+        sample: torch.Tensor,
+        prev: torch.Tensor,
+        estimate: torch.Tensor,
+        model_output: torch.Tensor,
+        uncond: torch.Tensor | None,
+        coeffs: torch.Tensor,
     ) -> StepOutput:
         convert = plan.x0_from_estimate[index] if index is not None else None
         if convert is None:
             return StepOutput(prev, estimate)
-        fx, fe = convert
-        return StepOutput(prev, x0_from=lambda: (fx * sample.float() + fe * estimate.float()).to(sample.dtype))
+        p, q = convert
+
+        def x0() -> torch.Tensor:  # x0_hat = p x + q out, with the guided output (computed only if read)
+            out = model_output.float()
+            if uncond is not None:
+                out = uncond.float() + coeffs[:, COEFF["w"]].view(-1, *[1] * (out.dim() - 1)) * (out - uncond.float())
+            return (p * sample.float() + q * out).to(sample.dtype)
+
+        return StepOutput(prev, x0_from=x0)
 
     def resolve_seeds(
         self, state: SamplerState, seeds: torch.Tensor | None, generator: torch.Generator | None, sample: torch.Tensor

@@ -337,11 +337,17 @@ def sample_scheduler(
     state = sched.init_state()
     for k in trange(calls, disable=disable):
         sigma = _level(levels[k], sigmas)
-        sigma_next = _level(levels[k + 1] if k + 1 < len(levels) else 0.0, sigmas)
         denoised = _denoise(model, x, sigma, extra_args)
         if callback is not None:
             callback({"x": x, "i": k, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        noise = noise_sampler(sigma, sigma_next).to(x.dtype) * s_noise if plan.stochastic_calls[k] else None
+        noise = None
+        if plan.stochastic_calls[k]:
+            # the interval the call's noise stands for (its Brownian increment), else this level to the next
+            interval = plan.noise_intervals[k] or (
+                float(levels[k]),
+                float(levels[k + 1]) if k + 1 < len(levels) else 0.0,
+            )
+            noise = noise_sampler(_level(interval[0], sigmas), _level(interval[1], sigmas)).to(x.dtype) * s_noise
         out, state = sched.step_functional(state, denoised, float(plan.timesteps[k]), x, noise=noise)
         x = out.prev_sample
     return x

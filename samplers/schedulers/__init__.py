@@ -3,6 +3,13 @@
 from samplers.hookspecs import hookimpl
 from samplers.schedulers.ddim import DDIMScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
+from samplers.schedulers.dpmsolver import (
+    DPMSolver3MScheduler,
+    DPMSolver3MSDEScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverNoisePredictionScheduler,
+    DPMSolverSDEMultistepScheduler,
+)
 from samplers.schedulers.euler import EulerDiscreteScheduler
 from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from samplers.schedulers.flow_euler import FlowMatchEulerDiscreteScheduler
@@ -22,6 +29,11 @@ BUILTIN_SCHEDULERS = [
     AnnealedLangevinScheduler,
     PredictorCorrectorScheduler,
     PosteriorSamplingScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolver3MScheduler,
+    DPMSolverSDEMultistepScheduler,
+    DPMSolver3MSDEScheduler,
+    DPMSolverNoisePredictionScheduler,
 ]
 
 

@@ -27,6 +27,18 @@ class SigmaSpaceScheduler(Scheduler):
 
     default_spacing = "linspace"
 
+    def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:
+        """The base grid, with a pure-noise level (alpha = 0: a flow schedule's t = 1, zero terminal SNR)
+        moved to the capped level ``ZERO_SNR_LEVEL``: sigma space cannot hold an infinite level."""
+        levels = super().run_levels(n, timesteps, sigmas, mu)
+        infinite = levels.alpha <= 0
+        if not bool(infinite.any()):
+            return levels
+        capped = torch.where(infinite, torch.full_like(levels.t, lv.ZERO_SNR_LEVEL), levels.sigma / levels.alpha)
+        t = torch.where(infinite, self.schedule.time_at_level(capped), levels.t)
+        alpha, sigma = self.schedule.alpha_sigma_at_level(capped)
+        return lv.Levels(t, alpha, sigma, source=levels.source)
+
     def levels_at_times(self, t: torch.Tensor) -> lv.Levels:
         """Levels at model times: the level by the configured interpolation, ``(alpha, sigma)`` from the level
         (so the conversion holds at interpolated levels too)."""
