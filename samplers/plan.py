@@ -164,8 +164,9 @@ class Plan:
 
     @property
     def memoryless(self) -> bool:
-        """Whether every call's update depends on that call alone (no history): calls may come in any order."""
-        return not any(self.use)
+        """Whether every call depends on that call alone (no history) and the timesteps name the calls
+        (no repeats): then calls may come in any order, and a timestep says which call it is."""
+        return not any(self.use) and len(set(self.timesteps.tolist())) == len(self.timesteps)
 
 
 def estimate_coefficients(

@@ -484,7 +484,7 @@ class Scheduler:
         """
         plan = self._require_plan()
         on_host = not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
-        if on_host and self._memoryless(plan):
+        if on_host and plan.memoryless:
             return self.index_for_timestep(timestep, start=0)
         index = state.step_index
         if index >= len(plan.timesteps):
@@ -505,13 +505,10 @@ class Scheduler:
                 )
         return index
 
-    def _memoryless(self, plan: Plan) -> bool:
-        return plan.memoryless and len(set(plan.timesteps.tolist())) == len(plan.timesteps)
-
     def _per_sample_indices(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Device lookup of per-sample timesteps [B] -> plan indices [B] (no sync; exact match checked)."""
         plan = self._require_plan()
-        if not self._memoryless(plan):
+        if not plan.memoryless:
             raise ValueError(
                 f"{type(self).__name__} carries state from call to call (history or repeated levels) and cannot "
                 "take per-sample timesteps"
