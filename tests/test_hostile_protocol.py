@@ -6,8 +6,6 @@ Every sampler runs on the exact Gaussian oracle (tests/battery.py), so "right" i
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -144,7 +142,7 @@ def test_custom_grids_outside_the_domain_are_refused(name, options, grid, match)
 
 
 def test_model_time_and_update_level_agree_on_custom_sigmas():
-    """euler once told the model t = 0 while its update used sigma = -1; now every call's time maps back to its level."""
+    """euler once told the model t = 0 while its update used sigma = -1: every call's time must map to its level."""
     s = samplers.get("euler")
     s.set_timesteps(sigmas=[14.0, 3.0, 0.5, 0.05])
     level = s.plan.model_sigma / s.plan.model_alpha
