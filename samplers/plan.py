@@ -153,6 +153,11 @@ class Plan:
         self.tags = self.tags or [""] * n
         self.noise_intervals = self.noise_intervals or [None] * n
         self.stochastic_calls = [bool(r != 0) for r in self.rows[:, COEFF["c"]]]
+        # Host copies as Python numbers: what a step reads per call (constants to torch.compile, no sync)
+        self.times: list[float] = self.timesteps.tolist()
+        self.scales: list[float] = self.input_scale.tolist()
+        self.unit_scale = all(v == 1.0 for v in self.scales)
+        self._memoryless = not any(self.use) and len(set(self.times)) == n
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -166,7 +171,7 @@ class Plan:
     def memoryless(self) -> bool:
         """Whether every call depends on that call alone (no history) and the timesteps name the calls
         (no repeats): then calls may come in any order, and a timestep says which call it is."""
-        return not any(self.use) and len(set(self.timesteps.tolist())) == len(self.timesteps)
+        return self._memoryless
 
 
 def estimate_coefficients(

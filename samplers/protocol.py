@@ -301,6 +301,16 @@ class Scheduler:
         self._state = SamplerState()
         self._started = False
         self._device = target
+        self._fill_device_cache(target)
+
+    def _fill_device_cache(self, device: torch.device) -> None:
+        """Put the tables a step reads on ``device`` now, eagerly: a compiled loop then finds them (no host work
+        or data-dependent branch while tracing), and the first step does no copy."""
+        plan = self._require_plan()
+        self._device_cache[("timesteps", device)] = self._timesteps_for_model(plan).to(device)
+        self._rows_on(device)
+        self._on_device(("plan_t", device), lambda: plan.timesteps.to(torch.float64).to(device))
+        self._on_device(("in_scale", device), lambda: plan.input_scale.to(device))
 
     def default_num_inference_steps(self) -> int:
         """Step count of ``set_timesteps()`` with no grid (diffusers requires one; DDPM uses the table)."""
@@ -483,7 +493,8 @@ class Scheduler:
         plans step in order: the state's counter, checked against a host timestep.
         """
         plan = self._require_plan()
-        on_host = not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
+        compiling = torch.compiler.is_compiling()
+        on_host = not compiling and (not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu")
         if on_host and plan.memoryless:
             return self.index_for_timestep(timestep, start=0)
         index = state.step_index
@@ -492,8 +503,10 @@ class Scheduler:
                 f"step() called {index + 1} times but the plan has {len(plan.timesteps)} calls; "
                 "call set_timesteps again (or set_begin_index) to start a new run"
             )
-        if on_host:
-            expected = float(plan.timesteps[index])
+        if compiling:  # no host read while tracing: the check runs where the timestep lives
+            _assert_timestep(timestep, plan.times[index], index)
+        elif on_host:
+            expected = plan.times[index]
             value = _host_float(timestep, "timestep")
             if abs(value - expected) > 1e-4 * max(1.0, abs(expected)):
                 if index == (self._begin_index or 0) and not state.kept:
@@ -522,7 +535,7 @@ class Scheduler:
         gap = (timestep.to(device=device, dtype=torch.float64)[:, None] - times[None, :]).abs()
         best, indices = gap.min(dim=1)
         tolerance = 1e-4 * times.abs().clamp(min=1.0)[indices]
-        if timestep.device.type == "cpu":
+        if timestep.device.type == "cpu" and not torch.compiler.is_compiling():
             off = ~(best <= tolerance)  # NaN is off the plan too
             if bool(off.any()):
                 i = int(off.nonzero()[0])
@@ -539,16 +552,22 @@ class Scheduler:
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The model sees ``input_scale * sample`` (1 for model-space samplers, alpha for sigma-space ones)."""
         plan = self._require_plan()
-        if bool((plan.input_scale == 1).all()):
+        if plan.unit_scale:
             return sample
         if _is_per_sample(timestep):
             scale = self._on_device(("in_scale", sample.device), lambda: plan.input_scale.to(sample.device))
             s = scale[self._per_sample_indices(timestep, sample)].to(sample.dtype)
             return sample * s.view(-1, *([1] * (sample.dim() - 1)))
+        if torch.compiler.is_compiling() and timestep is not None and plan.memoryless:
+            scale = self._on_device(("in_scale", sample.device), lambda: plan.input_scale.to(sample.device))
+            t = torch.as_tensor(timestep, device=sample.device).reshape(1).expand(sample.shape[0])
+            s = scale[self._per_sample_indices(t, sample)].to(sample.dtype)
+            return sample * s.view(-1, *([1] * (sample.dim() - 1)))
         index = self._state.step_index
-        if timestep is not None and (not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"):
+        host = not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
+        if timestep is not None and host and not torch.compiler.is_compiling():
             index = self._resolve_call(self._state, timestep)
-        return sample * float(plan.input_scale[min(index, len(plan.timesteps) - 1)])
+        return sample * plan.scales[min(index, len(plan.scales) - 1)]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """Forward-noise ``x0`` to ``timesteps`` in this scheduler's working space (shape [B, ...])."""
@@ -694,6 +713,8 @@ class Scheduler:
         output = self._output(plan, index, sample, prev, estimate, model_output, uncond, coeffs)
         if index is None:  # per-sample calls are memoryless: the state does not move
             return output, state
+        if index < 0:  # a memoryless call found on the device (compiled): count it, keep nothing
+            return output, SamplerState(step_index=state.step_index + 1, kept=kept, seeds=run_seeds)
         for name in plan.drop[index]:
             kept.pop(name, None)
         for name, what in plan.keep[index]:
@@ -715,7 +736,11 @@ class Scheduler:
             raise ValueError(f"uncond has shape {tuple(uncond.shape)}; model_output has {tuple(model_output.shape)}")
         if check_finite:
             for label, t in (("model_output", model_output), ("uncond", uncond), ("noise", noise)):
-                if t is not None and not bool(torch.isfinite(t).all()):
+                if t is None:
+                    continue
+                if torch.compiler.is_compiling():  # no host read while tracing: checked where t lives
+                    torch._assert_async(torch.isfinite(t).all(), f"{label} contains NaN or Inf (check_finite=True)")
+                elif not bool(torch.isfinite(t).all()):
                     raise FloatingPointError(f"{label} contains NaN or Inf (check_finite=True)")
 
     def _call_rows(
@@ -727,6 +752,11 @@ class Scheduler:
         if _is_per_sample(timestep):
             indices = self._per_sample_indices(timestep, sample)
             return None, indices, rows_dev[indices], plan.stochastic
+        if torch.compiler.is_compiling() and plan.memoryless and not overrides and not any(plan.x0_from_estimate):
+            # a function of t, as in eager mode, without reading t on the host: gather the row on the device
+            t = torch.as_tensor(timestep, device=sample.device).reshape(1)
+            indices = self._per_sample_indices(t, sample[:1])
+            return -1, indices, rows_dev[indices], plan.stochastic
         index = self._resolve_call(state, timestep)
         row = self._row_for_call(index, overrides)
         if row is None:
@@ -735,7 +765,7 @@ class Scheduler:
         return index, None, coeffs, bool(row[COEFF["c"]] != 0)
 
     def _history(self, plan: Plan, index: int | None, kept: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        if index is None:
+        if index is None or index < 0:
             return []
         missing = [name for name in plan.use[index] if name not in kept]
         if missing:
@@ -756,7 +786,7 @@ class Scheduler:
         uncond: torch.Tensor | None,
         coeffs: torch.Tensor,
     ) -> StepOutput:
-        convert = plan.x0_from_estimate[index] if index is not None else None
+        convert = plan.x0_from_estimate[index] if index is not None and index >= 0 else None
         if convert is None:
             return StepOutput(prev, estimate)
         p, q = convert
@@ -857,6 +887,17 @@ def _host_float(timestep: Any, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, got {value}")
     return value
+
+
+def _assert_timestep(timestep: Any, expected: float, index: int) -> None:
+    """While compiling: the timestep must be the plan's call ``index``; a tensor one is checked where it lives
+    (a device-side assert on CUDA, raised at the next sync; raised at once on the CPU)."""
+    tolerance = 1e-4 * max(1.0, abs(expected))
+    if isinstance(timestep, torch.Tensor):
+        ok = ((timestep.to(torch.float64) - expected).abs() <= tolerance).all()
+        torch._assert_async(ok, f"timestep is not the plan's call {index} (expected {expected:g})")
+    elif not abs(float(timestep) - expected) <= tolerance:
+        raise ValueError(f"timestep {timestep} is not the next one in the schedule: expected {expected:g}")
 
 
 def _with_guidance(coeffs: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:

@@ -68,7 +68,7 @@ def sample(
             steps = tqdm(steps, desc=scheduler.name or type(scheduler).__name__, leave=False)
         for i in steps:
             t = times[i]
-            scale = float(plan.input_scale[i])
+            scale = plan.scales[i]
             out = model(x * scale if scale != 1.0 else x, t, **kwargs)
             result, state = scheduler.step_functional(state, out, t, x, seeds=seeds, backend=backend)
             x = result.prev_sample
@@ -135,7 +135,7 @@ class GraphedSampler:
             x = self._noise * plan.init_noise_sigma
             state = scheduler.init_state()
             for i in range(len(plan.timesteps)):
-                scale = float(plan.input_scale[i])
+                scale = plan.scales[i]
                 out = model(x * scale if scale != 1.0 else x, times[i], **kwargs)
                 result, state = scheduler.step_functional(state, out, times[i], x, seeds=self._seeds, backend=backend)
                 x = result.prev_sample

@@ -28,7 +28,21 @@ def _ops_loaded() -> bool:
 
 
 def _fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the compiled op cannot run on (device, dtype), or None when it can."""
+    """Why the compiled op cannot run on (device, dtype), or None when it can.
+
+    While ``torch.compile`` traces, the answer is taken once, eagerly, as a constant of the graph.
+    """
+    if torch.compiler.is_compiling():
+        return _fused_unavailable_constant(device.type, dtype)
+    return _fused_unavailable_eager(device, dtype)
+
+
+@torch.compiler.assume_constant_result
+def _fused_unavailable_constant(device_type: str, dtype: torch.dtype) -> str | None:
+    return _fused_unavailable_eager(torch.device(device_type), dtype)
+
+
+def _fused_unavailable_eager(device: torch.device, dtype: torch.dtype) -> str | None:
     if dtype not in KERNEL_DTYPES:
         return f"dtype {dtype} is not supported by the fused op (float16, bfloat16, float32)"
     if device.type not in ("cpu", "cuda"):
