@@ -47,6 +47,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -789,6 +790,14 @@ def check_scheduler(
         raise ValueError(f"device={str(device)!r} but CUDA is not available")
     cls.from_config(config)  # bad options fail here, before any check, with the scheduler's own message
     ctx = _Context(cls, registry_name, dict(config), dev, settings or KitSettings())
+    threads, limit = ctx.settings.cpu_threads, 4 * (os.cpu_count() or 1)
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= limit
+    ):
+        # libgomp crashes on absurd team sizes (100000 segfaults) instead of refusing them
+        raise ValueError(
+            f"settings.cpu_threads must be None or an int in [0, {limit}] (4x the cores), got {threads!r}"
+        )
     threads = torch.get_num_threads()
     if ctx.settings.cpu_threads:
         torch.set_num_threads(ctx.settings.cpu_threads)

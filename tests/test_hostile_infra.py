@@ -601,3 +601,14 @@ def test_cli_check_reports_fail_on_nan_marginals(monkeypatch):
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["passed"] is False and "non-finite" in report["results"][0]["detail"]
+
+
+@pytest.mark.parametrize("threads", [100_000, -1, 2.5])
+def test_kit_refuses_absurd_thread_counts(threads):
+    """torch.set_num_threads(100000) segfaults in libgomp; the kit refuses it before any run."""
+    from samplers.testing import KitSettings, check_scheduler
+
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match=r"cpu_threads must be None or an int in \[0, \d+\]"):
+        check_scheduler("ddim", settings=KitSettings.quick(cpu_threads=threads), checks=["protocol"])
+    assert torch.get_num_threads() == before
