@@ -576,8 +576,8 @@ def test_kit_roundtrip_fails_on_a_non_finite_plan():
     class NaNScale(EulerDiscreteScheduler):
         name = "nan_scale"
 
-        def _make_plan(self, *args):
-            plan = super()._make_plan(*args)
+        def make_plan(self, *args):
+            plan = super().make_plan(*args)
             plan.input_scale[-1] = float("nan")
             return plan
 
