@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -20,6 +21,12 @@ app = typer.Typer(
 # Piped output (CI logs, `| less`) has no terminal width; rich would assume 80 columns and cut headers.
 console = Console(width=None if sys.stdout.isatty() else 140)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow", "score")
+
+
+def _text(value: object) -> str:
+    """Any value as literal rich text: plugin names, versions, errors and build messages may hold
+    ``[...]`` that rich would read as markup (and raise on, e.g. a stray ``[/red]``)."""
+    return escape(str(value))
 
 
 @app.command("list")
@@ -42,15 +49,22 @@ def list_schedulers(
     for col in ("name", "family", "order", "NFE/step", "stochastic", "prediction types", "source"):
         table.add_column(col, no_wrap=col in ("name", "source"))
     for m in rows:
-        types = "all" if set(m["prediction_types"]) >= set(PREDICTION_TYPES) else ",".join(m["prediction_types"])
+        types = (
+            "all" if set(m["prediction_types"]) >= set(PREDICTION_TYPES) else ",".join(map(str, m["prediction_types"]))
+        )
         table.add_row(
-            m["name"],
-            m["family"],
-            str(m["order"]),
-            str(m["nfe_per_step"]),
-            _stochastic_cell(m),
-            types,
-            f"{m['distribution']} {m['version']}",
+            *map(
+                _text,
+                (
+                    m["name"],
+                    m["family"],
+                    m["order"],
+                    m["nfe_per_step"],
+                    _stochastic_cell(m),
+                    types,
+                    f"{m['distribution']} {m['version']}",
+                ),
+            )
         )
     if any(set(m["prediction_types"]) >= set(PREDICTION_TYPES) for m in rows):
         table.caption = "all = " + ", ".join(PREDICTION_TYPES)
@@ -66,7 +80,11 @@ def _stochastic_cell(meta: dict) -> str:
 
 def _print_load_errors(errors: list) -> None:
     for err in errors:
-        console.print(f"[red]plugin {err.plugin!r} from {err.distribution} failed to load:[/red] {err.error}")
+        console.print(
+            f"[red]plugin {_text(repr(err.plugin))} from {_text(err.distribution)} failed to load:[/red] "
+            f"{_text(err.error)}",
+            highlight=False,
+        )
 
 
 @app.command("info")
@@ -104,16 +122,16 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
     for key, value in report.items():
         if key in ("load_errors", "kernels", "attention_dispatch"):
             continue
-        console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+        console.print(f"[bold]{_text(key)}[/bold]: {_text(value)}", highlight=False)
     console.print("[bold]kernels[/bold]:")
     for name, status in report["kernels"].items():
-        console.print(f"  {name}: {status}", highlight=False)
+        console.print(f"  {_text(name)}: {_text(status)}", highlight=False)
     for key, choice in report["attention_dispatch"].get("choices", {}).items():
         picked = choice.get("backend", "?") + (f" ({choice['kernel']})" if choice.get("kernel") else "")
         times = ", ".join(
             f"{n} {t:.4f} ms" for n, t in sorted(choice.get("times_ms", {}).items(), key=lambda kv: kv[1])
         )
-        console.print(f"    {key}: {picked}" + (f" [{times}]" if times else ""), highlight=False)
+        console.print(_text(f"    {key}: {picked}" + (f" [{times}]" if times else "")), highlight=False)
     _print_load_errors(reg.load_errors)
 
 

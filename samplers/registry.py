@@ -2,15 +2,24 @@
 
 ``samplers.get("ddim", eta=0.5)`` builds a configured scheduler; ``samplers.available()`` lists
 names. Third-party distributions are found through the entry-point group ``samplers`` (set
-``SAMPLERS_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them). A plugin that fails to import or to
-register is recorded in :attr:`Registry.load_errors` (name, distribution, error) and the rest
+``SAMPLERS_DISABLE_PLUGIN_AUTOLOAD`` to 1/true/yes/on to skip them; 0/false/no/off or empty loads
+them; any other value is an error). A plugin that fails to import or to register (any exception,
+``SystemExit`` included; only ``KeyboardInterrupt`` propagates), or that registers a class without a
+valid ``name``, is recorded in :attr:`Registry.load_errors` (name, distribution, error) and the rest
 keep working; two plugins registering one name is an error naming both.
+
+Re-entry: a plugin module that calls ``samplers.available()`` / ``samplers.get()`` while it is being
+imported gets the registry as built so far (the built-ins and the plugins loaded before it). A hook
+(``samplers_register_schedulers``) that looks schedulers up while the registry is collecting them
+gets a :class:`RegistryReentryError`, which makes it a load error of that plugin; neither deadlocks.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import threading
 import traceback
 from dataclasses import dataclass
@@ -28,6 +37,10 @@ DISABLE_ENV = "SAMPLERS_DISABLE_PLUGIN_AUTOLOAD"
 
 class PluginNameClashError(RuntimeError):
     """Two plugins registered the same scheduler name."""
+
+
+class RegistryReentryError(RuntimeError):
+    """A plugin hook looked schedulers up while the registry was collecting them from the hooks."""
 
 
 class UnknownSchedulerError(KeyError):
@@ -60,6 +73,56 @@ class LoadError:
     detail: str = ""
 
 
+# Scheduler names are CLI arguments, table cells and config values: a letter, then letters, digits,
+# "_", "-" or "." (at most 64 characters).
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def autoload_from_env() -> bool:
+    """Whether entry points load, from ``SAMPLERS_DISABLE_PLUGIN_AUTOLOAD`` (case-insensitive, trimmed)."""
+    raw = os.environ.get(DISABLE_ENV, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return False
+    if value in _FALSE:
+        return True
+    raise ValueError(
+        f"{DISABLE_ENV}={raw!r} is not understood: use one of {', '.join(_TRUE)} to skip plugin entry points, "
+        f"or one of {', '.join(v for v in _FALSE if v)} (or leave it empty) to load them"
+    )
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Exceptions a plugin failure must not swallow: Ctrl-C (and interpreter shutdown)."""
+    return isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _class_problem(cls: Any) -> str | None:
+    """Why ``cls`` cannot be registered, or None."""
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        return f"{cls!r} is not a samplers.protocol.Scheduler subclass"
+    label = f"{cls.__module__}.{cls.__qualname__}"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str):
+        return f"{label} has name {name!r} ({type(name).__name__}); a scheduler name must be a str"
+    if not NAME_PATTERN.fullmatch(name):
+        return (
+            f"{label} has name {name!r}; a scheduler name is a letter followed by letters, digits, '_', '-' or '.' "
+            "(at most 64 characters)"
+        )
+    try:
+        json.dumps(cls.metadata())  # `samplers list --json` prints it
+    except Exception as exc:
+        return f"{label}.metadata() failed or is not JSON-serializable: {_describe(exc)}"
+    return None
+
+
 def _own_version() -> str:
     try:
         return metadata.version("samplers")
@@ -70,19 +133,21 @@ def _own_version() -> str:
 class Registry:
     """A pluggy PluginManager plus the scheduler table it yields."""
 
-    def __init__(self, autoload: bool | None = None) -> None:
+    def __init__(self, autoload: bool | None = None, *, _defer_entry_points: bool = False) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs.SamplersHookSpec)
-        self.autoload = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes") if autoload is None else autoload
+        self.autoload = autoload_from_env() if autoload is None else autoload
         self.load_errors: list[LoadError] = []
         self._sources: dict[str, Source] = {}
         self._entries: dict[str, Entry] | None = None
-        self._lock = threading.Lock()
+        # Re-entrant: a plugin's import may call back into this registry on the same thread.
+        self._lock = threading.RLock()
+        self._collecting = False
         from samplers import schedulers as builtins
 
         self.register(builtins, "builtins", Source("builtins", "samplers", _own_version()))
-        if self.autoload:
-            self._load_entry_points()
+        if self.autoload and not _defer_entry_points:
+            self.load_entry_points()
 
     def register(self, plugin: Any, name: str, source: Source | None = None) -> None:
         """Register a plugin object (module or instance with ``@hookimpl`` functions)."""
@@ -101,7 +166,8 @@ class Registry:
         self._sources[name] = source or Source(name, "(registered at run time)", "")
         self._entries = None
 
-    def _load_entry_points(self) -> None:
+    def load_entry_points(self) -> None:
+        """Import and register every entry point of the ``samplers`` group (once per name)."""
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "?"
@@ -110,10 +176,10 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
-                self.load_errors.append(
-                    LoadError(ep.name, dist_name, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3))
-                )
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the rest down
+                if _fatal(exc):
+                    raise
+                self.load_errors.append(LoadError(ep.name, dist_name, _describe(exc), traceback.format_exc(limit=3)))
                 continue
             self.register(plugin, ep.name, Source(ep.name, dist_name, dist_version))
 
@@ -124,12 +190,13 @@ class Registry:
             try:
                 classes = list(impl.function() or [])
                 for cls in classes:
-                    if not (isinstance(cls, type) and issubclass(cls, Scheduler)) or not getattr(cls, "name", ""):
-                        raise TypeError(f"{cls!r} is not a named samplers.protocol.Scheduler subclass")
-            except Exception as exc:
-                self.load_errors.append(
-                    LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}")
-                )
+                    problem = _class_problem(cls)
+                    if problem:
+                        raise TypeError(problem)
+            except BaseException as exc:  # the plugin's classes are all skipped; the others keep working
+                if _fatal(exc):
+                    raise
+                self.load_errors.append(LoadError(impl.plugin_name, source.distribution, _describe(exc)))
                 continue
             for cls in classes:
                 if cls.name in entries and entries[cls.name].cls is not cls:
@@ -148,10 +215,10 @@ class Registry:
             source = self._sources.get(impl.plugin_name, Source(impl.plugin_name, "?", "?"))
             try:
                 items = dict(impl.function() or {})
-            except Exception as exc:
-                self.load_errors.append(
-                    LoadError(impl.plugin_name, source.distribution, f"{type(exc).__name__}: {exc}")
-                )
+            except BaseException as exc:
+                if _fatal(exc):
+                    raise
+                self.load_errors.append(LoadError(impl.plugin_name, source.distribution, _describe(exc)))
                 continue
             for name, obj in items.items():
                 if name in found and found[name][0] is not obj:
@@ -180,7 +247,16 @@ class Registry:
     def entries(self) -> dict[str, Entry]:
         with self._lock:
             if self._entries is None:
-                self._entries = self._collect()
+                if self._collecting:  # only this thread can be here: a hook looked schedulers up
+                    raise RegistryReentryError(
+                        "a samplers_register_schedulers hook called samplers.available()/get() while the registry "
+                        "was collecting schedulers; return classes from the hook and look them up afterwards"
+                    )
+                self._collecting = True
+                try:
+                    self._entries = self._collect()
+                finally:
+                    self._collecting = False
             return self._entries
 
     def available(self) -> list[str]:
@@ -201,15 +277,29 @@ class Registry:
 
 
 _REGISTRY: Registry | None = None
-_REGISTRY_LOCK = threading.Lock()
+_REGISTRY_LOCK = threading.RLock()  # re-entrant: plugins imported while it is held may call registry()
+_BUILDING: Registry | None = None  # the registry whose entry points are being imported (under the lock)
 
 
 def registry(reload: bool = False) -> Registry:
-    """The process-wide registry (built on first use; ``reload=True`` re-reads entry points)."""
-    global _REGISTRY
+    """The process-wide registry (built on first use; ``reload=True`` re-reads entry points).
+
+    Called from a plugin module while the registry imports it (same thread), this returns the
+    registry built so far, built-ins included, instead of waiting on itself or loading again.
+    """
+    global _REGISTRY, _BUILDING
     with _REGISTRY_LOCK:
+        if _BUILDING is not None:  # we hold the lock, so this thread is the one importing plugins
+            return _BUILDING
         if _REGISTRY is None or reload:
-            _REGISTRY = Registry()
+            reg = Registry(_defer_entry_points=True)
+            if reg.autoload:
+                _BUILDING = reg
+                try:
+                    reg.load_entry_points()
+                finally:
+                    _BUILDING = None
+            _REGISTRY = reg
         return _REGISTRY
 
 

@@ -31,6 +31,8 @@ F64 = torch.float64
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+# Largest discrete training schedule (1000 is usual; tables cost ~8 bytes x a few per timestep).
+MAX_TRAIN_TIMESTEPS = 1_000_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,6 +61,8 @@ def make_betas(
     """
     if num_train_timesteps < 1:
         raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+    if not num_train_timesteps <= MAX_TRAIN_TIMESTEPS:  # a few-byte config must not allocate gigabytes
+        raise ValueError(f"num_train_timesteps must be at most {MAX_TRAIN_TIMESTEPS}, got {num_train_timesteps}")
     n = num_train_timesteps
     if beta_schedule == "linear":
         return torch.linspace(beta_start, beta_end, n, dtype=F64)

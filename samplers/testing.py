@@ -47,6 +47,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -265,6 +266,22 @@ def _plan_is_noisy(scheduler: Scheduler) -> bool:
     return any(scheduler.plan.stochastic_calls)
 
 
+def _finite(x: torch.Tensor) -> bool:
+    """Every element finite (bfloat16/half compared in float32). A NaN compares False with
+    everything, so each check tests this explicitly before comparing numbers."""
+    return bool(torch.isfinite(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).all())
+
+
+def _nonfinite_plan_fields(scheduler: Scheduler) -> list[str]:
+    """Plan tables holding NaN/Inf (Plan itself validates the update rows, where ``lim`` may be inf)."""
+    plan = scheduler.plan
+    fields = ("timesteps", "input_scale", "model_alpha", "model_sigma")
+    bad = [f for f in fields if not _finite(torch.as_tensor(getattr(plan, f)).double())]
+    if not math.isfinite(float(plan.init_noise_sigma)):
+        bad.append("init_noise_sigma")
+    return bad
+
+
 def _check_protocol(ctx: _Context) -> tuple[bool, str]:
     cls = ctx.cls
     problems: list[str] = []
@@ -343,6 +360,9 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
         problems.append(f"init_noise_sigma must be a positive finite float, got {init!r}")
     if s.step_index is not None:
         problems.append(f"step_index must be None before the first step, got {s.step_index}")
+    bad_fields = _nonfinite_plan_fields(s)
+    if bad_fields:
+        problems.append(f"non-finite values in the plan for {n} steps: {', '.join(bad_fields)}")
     oracle = GaussianOracle.for_shape([3])
     x = ctx.noise([2, 3], 1).float() * init
     plan = s.plan
@@ -350,6 +370,8 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
     x_in = s.scale_model_input(x, t)
     if x_in.shape != x.shape:
         problems.append(f"scale_model_input changed the shape {tuple(x.shape)} -> {tuple(x_in.shape)}")
+    elif not _finite(x_in) and _finite(x):
+        problems.append("scale_model_input(x, t) returned non-finite values for a finite x")
     elif not torch.allclose(x_in, x * float(plan.input_scale[0]), rtol=1e-6, atol=0):
         problems.append("scale_model_input(x, t) differs from plan.input_scale * x")
     out = oracle.model_output(s.prediction_type, x_in, float(plan.model_alpha[0]), float(plan.model_sigma[0]))
@@ -361,6 +383,8 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
     result = s.step(out, t, x, seeds=ctx.seeds(2, 1), backend=ctx.settings.backend)
     if not isinstance(result, StepOutput) or not isinstance(result.prev_sample, torch.Tensor):
         problems.append(f"step() must return StepOutput(prev_sample, ...), got {type(result).__name__}")
+    elif not _finite(result.prev_sample):
+        problems.append("step() given the exact model's output returned a non-finite prev_sample")
     if s.step_index != 1:
         problems.append(f"step_index after one step must be 1, got {s.step_index}")
     tup = (
@@ -403,6 +427,10 @@ def _check_roundtrip(ctx: _Context) -> tuple[bool, str]:
         s.set_timesteps(n)
         loaded.set_timesteps(n)
         again.set_timesteps(n)
+        bad_fields = _nonfinite_plan_fields(s)
+        if bad_fields:  # NaN != NaN: the comparisons below would blame the round trip
+            problems.append(f"non-finite values in the plan for {n} steps: {', '.join(bad_fields)}")
+            continue
         for label, other in (("from_pretrained", loaded), ("from_config", again)):
             same = (
                 torch.equal(s.plan.rows, other.plan.rows)
@@ -453,10 +481,12 @@ def _check_shapes(ctx: _Context) -> tuple[bool, str]:
                     )
                     break
                 x = y
-            if not bool(torch.isfinite(x.float()).all()):
+            if not _finite(x):
                 problems.append(f"non-finite output for {shape} {dtype}")
             finals[(shape, dtype)] = x.to(F64)
         ref = finals[(shape, torch.float32)]
+        if not _finite(ref):
+            continue  # reported above; comparisons with NaN/Inf mean nothing
         scale = max(1.0, float(ref.abs().max()))
         for dtype, tol in ((torch.float64, 1e-3), (torch.bfloat16, 0.1)):
             err = float((finals[(shape, dtype)] - ref).abs().max())
@@ -483,6 +513,8 @@ def _check_shapes(ctx: _Context) -> tuple[bool, str]:
                 device=dev,
             )
             out_dev[dev] = x.to("cpu", F64)
+        if not (_finite(out_dev["cpu"]) and _finite(out_dev["cuda"])):
+            problems.append("non-finite output on CPU or CUDA")
         err = float((out_dev["cpu"] - out_dev["cuda"]).abs().max())
         if not err <= 1e-3 * max(1.0, float(out_dev["cpu"].abs().max())):
             problems.append(f"CPU and CUDA results differ by {err:.3g}")
@@ -517,6 +549,11 @@ def _check_determinism(ctx: _Context) -> tuple[bool, str]:
         run(seeds=ctx.seeds(shape[0], 5)),
         run(seeds=ctx.seeds(shape[0], 6)),
     )
+    if not all(_finite(v) for v in (a, b, c, sa, sb, sc)):
+        return (
+            False,
+            "non-finite output from the exact model's chain; NaN never equals itself, so no seed test means anything",
+        )
     if not torch.equal(a, b):
         problems.append("the same generator seed gave different outputs")
     if not torch.equal(sa, sb):
@@ -587,10 +624,13 @@ def _check_marginals(ctx: _Context) -> tuple[bool, str, bool]:
         u = oracle.standardize(x)
         errors[steps] = {"mean": abs(float(u.mean())), "variance": abs(float(u.var()) - 1)}
     lo, hi = st.marginal_steps
-    excess = {k: {m: max(0.0, errors[k][m] - st.z * se[m]) for m in se} for k in errors}
     table = "; ".join(
         f"{k} steps: |mean err| {errors[k]['mean']:.4f}, |var err| {errors[k]['variance']:.4f}" for k in (lo, hi)
     )
+    if not all(math.isfinite(v) for k in errors for v in errors[k].values()):
+        # max(0.0, nan) is 0.0: without this a diverged run would read as "no excess"
+        return False, f"non-finite sample moments: {table}", False
+    excess = {k: {m: max(0.0, errors[k][m] - st.z * se[m]) for m in se} for k in errors}
     noise = f"{n} standardized coordinates, {st.z:g} SE = {st.z * se['mean']:.4f} / {st.z * se['variance']:.4f}"
     if all(v == 0 for v in excess[hi].values()):
         return True, f"moments match the data at {hi} steps ({table}; {noise})", False
@@ -663,7 +703,7 @@ def _check_no_sync(ctx: _Context) -> tuple[bool, str, bool]:
     noise = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
     times = s.timesteps  # on the device
 
-    def loop(check: bool) -> None:
+    def loop(check: bool) -> torch.Tensor:
         state = s.init_state()
         x = noise * plan.init_noise_sigma
         for i in range(len(plan.timesteps)):
@@ -683,12 +723,15 @@ def _check_no_sync(ctx: _Context) -> tuple[bool, str, bool]:
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
             x = result.prev_sample
+        return x
 
     loop(check=False)  # warm-up: device caches (coefficient rows, keys) are filled once per plan
     try:
-        loop(check=True)
+        x = loop(check=True)
     except RuntimeError as exc:
         return False, f"step_functional() synchronized with the host: {str(exc).splitlines()[0]}", False
+    if not _finite(x):
+        return False, "non-finite output from the exact model's chain", False
     return True, f"{len(plan.timesteps)} step_functional() calls on {device} under sync debug mode 'error'", False
 
 
@@ -747,6 +790,14 @@ def check_scheduler(
         raise ValueError(f"device={str(device)!r} but CUDA is not available")
     cls.from_config(config)  # bad options fail here, before any check, with the scheduler's own message
     ctx = _Context(cls, registry_name, dict(config), dev, settings or KitSettings())
+    threads, limit = ctx.settings.cpu_threads, 4 * (os.cpu_count() or 1)
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= limit
+    ):
+        # libgomp crashes on absurd team sizes (100000 segfaults) instead of refusing them
+        raise ValueError(
+            f"settings.cpu_threads must be None or an int in [0, {limit}] (4x the cores), got {threads!r}"
+        )
     threads = torch.get_num_threads()
     if ctx.settings.cpu_threads:
         torch.set_num_threads(ctx.settings.cpu_threads)

@@ -512,6 +512,49 @@ def _step_signature(per_call: tuple[str, ...]) -> inspect.Signature:
     return _SIGNATURES[per_call]
 
 
+def _check_local_path(path: str | os.PathLike | None, subfolder: str | None, config_name: str) -> None:
+    """Raise FileNotFoundError now for a local path without a config; return for a Hub id.
+
+    diffusers sends every name that is neither a file nor a folder here to the Hub, which offline
+    retries for about half a minute. A missing path is local, never a Hub id, when it is an
+    ``os.PathLike``, absolute, starts with ``.`` or ``~``, holds a backslash, ends in ``.json``,
+    has no ``/`` or more than one (Hub ids are ``owner/name``), or is ``dir/name`` with ``dir``
+    present here.
+    """
+    if path is None or str(path).strip() == "":
+        raise ValueError("pretrained_model_name_or_path must name a folder, a config file or a Hub id owner/name")
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if os.path.isfile(text):
+        return
+    if os.path.isdir(text):
+        inner = os.path.join(text, subfolder, config_name) if subfolder else None
+        if (inner and os.path.isfile(inner)) or os.path.isfile(os.path.join(text, config_name)):
+            return
+        where = f"{os.path.join(text, subfolder)} or {text}" if subfolder else text
+        raise FileNotFoundError(f"no {config_name} in {where}")
+    parts = text.split("/")
+    hub_like = (
+        isinstance(path, str)
+        and len(parts) == 2
+        and all(parts)
+        and not os.path.isabs(text)
+        and not text.startswith((".", "~"))
+        and "\\" not in text
+        and not text.endswith(".json")
+        and not os.path.isdir(parts[0])
+    )
+    if hub_like:
+        return
+    hint = ""
+    if isinstance(path, str) and "/" not in text and text in registry().available():
+        hint = f"; to build the registered scheduler use SamplersScheduler({text!r}, ...)"
+    raise FileNotFoundError(
+        f"no such file or folder {text!r} (looking for {config_name}; a Hub model id has the form owner/name){hint}"
+    )
+
+
 class SamplersScheduler(SchedulerMixin, ConfigMixin):
     """A samplers :class:`~samplers.protocol.Scheduler` behind diffusers' scheduler interface.
 
@@ -584,6 +627,26 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
             inner = from_diffusers({**cfg, **changes})
         model = cls(inner, noise=noise)
         return (model, kwargs) if return_unused_kwargs else model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ) -> SamplersScheduler | tuple[SamplersScheduler, dict[str, Any]]:
+        """diffusers' ``from_pretrained``, except that a local path never reaches the network.
+
+        A local file, or a folder holding ``scheduler_config.json`` (directly or in ``subfolder``),
+        loads offline. A path that does not exist here raises FileNotFoundError at once when it
+        cannot be a Hub id (see :func:`_check_local_path`); only ``owner/name`` with no local
+        ``owner`` folder goes to the Hub, as in diffusers.
+        """
+        _check_local_path(pretrained_model_name_or_path, subfolder, cls.config_name)
+        return super().from_pretrained(
+            pretrained_model_name_or_path, subfolder=subfolder, return_unused_kwargs=return_unused_kwargs, **kwargs
+        )
 
     def _sync_config(self) -> None:
         """Rebuild the wrapped scheduler if ``config`` was edited (pipelines patch ``_internal_dict``)."""

@@ -6,14 +6,26 @@ changes), else ``None`` and the pure-PyTorch reference is used. ``SAMPLERS_DISAB
 forces the reference. The outcome of every attempt is kept in :data:`BUILD_STATUS` for
 ``samplers info``. Nothing here runs at import time: the first call of :func:`load_extension`
 builds.
+
+The build lock: torch's JIT build holds ``<build dir>/lock`` (created exclusively, its descriptor
+open until the build ends) and every other process waits, without limit, until that file is gone.
+A build killed mid-way leaves the file behind. Before building, a lock no live process holds
+(read from ``/proc/<pid>/fd``; where that cannot be seen, a lock older than
+:data:`STALE_LOCK_AGE_S`) is removed with a warning naming it; a live one is waited on for at most
+``SAMPLERS_BUILD_LOCK_TIMEOUT`` seconds (default :data:`DEFAULT_LOCK_TIMEOUT_S`), after which the
+op falls back to the reference with the lock named in :data:`BUILD_STATUS`. (A process that takes
+the lock between that check and torch's own is still waited on by torch without limit.)
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import shutil
 import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +105,9 @@ class BuildStatus:
 
 
 BUILD_STATUS: dict[str, BuildStatus] = {}
+LOCK_TIMEOUT_ENV = "SAMPLERS_BUILD_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 900.0  # a cold CUDA build of every kernel takes minutes on a small machine
+STALE_LOCK_AGE_S = 6 * 3600.0  # only where the lock's holders cannot be seen (no /proc, another user's lock)
 _LOCK = threading.Lock()
 _MODULES: dict[str, object | None] = {}
 
@@ -124,6 +139,108 @@ def cuda_gencode_flags() -> list[str]:
     # has to run on the GPUs that are here.
     arch = [f"{a}{b}a" if (a, b) == (9, 0) else f"{a}{b}" for a, b in caps]
     return [f"-gencode=arch=compute_{x},code=sm_{x}" for x in arch]
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for another process's build lock (``SAMPLERS_BUILD_LOCK_TIMEOUT``, >= 0)."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{LOCK_TIMEOUT_ENV}={raw!r} must be a number of seconds >= 0")
+    return value
+
+
+def _lock_holders(lock: Path) -> list[int] | None:
+    """PIDs of the processes that have ``lock`` open, or None where that cannot be seen.
+
+    torch's FileBaton keeps the lock's descriptor open for the whole build, so a lock with no
+    holder was left by a build that died. Only this user's processes can be read, so a lock
+    owned by another user counts as unknown.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        if lock.stat().st_uid != os.getuid():
+            return None
+    except FileNotFoundError:
+        return []
+    target = os.path.realpath(lock)
+    holders = []
+    for proc in os.scandir("/proc"):
+        if not proc.name.isdigit():
+            continue
+        try:
+            with os.scandir(f"/proc/{proc.name}/fd") as fds:
+                if any(_links_to(fd.path, target) for fd in fds):
+                    holders.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return holders
+
+
+def _links_to(path: str, target: str) -> bool:
+    try:
+        return os.readlink(path) == target
+    except OSError:
+        return False
+
+
+def _build_lock(ext_name: str) -> Path | None:
+    """``<build dir>/lock`` that torch's JIT build of ``ext_name`` takes (None if torch hides where)."""
+    from torch.utils import cpp_extension
+
+    get_dir = getattr(cpp_extension, "_get_build_directory", None)
+    if get_dir is None:
+        return None
+    return Path(get_dir(ext_name, verbose=False)) / "lock"
+
+
+def wait_for_build_lock(lock: Path, timeout: float) -> str | None:
+    """Make ``lock`` free: None once it is (a stale one removed), else why the build should not wait.
+
+    Warns once, naming the lock, when it is removed or waited on.
+    """
+    deadline = time.monotonic() + timeout
+    warned = False
+    while True:
+        try:
+            stat = lock.stat()
+        except FileNotFoundError:
+            return None
+        holders = _lock_holders(lock)
+        age = time.time() - stat.st_mtime
+        if holders == [] or (holders is None and age > STALE_LOCK_AGE_S):
+            why = "no process holds it" if holders == [] else f"it is {age / 3600:.1f} h old"
+            warnings.warn(
+                f"samplers: removing the stale JIT build lock {lock} ({why}; left by a build that was killed?)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            try:
+                lock.unlink()
+            except FileNotFoundError:
+                pass
+            return None
+        who = f"held by pid {', '.join(map(str, holders))}" if holders else "its holder cannot be seen"
+        if time.monotonic() >= deadline:
+            return (
+                f"timed out after {timeout:g} s waiting for the JIT build lock {lock} ({who}); "
+                f"delete it if no build is running, or raise {LOCK_TIMEOUT_ENV}"
+            )
+        if not warned:
+            warnings.warn(
+                f"samplers: waiting up to {timeout:g} s for the JIT build lock {lock} ({who}): another process "
+                "is building this extension",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            warned = True
+        time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))  # each poll rescans /proc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -160,6 +277,11 @@ def _load(name: str, cpu_sources: list[str], cuda_sources: list[str]) -> object 
 
         if not cpp_extension.is_ninja_available():
             BUILD_STATUS[name] = BuildStatus(name, "torch", "ninja is not installed (pip install ninja)")
+            return None
+        lock = _build_lock(f"samplers_{name}")
+        lock_problem = wait_for_build_lock(lock, lock_timeout()) if lock is not None else None
+        if lock_problem is not None:
+            BUILD_STATUS[name] = BuildStatus(name, "torch", lock_problem)
             return None
         with_cuda = bool(cuda_sources) and torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
         sources = [str(CSRC / s) for s in cpu_sources + (cuda_sources if with_cuda else [])]

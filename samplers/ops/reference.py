@@ -27,6 +27,7 @@ weighs the model output. ``noise`` is an explicit tensor, or is drawn in the op:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -229,10 +230,20 @@ def batch_seeds(
 
     Sample ``sample_offset + b`` gets ``splitmix64(base_seed ^ splitmix64(sample_offset + b))``, so a
     batch split into pieces (each with its own ``sample_offset``) draws exactly the same noise.
+    ``base_seed`` is in ``[0, 2**64)`` and sample indices stay below ``2**64``; anything else raises.
     """
+    from samplers.ops.rng import check_seed
+
+    base_seed = check_seed(base_seed, "base_seed")
+    for label, value in (("batch_size", batch_size), ("sample_offset", sample_offset)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{label} must be an int >= 0, got {value!r}")
+    batch_size, sample_offset = int(batch_size), int(sample_offset)
+    if sample_offset + batch_size > 2**64:
+        raise ValueError(f"sample_offset + batch_size = {sample_offset + batch_size} exceeds 2**64 sample indices")
     with np.errstate(over="ignore"):
         index = np.arange(sample_offset, sample_offset + batch_size, dtype=np.uint64)
-        mixed = _splitmix64(np.uint64(base_seed & 0xFFFFFFFFFFFFFFFF) ^ _splitmix64(index))
+        mixed = _splitmix64(np.uint64(base_seed) ^ _splitmix64(index))
     return torch.from_numpy(mixed.view(np.int64).copy()).to(device)
 
 

@@ -1,10 +1,35 @@
-"""Seeds for the in-op Philox noise, taken reproducibly from a ``torch.Generator``."""
+"""Seeds for the in-op Philox noise, taken reproducibly from a ``torch.Generator``, and the range a
+user seed must lie in.
+
+A seed is a 64-bit key: every seed argument takes an int in ``[0, 2**64)`` (:data:`SEED_RANGE`).
+Anything outside is an error naming the argument, never reduced mod 2**64 (which would make,
+say, ``-1`` and ``2**64 - 1`` the same noise without a word).
+"""
 
 from __future__ import annotations
+
+import operator
 
 import torch
 
 _MASK64 = 0xFFFFFFFFFFFFFFFF
+SEED_RANGE = "0 <= {name} < 2**64"
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` as a Python int in ``[0, 2**64)``; TypeError / ValueError naming ``name`` otherwise.
+
+    Integers of any kind (Python, numpy) are accepted; bools, floats and strings are not.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got the bool {value!r}")
+    try:
+        seed = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}") from None
+    if not 0 <= seed <= _MASK64:
+        raise ValueError(f"{name}={seed} is out of range: seeds are 64-bit, {SEED_RANGE.format(name=name)}")
+    return seed
 
 
 def _splitmix64(z: int) -> int:
