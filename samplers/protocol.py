@@ -286,6 +286,11 @@ class Scheduler:
             if not math.isfinite(float(mu)):
                 raise ValueError(f"mu must be a finite number, got {mu!r}")
         target = torch.device(device) if device is not None else torch.device("cpu")
+        key = (num_inference_steps, _grid_key(grid_t), _grid_key(grid_sigma), mu)
+        if self.plan is not None and key == self.__dict__.get("_plan_key"):
+            # the same grid again: keep the plan (a compiled loop guarded on it stays valid), reset the run
+            self._reset_run(target)
+            return
         levels = self.run_levels(num_inference_steps, grid_t, grid_sigma, mu)
         try:
             plan = self.make_plan(levels, mu)
@@ -295,13 +300,17 @@ class Scheduler:
             raise ValueError(f"prediction_type={self.prediction_type!r} cannot be used on this grid: {exc}") from exc
         # Everything above may raise; nothing below does: the swap is all or nothing.
         self.plan = plan
+        self._plan_key = key
         self.num_inference_steps = num_inference_steps if num_inference_steps is not None else len(levels)
         self._device_cache = {}
+        self._reset_run(target)
+
+    def _reset_run(self, device: torch.device) -> None:
         self._begin_index = None
         self._state = SamplerState()
         self._started = False
-        self._device = target
-        self._fill_device_cache(target)
+        self._device = device
+        self._fill_device_cache(device)
 
     def _fill_device_cache(self, device: torch.device) -> None:
         """Put the tables a step reads on ``device`` now, eagerly: a compiled loop then finds them (no host work
@@ -504,7 +513,7 @@ class Scheduler:
                 "call set_timesteps again (or set_begin_index) to start a new run"
             )
         if compiling:  # no host read while tracing: the check runs where the timestep lives
-            _assert_timestep(timestep, plan.times[index], index)
+            self._assert_timestep(timestep, index)
         elif on_host:
             expected = plan.times[index]
             value = _host_float(timestep, "timestep")
@@ -517,6 +526,17 @@ class Scheduler:
                     "so its calls must come in order; call set_timesteps (or set_begin_index) to start over"
                 )
         return index
+
+    def _assert_timestep(self, timestep: Any, index: int) -> None:
+        """While compiling: the timestep must be the plan's call ``index``, checked where it lives (a device
+        assert on CUDA, raised at the next sync; raised at once on the CPU). Only tensor ops: no host floats."""
+        if not isinstance(timestep, torch.Tensor):
+            timestep = torch.tensor(timestep, dtype=torch.float64)
+        plan = self._require_plan()
+        times = self._on_device(("plan_t", timestep.device), lambda: plan.timesteps.to(timestep.device))
+        expected = times[index]
+        ok = ((timestep.to(torch.float64) - expected).abs() <= 1e-4 * expected.abs().clamp(min=1.0)).all()
+        torch._assert_async(ok, "timestep is not the next one in the schedule (checked on the device)")
 
     def _per_sample_indices(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Device lookup of per-sample timesteps [B] -> plan indices [B] (no sync; exact match checked)."""
@@ -752,7 +772,8 @@ class Scheduler:
         if _is_per_sample(timestep):
             indices = self._per_sample_indices(timestep, sample)
             return None, indices, rows_dev[indices], plan.stochastic
-        if torch.compiler.is_compiling() and plan.memoryless and not overrides and not any(plan.x0_from_estimate):
+        gather = plan.memoryless and _no_overrides(overrides) and not any(plan.x0_from_estimate)
+        if torch.compiler.is_compiling() and gather:
             # a function of t, as in eager mode, without reading t on the host: gather the row on the device
             t = torch.as_tensor(timestep, device=sample.device).reshape(1)
             indices = self._per_sample_indices(t, sample[:1])
@@ -889,15 +910,12 @@ def _host_float(timestep: Any, what: str) -> float:
     return value
 
 
-def _assert_timestep(timestep: Any, expected: float, index: int) -> None:
-    """While compiling: the timestep must be the plan's call ``index``; a tensor one is checked where it lives
-    (a device-side assert on CUDA, raised at the next sync; raised at once on the CPU)."""
-    tolerance = 1e-4 * max(1.0, abs(expected))
-    if isinstance(timestep, torch.Tensor):
-        ok = ((timestep.to(torch.float64) - expected).abs() <= tolerance).all()
-        torch._assert_async(ok, f"timestep is not the plan's call {index} (expected {expected:g})")
-    elif not abs(float(timestep) - expected) <= tolerance:
-        raise ValueError(f"timestep {timestep} is not the next one in the schedule: expected {expected:g}")
+def _grid_key(grid: torch.Tensor | None) -> tuple[float, ...] | None:
+    return None if grid is None else tuple(grid.tolist())
+
+
+def _no_overrides(overrides: Mapping[str, Any]) -> bool:
+    return all(v is None for v in overrides.values())
 
 
 def _with_guidance(coeffs: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:

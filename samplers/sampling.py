@@ -10,7 +10,7 @@ result does not depend on the batch split or on whether the graph is used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ def sample(
     progress: bool = True,
     backend: ops.update.Backend = "auto",
     callback: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
+    compile: bool | Mapping[str, Any] = False,
 ) -> torch.Tensor:
     """Run ``scheduler`` from standard-normal ``noise`` [B, ...] to a sample [B, ...].
 
@@ -45,6 +46,10 @@ def sample(
         cuda_graph: capture the whole loop once and replay it (CUDA only; the model must be capturable).
         progress: show a progress bar (ignored under ``cuda_graph``).
         callback: ``callback(i, t, x, x0_hat)`` after each call (not with ``cuda_graph``).
+        compile: run the whole loop (model and scheduler) as one ``torch.compile(fullgraph=True)`` graph;
+            a dict gives ``torch.compile`` options (e.g. ``{"mode": "reduce-overhead"}``). The compiled loop
+            is kept on the scheduler per model and backend and reused: it compiles once per (plan, shape,
+            dtype), and ``set_timesteps`` with the same arguments keeps the plan, so later runs reuse it.
     """
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
         raise TypeError("noise must be a floating torch.Tensor [B, ...]")
@@ -77,6 +82,12 @@ def sample(
         return x
 
     x0 = noise * plan.init_noise_sigma
+    if compile:
+        if callback is not None:
+            raise ValueError("callback is not supported with compile=True (it would break the compiled graph)")
+        options = dict(compile) if isinstance(compile, Mapping) else {}
+        compiled = _compiled_loop(model, scheduler, backend, options)
+        return compiled(x0, seeds, times, kwargs)
     if not cuda_graph:
         return run(x0, scheduler.init_state(), progress)
     if device.type != "cuda":
@@ -87,6 +98,30 @@ def sample(
     graph, static_out = capture_cuda_graph(lambda: run(static_in, scheduler.init_state(), False))
     graph.replay()
     return static_out.clone()
+
+
+def _compiled_loop(model: Model, scheduler: Scheduler, backend: str, options: dict[str, Any]) -> Callable:
+    """``torch.compile(fullgraph=True)`` of the whole sampling loop, cached on the scheduler per (model, backend,
+    options): dynamo's guards recompile it only for a new plan, shape or dtype."""
+    cache = scheduler.__dict__.setdefault("_compiled_loops", {})
+    key = (id(model), backend, tuple(sorted(options.items())))
+    entry = cache.get(key)
+    if entry is not None and entry[0] is model:
+        return entry[1]
+
+    def loop(x: torch.Tensor, seeds: torch.Tensor, times: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        plan = scheduler._require_plan()
+        state = scheduler.init_state()
+        for i in range(len(plan.times)):
+            scale = plan.scales[i]
+            out = model(x * scale if scale != 1.0 else x, times[i], **kwargs)
+            result, state = scheduler.step_functional(state, out, times[i], x, seeds=seeds, backend=backend)
+            x = result.prev_sample
+        return x
+
+    compiled = torch.compile(loop, fullgraph=True, **options)
+    cache[key] = (model, compiled)
+    return compiled
 
 
 def capture_cuda_graph(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

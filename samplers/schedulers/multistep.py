@@ -229,6 +229,7 @@ class MultistepScheduler(Scheduler):
             raise ValueError(f"begin_index must be an int in [0, {len(plan.timesteps)}), got {begin_index!r}")
         replanned = self.make_plan(plan.extras["levels"], start=begin_index)
         self.plan = replanned
+        self._plan_key = None  # a later set_timesteps must not reuse this warm-up-shifted plan
         self._device_cache = {}  # rows were cached per device for the plan just replaced
         super().set_begin_index(begin_index)
 
