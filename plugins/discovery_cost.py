@@ -47,7 +47,7 @@ def measure(python: str, disable: bool) -> dict:
         _, cumulative, name = (part for part in line[len("import time:") :].split("|"))
         if not name.startswith("  ") and name.strip():
             total_us += int(cumulative)
-        if not name.startswith("  ") and name.strip().split(".")[0] in ("samplers_dpmsolver", "samplers_extras"):
+        if not name.startswith("  ") and name.strip().split(".")[0] in ("samplers_multistep", "samplers_extras"):
             plugin_us += int(cumulative)
     result["importtime_seconds"] = total_us / 1e6
     result["plugin_import_seconds"] = plugin_us / 1e6

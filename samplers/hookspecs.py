@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 PROJECT = "samplers"
-API_VERSION = 1  # bumped when a hook's meaning changes; plugins may declare SAMPLERS_API_VERSION
+API_VERSION = 2  # bumped when a hook or the Scheduler subclass API changes; plugins may declare SAMPLERS_API_VERSION
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -157,7 +157,11 @@ class Plan:
         self.times: list[float] = self.timesteps.tolist()
         self.scales: list[float] = self.input_scale.tolist()
         self.unit_scale = all(v == 1.0 for v in self.scales)
-        self._memoryless = not any(self.use) and len(set(self.times)) == n
+        # A timestep names its call only when no other call's time lies within the lookup tolerance
+        # (callers hand back float32 timesteps; two calls 1e-5 apart look the same then).
+        ordered = sorted(self.times)
+        distinct = all(b - a > 2e-4 * max(1.0, abs(b)) for a, b in zip(ordered, ordered[1:], strict=False))
+        self._memoryless = not any(self.use) and distinct
 
     def __len__(self) -> int:
         return len(self.timesteps)

@@ -30,6 +30,9 @@ Properties checked (each one a :class:`CheckResult`):
 ``accuracy``          on the Gaussian oracle the error falls from few to many steps: RMS distance to
                       the exact probability-flow ODE solution (deterministic samplers) or the KL of
                       the Gaussian fit of the standardized samples to N(0, 1) (stochastic ones).
+``public_api``        a plugin's modules (the package that defines the class) use samplers' public API
+                      only: no import of, or attribute access to, a private name (``samplers.x._y``,
+                      ``from samplers.x import _y``); a private name may change in any release.
 ``no_device_sync``    on CUDA (when available): a whole sampling loop of ``step_functional()`` calls
                       (device timesteps, per-sample seeds, after one warm-up run) runs under
                       ``torch.cuda.set_sync_debug_mode("error")`` without a host-device sync.
@@ -70,6 +73,7 @@ CHECKS: tuple[str, ...] = (
     "marginals",
     "accuracy",
     "no_device_sync",
+    "public_api",
 )
 FAMILIES = ("vp", "ve", "flow", "any")
 F64 = torch.float64
@@ -735,6 +739,67 @@ def _check_no_sync(ctx: _Context) -> tuple[bool, str, bool]:
     return True, f"{len(plan.timesteps)} step_functional() calls on {device} under sync debug mode 'error'", False
 
 
+def private_samplers_names(source: str) -> list[str]:
+    """Private samplers names a module's source reaches for: ``from samplers... import _x``, a module path
+    with a ``_part`` (``samplers.ops._build``), or an attribute ``._x`` off a name bound to samplers."""
+    import ast
+
+    found: list[str] = []
+    bound: set[str] = set()  # local names that refer to samplers modules or objects
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "samplers":
+            module = node.module or ""
+            private_path = [p for p in module.split(".") if p.startswith("_")]
+            for alias in node.names:
+                if private_path or alias.name.startswith("_"):
+                    found.append(f"from {module} import {alias.name} (line {node.lineno})")
+                bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "samplers":
+                    if any(p.startswith("_") for p in alias.name.split(".")):
+                        found.append(f"import {alias.name} (line {node.lineno})")
+                    bound.add((alias.asname or alias.name).split(".")[0])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                found.append(f"{ast.unparse(node)} (line {node.lineno})")
+    return found
+
+
+def _check_public_api(ctx: _Context) -> tuple[bool, str, bool]:
+    import importlib
+    import pkgutil
+
+    top = ctx.cls.__module__.split(".")[0]
+    if top == "samplers":
+        return True, "a built-in scheduler (core may use its own private names)", True
+    try:
+        package = importlib.import_module(top)
+    except ImportError as exc:
+        return True, f"the defining module {top!r} is not importable by name here ({exc})", True
+    modules = [package]
+    for info in pkgutil.walk_packages(getattr(package, "__path__", []), prefix=f"{top}."):
+        try:
+            modules.append(importlib.import_module(info.name))
+        except Exception:  # an optional module that does not import here is not ours to judge
+            continue
+    problems = []
+    for module in modules:
+        path = getattr(module, "__file__", None)
+        if path is None or not path.endswith(".py"):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            problems += [f"{module.__name__}: {p}" for p in private_samplers_names(handle.read())]
+    if problems:
+        return False, f"uses private samplers names: {'; '.join(problems[:4])}", False
+    return True, f"{len(modules)} module(s) of {top!r} use samplers' public API only", False
+
+
 _CHECK_FUNCS: dict[str, Callable[[_Context], tuple]] = {
     "protocol": _check_protocol,
     "config_roundtrip": _check_roundtrip,
@@ -743,6 +808,7 @@ _CHECK_FUNCS: dict[str, Callable[[_Context], tuple]] = {
     "marginals": _check_marginals,
     "accuracy": _check_accuracy,
     "no_device_sync": _check_no_sync,
+    "public_api": _check_public_api,
 }
 
 

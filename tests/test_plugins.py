@@ -30,7 +30,7 @@ from samplers.registry import Registry, Source
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
-DPM_NAMES = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc")
+PLUGIN_NAMES = ("dpmpp_3m_exact", "dpmpp_3m_sde_exact")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _broken_plugins(dst: Path) -> tuple[Path, Path]:
     (old / "old_samplers_plugin.py").write_text(
         textwrap.dedent("""\
         from samplers.hookspecs import hookimpl
-        SAMPLERS_API_VERSION = 2  # a future API this samplers does not speak
+        SAMPLERS_API_VERSION = 3  # a future API this samplers does not speak
         @hookimpl
         def samplers_register_schedulers():
             return []
@@ -195,7 +195,7 @@ def venv(tmp_path_factory) -> Venv:
     src = base / "src"
     env.pip_install(
         _project_copy(src / "samplers"),
-        _copy_tree(PLUGINS / "samplers-dpmsolver", src / "samplers-dpmsolver"),
+        _copy_tree(PLUGINS / "samplers-multistep", src / "samplers-multistep"),
         _copy_tree(PLUGINS / "samplers-extras", src / "samplers-extras"),
         _docs_plugin(src / "my-samplers"),
     )
@@ -213,8 +213,8 @@ def test_installed_copies_are_used(venv):
     out = venv.run(
         venv.python,
         "-c",
-        "import samplers, samplers_dpmsolver, samplers_extras; "
-        "print(samplers.__file__); print(samplers_dpmsolver.__file__); print(samplers_extras.__file__)",
+        "import samplers, samplers_multistep, samplers_extras; "
+        "print(samplers.__file__); print(samplers_multistep.__file__); print(samplers_extras.__file__)",
     ).stdout
     for line in out.split():
         assert line.startswith(str(venv.root)), f"{line} is not inside the fresh venv"
@@ -224,22 +224,22 @@ def test_installed_copies_are_used(venv):
 def test_list_shows_plugin_schedulers_with_their_distribution(venv):
     listing = venv.list_json()
     by_name = {row["name"]: row for row in listing["schedulers"]}
-    for name in DPM_NAMES:
-        assert by_name[name]["distribution"] == "samplers-dpmsolver" and by_name[name]["version"] == "0.1.0"
-        assert by_name[name]["plugin"] == "dpmsolver"
+    for name in PLUGIN_NAMES:
+        assert by_name[name]["distribution"] == "samplers-multistep" and by_name[name]["version"] == "0.1.0"
+        assert by_name[name]["plugin"] == "multistep"
     assert by_name["ddim_trailing"]["distribution"] == "my-samplers"  # the docs' minimal plugin
     assert by_name["ddim"]["distribution"] == "samplers"
-    assert by_name["dpmpp_2m_sde"]["stochastic"] is True and by_name["dpmpp_3m"]["order"] == 3
+    assert by_name["dpmpp_3m_sde_exact"]["stochastic"] is True and by_name["dpmpp_3m_exact"]["order"] == 3
     assert listing["load_errors"] == []
     table = venv.cli("list").stdout
-    assert re.search(r"dpmpp_2m\s.*samplers-dpmsolver 0\.1\.0", table), table
+    assert re.search(r"dpmpp_3m_exact\s.*samplers-multistep 0\.1\.0", table), table
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_2m_sde", "ddim_trailing"])
+@pytest.mark.parametrize("name", ["dpmpp_3m_exact", "dpmpp_3m_sde_exact", "ddim_trailing"])
 def test_check_passes_for_installed_plugins(venv, name):
     proc = venv.cli("check", name, "--quick")
-    assert "FAIL" not in proc.stdout and "all 7 checks passed" in proc.stdout, proc.stdout
+    assert "FAIL" not in proc.stdout and "all 8 checks passed" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
@@ -266,10 +266,10 @@ def test_plugin_test_suites_run_against_the_installed_distributions(venv):
         "-q",
         "-p",
         "no:cacheprovider",
-        str(venv.src / "samplers-dpmsolver" / "tests" / "test_dpmsolver_conformance.py"),
+        str(venv.src / "samplers-multistep" / "tests" / "test_exact_multistep.py"),
         str(venv.src / "samplers-extras" / "tests" / "test_extras_schedules.py"),
         "-k",
-        "registered or conforms_default or bad_config or variance_preserving",
+        "registered or conforms or variance_preserving",
         check=False,
         timeout=400,
     )
@@ -284,7 +284,7 @@ def test_bench_runs_a_plugin_scheduler(venv):
     proc = venv.cli(
         "bench",
         "--scheduler",
-        "dpmpp_2m,unipc",
+        "dpmpp_2m,dpmpp_3m_exact",
         "--steps",
         "5",
         "--samples",
@@ -295,7 +295,7 @@ def test_bench_runs_a_plugin_scheduler(venv):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"dpmpp_2m\s*│\s*5\s*│\s*5", proc.stdout) and "unipc" in proc.stdout, proc.stdout
+    assert re.search(r"dpmpp_2m\s*│\s*5\s*│\s*5", proc.stdout) and "dpmpp_3m_exact" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
@@ -306,7 +306,7 @@ def test_discovery_cost_is_small(venv):
     finally:
         sys.path.remove(str(PLUGINS))
     result = discovery_cost.compare(venv.python, runs=3)
-    assert {"dpmsolver", "extras", "my_samplers", "builtins"} <= set(result["autoload"]["loaded"])
+    assert {"multistep", "extras", "my_samplers", "builtins"} <= set(result["autoload"]["loaded"])
     assert result["disabled"]["loaded"] == ["builtins"]
     # The registry build (entry-point scan + plugin imports + hooks) is what autoload adds.
     assert result["overhead_registry_s"] < 0.1, result
@@ -333,7 +333,7 @@ def test_broken_plugin_is_reported_and_the_rest_works(venv_with_broken):
     assert "ImportError: this plugin is broken on purpose" in errors["broken"]["error"]
     assert errors["old_plugin"]["error"] == f"targets samplers plugin API 2, this samplers has {hookspecs.API_VERSION}"
     names = {row["name"] for row in listing["schedulers"]}
-    assert {"ddim", "euler", "heun"} <= names and set(DPM_NAMES) <= names
+    assert {"ddim", "euler", "heun"} <= names and set(PLUGIN_NAMES) <= names
     text = v.cli("list")
     assert (
         "plugin 'broken' from broken-samplers-plugin failed to load: ImportError: this plugin is broken on purpose"
@@ -343,7 +343,7 @@ def test_broken_plugin_is_reported_and_the_rest_works(venv_with_broken):
     assert {e["plugin"] for e in info["load_errors"]} == {"broken", "old_plugin"}
     assert "plugin 'old_plugin' from old-samplers-plugin failed to load" in v.cli("info").stdout
     # built-ins and good plugins still sample
-    code = "import samplers, torch; s = samplers.get('dpmpp_2m'); s.set_timesteps(3); print(len(s.timesteps))"
+    code = "import samplers, torch; s = samplers.get('dpmpp_3m_exact'); s.set_timesteps(3); print(len(s.timesteps))"
     assert v.run(v.python, "-c", code).stdout.strip() == "3"
 
 
@@ -353,13 +353,13 @@ def test_disable_autoload_hides_third_party_plugins(venv_with_broken):
     listing = v.list_json(SAMPLERS_DISABLE_PLUGIN_AUTOLOAD="1")
     names = {row["name"] for row in listing["schedulers"]}
     assert {"ddim", "euler", "langevin"} <= names
-    assert not names & set(DPM_NAMES) and "ddim_trailing" not in names
+    assert not names & set(PLUGIN_NAMES) and "ddim_trailing" not in names
     assert {row["distribution"] for row in listing["schedulers"]} == {"samplers"}
     assert listing["load_errors"] == []
     info = json.loads(v.cli("info", "--json", SAMPLERS_DISABLE_PLUGIN_AUTOLOAD="1").stdout)
     assert info["plugin_autoload"] is False
-    proc = v.cli("check", "dpmpp_2m", check=False, SAMPLERS_DISABLE_PLUGIN_AUTOLOAD="1")
-    assert proc.returncode == 2 and "unknown scheduler 'dpmpp_2m'" in proc.stderr
+    proc = v.cli("check", "dpmpp_3m_exact", check=False, SAMPLERS_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert proc.returncode == 2 and "unknown scheduler 'dpmpp_3m_exact'" in proc.stderr
     code = "import samplers; samplers.get('ddim', schedule='laplace')"
     proc = v.run(v.python, "-c", code, check=False, SAMPLERS_DISABLE_PLUGIN_AUTOLOAD="1")
     assert proc.returncode != 0 and "unknown schedule 'laplace'" in proc.stderr

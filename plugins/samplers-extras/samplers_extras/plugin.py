@@ -3,7 +3,7 @@
 from samplers.hookspecs import hookimpl
 from samplers_extras.schedules import LaplaceSchedule, ShiftedCosineSchedule
 
-SAMPLERS_API_VERSION = 1
+SAMPLERS_API_VERSION = 2
 
 
 @hookimpl
