@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from battery import assert_order
 
 import samplers
 from samplers.registry import Registry, Source
 from samplers.testing import KitSettings, assert_conforms
+
+from battery import assert_order
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = KitSettings.quick(backend="torch")
