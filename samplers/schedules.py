@@ -1,6 +1,6 @@
 """Noise schedules: the one place where ``alpha_t`` and ``sigma_t`` come from.
 
-Every family writes the forward process as ``x_t = alpha_t x_0 + sigma_t eps`` (DESIGN.md):
+Every family writes the forward process as ``x_t = alpha_t x_0 + sigma_t eps`` (docs/architecture.md):
 
 * discrete VP (DDPM):   ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``, ``abar_t = prod(1 - beta_i)``
 * continuous VP:        cosine (Nichol & Dhariwal 2021, eq. 17) or linear-beta SDE (Song et al. 2021)
