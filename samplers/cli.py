@@ -29,13 +29,29 @@ def _text(value: object) -> str:
     return escape(str(value))
 
 
+KIND_TITLES = {
+    "ode-single-step": "ODE, single-step",
+    "ode-multistep": "ODE, multistep",
+    "sde": "SDE (stochastic)",
+    "consistency": "consistency",
+    "langevin": "Langevin / predictor-corrector",
+}
+
+
 @app.command("list")
 def list_schedulers(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    schedules: bool = typer.Option(
+        False, "--schedules", help="List the named noise-level schedules (sigma_schedule=) instead."
+    ),
 ) -> None:
-    """Every registered scheduler (built-in and plugins) with its metadata and source."""
+    """Every registered scheduler (built-in and plugins), grouped by kind, with its order, NFE per step,
+    paper and source; with --schedules, every named noise-level schedule."""
     from samplers.registry import registry
 
+    if schedules:
+        _list_grids(as_json)
+        return
     reg = registry()
     rows = []
     for _, entry in sorted(reg.entries.items()):
@@ -45,31 +61,62 @@ def list_schedulers(
     if as_json:
         typer.echo(json.dumps({"schedulers": rows, "load_errors": [e.__dict__ for e in reg.load_errors]}, indent=2))
         return
-    table = Table(title="samplers: registered schedulers")
-    for col in ("name", "family", "order", "NFE/step", "stochastic", "prediction types", "source"):
-        table.add_column(col, no_wrap=col in ("name", "source"))
-    for m in rows:
-        types = (
-            "all" if set(m["prediction_types"]) >= set(PREDICTION_TYPES) else ",".join(map(str, m["prediction_types"]))
-        )
-        table.add_row(
-            *map(
-                _text,
-                (
-                    m["name"],
-                    m["family"],
-                    m["order"],
-                    m["nfe_per_step"],
-                    _stochastic_cell(m),
-                    types,
-                    f"{m['distribution']} {m['version']}",
-                ),
+    kinds = list(KIND_TITLES) + sorted({str(m.get("kind")) for m in rows} - set(KIND_TITLES))
+    for kind in kinds:
+        group = [m for m in rows if m.get("kind") == kind]
+        if not group:
+            continue
+        table = Table(title=f"{KIND_TITLES.get(kind, kind)}: {len(group)} sampler(s)", title_justify="left")
+        for col in ("name", "order", "NFE/step", "stochastic", "family", "paper", "source"):
+            table.add_column(col, no_wrap=col in ("name", "source"))
+        for m in group:
+            table.add_row(
+                *map(
+                    _text,
+                    (
+                        m["name"],
+                        m["order"],
+                        m["nfe_per_step"],
+                        _stochastic_cell(m),
+                        m["family"],
+                        m.get("paper") or "",
+                        f"{m['distribution']} {m['version']}",
+                    ),
+                )
             )
-        )
-    if any(set(m["prediction_types"]) >= set(PREDICTION_TYPES) for m in rows):
-        table.caption = "all = " + ", ".join(PREDICTION_TYPES)
-    console.print(table)
+        console.print(table)
+    partial = [m["name"] for m in rows if not set(m["prediction_types"]) >= set(PREDICTION_TYPES)]
+    note = f"; except {', '.join(partial)}" if partial else ""
+    console.print(f"{len(rows)} samplers; every one takes the prediction types {', '.join(PREDICTION_TYPES)}{note}")
     _print_load_errors(reg.load_errors)
+
+
+def _list_grids(as_json: bool) -> None:
+    from samplers import grids
+
+    rows = [
+        {
+            "name": info.name,
+            "description": info.description,
+            "source": info.source,
+            "space": info.space,
+            "params": {k: repr(v) for k, v in info.params.items()},
+        }
+        for info in grids.GRIDS.values()
+    ]
+    if as_json:
+        typer.echo(json.dumps({"schedules": rows}, indent=2))
+        return
+    table = Table(
+        title="named noise-level schedules: samplers.get(NAME, sigma_schedule=..., sigma_schedule_kwargs={...})"
+    )
+    for col in ("name", "description", "parameters", "space", "source"):
+        table.add_column(col, no_wrap=col == "name")
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(*map(_text, (r["name"], r["description"], params, r["space"], r["source"])))
+    console.print(table)
+    console.print("Also: sigma_schedule='file:PATH' reads a schedule file (samplers tune writes them).")
 
 
 def _stochastic_cell(meta: dict) -> str:
@@ -141,10 +188,7 @@ def _kernel_status() -> dict[str, str]:
     try:
         from samplers.ops import update
 
-        if hasattr(update, "backend_status"):
-            status.update({k: str(v) for k, v in update.backend_status().items()})
-        else:
-            status["sampler_update"] = "torch reference (no compiled op wired in)"
+        status.update({k: str(v) for k, v in update.backend_status().items()})
     except Exception as exc:  # info must always print
         status["sampler_update"] = f"error: {exc}"
     try:

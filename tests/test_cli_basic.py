@@ -114,3 +114,28 @@ def test_info_json():
 def test_help_lists_commands(args):
     result = runner.invoke(app, args)
     assert "list" in result.output and "info" in result.output
+
+
+def test_list_groups_samplers_by_kind_with_order_nfe_and_paper():
+    from typer.testing import CliRunner
+
+    from samplers.cli import KIND_TITLES, app
+
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    titles = [line.split(":")[0].strip() for line in result.output.splitlines() if "sampler(s)" in line]
+    assert titles and set(titles) <= set(KIND_TITLES.values()), titles
+    assert "Karras et al. 2022" in result.output and "NFE/step" in result.output
+
+
+def test_list_schedules_names_every_grid_with_description_and_source():
+    from typer.testing import CliRunner
+
+    from samplers import grids
+    from samplers.cli import app
+
+    result = CliRunner().invoke(app, ["list", "--schedules", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)["schedules"]}
+    assert set(rows) == set(grids.GRIDS)
+    assert all(r["description"] and r["source"] for r in rows.values())

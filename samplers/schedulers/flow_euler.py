@@ -27,7 +27,7 @@ F64 = torch.float64
 
 class FlowMatchEulerDiscreteScheduler(Scheduler):
     name = "flow_euler"
-    family = "flow"
+    family = "any"  # flow times on any schedule (issue 11: exact-oracle tests on every family)
     kind = "ode-single-step"
     paper = "Liu et al. 2022, Flow Straight and Fast; Esser et al. 2024 (SD3) eq. 23 for the shift"
     order = 1
