@@ -193,14 +193,16 @@ SAMPLERS_HD void box_muller(uint32_t r_radius, uint32_t r_angle, float* n_cos, f
   *n_sin = fmul_rn(radius, s);
 }
 
-// The four normals of Philox group `group` (elements 4*group .. 4*group+3) for one sample.
+// The four normals of Philox group `group` (elements 4*group .. 4*group+3) for one sample:
+// counter (group, word1, stream_lo, stream_hi). The per-call noise uses word1 = 0; the Brownian
+// tree numbers its nodes in word1 (and tags the stream's top bit, see update_params.h).
 struct Normal4 {
   float n0, n1, n2, n3;
 };
 
-SAMPLERS_HD Normal4 philox_normal4(uint64_t seed, uint64_t stream, uint32_t group) {
+SAMPLERS_HD Normal4 philox_normal4(uint64_t seed, uint64_t stream, uint32_t group, uint32_t word1 = 0u) {
   const Philox4 r =
-      philox4x32_10(group, 0u, (uint32_t)stream, (uint32_t)(stream >> 32), (uint32_t)seed, (uint32_t)(seed >> 32));
+      philox4x32_10(group, word1, (uint32_t)stream, (uint32_t)(stream >> 32), (uint32_t)seed, (uint32_t)(seed >> 32));
   Normal4 out;
   box_muller(r.r0, r.r1, &out.n0, &out.n1);
   box_muller(r.r2, r.r3, &out.n2, &out.n3);

@@ -1,4 +1,4 @@
-// CPU implementation of the fused sampler update and of the Philox normals (no torch types).
+// CPU implementation of the fused sampler update and of the in-op noise ops (no torch types).
 #pragma once
 
 #include <stdint.h>
@@ -12,10 +12,15 @@ namespace samplers {
 // nullptr uses this library's own OpenMP loop (or a serial one without OpenMP).
 using ParallelFor = void (*)(int64_t n, int64_t grain, void* ctx, void (*body)(void* ctx, int64_t begin, int64_t end));
 
-// Returns 0 on success, nonzero for arguments it cannot take (unsupported dtype, bad sizes).
+// Return 0 on success, else a ParamsError (update_params.h) for arguments they cannot take.
 int sampler_update_cpu(const UpdateParams& params, ParallelFor parallel_for = nullptr);
 
-// out[b, i] = Philox normal of (seeds[b], noise_stream, i), float32 [batch, numel_per_sample].
+// out[b, i] = the Philox normal of (seeds[b], noise_stream + streams[b], i), float32
+// [batch, numel_per_sample].
 int philox_normal_cpu(const NoiseParams& params, ParallelFor parallel_for = nullptr);
+
+// out[b, i] = element i of the normalised increment of Brownian path (seeds[b], noise_stream +
+// streams[b]) over [t0[b], t1[b]], float32 [batch, numel_per_sample].
+int brownian_normal_cpu(const NoiseParams& params, ParallelFor parallel_for = nullptr);
 
 }  // namespace samplers

@@ -4,7 +4,7 @@
 
 namespace samplers {
 namespace cuda {
-cudaError_t launch_update_bf16(const UpdateParams& p, cudaStream_t s) {
+cudaError_t launch_update_storage(StorageTag<__nv_bfloat16>, const UpdateParams& p, cudaStream_t s) {
   return launch_update_typed<__nv_bfloat16>(p, s);
 }
 }  // namespace cuda

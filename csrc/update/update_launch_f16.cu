@@ -4,6 +4,8 @@
 
 namespace samplers {
 namespace cuda {
-cudaError_t launch_update_f16(const UpdateParams& p, cudaStream_t s) { return launch_update_typed<__half>(p, s); }
+cudaError_t launch_update_storage(StorageTag<__half>, const UpdateParams& p, cudaStream_t s) {
+  return launch_update_typed<__half>(p, s);
+}
 }  // namespace cuda
 }  // namespace samplers

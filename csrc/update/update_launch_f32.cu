@@ -4,6 +4,8 @@
 
 namespace samplers {
 namespace cuda {
-cudaError_t launch_update_f32(const UpdateParams& p, cudaStream_t s) { return launch_update_typed<float>(p, s); }
+cudaError_t launch_update_storage(StorageTag<float>, const UpdateParams& p, cudaStream_t s) {
+  return launch_update_typed<float>(p, s);
+}
 }  // namespace cuda
 }  // namespace samplers

@@ -11,44 +11,50 @@
 
 namespace samplers {
 
+// One coefficient row in float32, indexed by CoeffColumn (the columns are listed once, in
+// update_params.h). On CUDA the loads of columns a variant never reads are dropped.
 struct CoeffRow {
-  float p, q, lim, div, a, b, e, c, h0, h1, w;
+  float v[kNumCoeffs];
+  SAMPLERS_HD float operator[](int column) const { return v[column]; }
 };
 
 SAMPLERS_HD CoeffRow load_coeff_row(const float* row) {
   CoeffRow k;
-  k.p = row[kP];
-  k.q = row[kQ];
-  k.lim = row[kLim];
-  k.div = row[kDiv];
-  k.a = row[kA];
-  k.b = row[kB];
-  k.e = row[kE];
-  k.c = row[kC];
-  k.h0 = row[kH0];
-  k.h1 = row[kH1];
-  k.w = row[kW];
+#if defined(__CUDACC__) || defined(__clang__)
+#pragma unroll
+#endif
+  for (int j = 0; j < kNumCoeffs; ++j) k.v[j] = row[j];
   return k;
 }
 
-// One element: returns prev, stores x0 (float32) in *x0. kUnitDiv: the caller knows div == 1, and
-// v / 1 == v exactly, so the (costly) IEEE division is skipped without changing a bit.
-template <bool kUncond, int kNoise, bool kHist0, bool kHist1, bool kUnitDiv = false>
-SAMPLERS_HD float update_element(const CoeffRow& k, float x, float o, float u, float z, float g0, float g1, float* x0) {
+// One element: returns prev, stores x0 (float32) in *x0. o is the model output, u the
+// unconditional output (read only with kUncond), z the noise (unless kNoise is kNone), g0 .. g3
+// the history values (the first kNumHistory are read; scalars, not an array, so that the CPU
+// loops keep them in vector registers). kUnitDiv: the caller knows div == 1, and v / 1 == v
+// exactly, so the (costly) IEEE division is skipped without changing a bit.
+template <bool kUncond, NoiseMode kNoise, int kNumHistory, bool kUnitDiv = false>
+SAMPLERS_HD float update_element(const CoeffRow& k, float x, float o, float u, float z, float g0, float g1, float g2,
+                                 float g3, float* x0) {
+  static_assert(kNumHistory >= 0 && kNumHistory <= kMaxHistory, "at most kMaxHistory history terms");
+  const float raw = kUncond ? u : o;  // what column u weighs
   float out = o;
-  if (kUncond) out = fadd_rn(u, fmul_rn(k.w, fsub_rn(o, u)));
-  float v = fadd_rn(fmul_rn(k.p, x), fmul_rn(k.q, out));
+  if (kUncond) out = fadd_rn(u, fmul_rn(k[kW], fsub_rn(o, u)));
+  float v = fadd_rn(fmul_rn(k[kP], x), fmul_rn(k[kQ], out));
   // torch.clamp(v, -lim, lim): NaN in v (or in lim) stays NaN.
-  const float lo = -k.lim;
+  const float lim = k[kLim];
+  const float lo = -lim;
   v = v < lo ? lo : v;
-  v = v > k.lim ? k.lim : v;
-  v = k.lim != k.lim ? k.lim : v;
-  const float xz = kUnitDiv ? v : fdiv_rn(v, k.div);
-  float prev = fadd_rn(fmul_rn(k.a, x), fmul_rn(k.b, xz));
-  prev = fadd_rn(prev, fmul_rn(k.e, out));
-  if (kNoise != kNoNoise) prev = fadd_rn(prev, fmul_rn(k.c, z));
-  if (kHist0) prev = fadd_rn(prev, fmul_rn(k.h0, g0));
-  if (kHist1) prev = fadd_rn(prev, fmul_rn(k.h1, g1));
+  v = v > lim ? lim : v;
+  v = lim != lim ? lim : v;
+  const float xz = kUnitDiv ? v : fdiv_rn(v, k[kDiv]);
+  float prev = fadd_rn(fmul_rn(k[kA], x), fmul_rn(k[kB], xz));
+  prev = fadd_rn(prev, fmul_rn(k[kE], out));
+  prev = fadd_rn(prev, fmul_rn(k[kU], raw));
+  if (kNoise != NoiseMode::kNone) prev = fadd_rn(prev, fmul_rn(k[kC], z));
+  if (kNumHistory > 0) prev = fadd_rn(prev, fmul_rn(k[kH0], g0));
+  if (kNumHistory > 1) prev = fadd_rn(prev, fmul_rn(k[kH1], g1));
+  if (kNumHistory > 2) prev = fadd_rn(prev, fmul_rn(k[kH2], g2));
+  if (kNumHistory > 3) prev = fadd_rn(prev, fmul_rn(k[kH3], g3));
   *x0 = xz;
   return prev;
 }

@@ -213,7 +213,10 @@ def brownian_normal(
     t1 = t1.to(torch.float32).reshape(-1, 1)
     dw = brownian_value(seeds, path, t1, numel_per_sample) - brownian_value(seeds, path, t0, numel_per_sample)
     span = (t1 - t0).abs()
-    return torch.where(span > 0, dw / span.clamp(min=1e-30).sqrt(), torch.zeros_like(dw))
+    # The square root is the IEEE float32 one (correctly rounded, as the kernels' and CUDA's):
+    # torch's float32 sqrt on CPU is not (up to 0.75 ulp with its AVX-512 path), so it goes via float64.
+    root = span.clamp(min=1e-30).double().sqrt().float()
+    return torch.where(span > 0, dw / root, torch.zeros_like(dw))
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
