@@ -12,10 +12,11 @@ import math
 
 import pytest
 import torch
-from battery import MU, STD, run
 
 import samplers
 from samplers import ops
+
+from battery import MU, STD, run
 
 F64 = torch.float64
 EDM = {"schedule": "edm", "schedule_kwargs": {"sigma_min": 0.02, "sigma_max": 80.0}}
@@ -59,7 +60,7 @@ def test_brownian_mode_keeps_the_output_distribution(name):
         moments[noise] = (x.mean(0), x.var(0))
     se_mean = STD / math.sqrt(4096)
     se_var = STD**2 * math.sqrt(2 / 4095)
-    for noise, (mean, var) in moments.items():
+    for noise, (mean, _) in moments.items():
         assert bool(((mean - MU).abs() < 5 * se_mean).all()), (noise, mean)
     diff = (moments["brownian"][1] - moments["philox"][1]).abs()
     assert bool((diff < 7 * se_var).all()), (moments["brownian"][1], moments["philox"][1])
