@@ -127,7 +127,9 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         if self.config.corrector_norm == "batch":
             noise_norm, score_norm = noise_norm.mean().expand(batch), score_norm.mean().expand(batch)
         ratio = noise_norm / score_norm.clamp(min=1e-30)
-        eps = 2 * (self.config.snr * ratio) ** 2
+        # Where the score vanishes (a sample at the mode, or a rounded one) the target-SNR rule asks for an
+        # infinite step; no Langevin step at this level should exceed its variance, so cap it there.
+        eps = (2 * (self.config.snr * ratio) ** 2).clamp(max=level_sq)
         rows = row.repeat(batch, 1)
         rows[:, COEFF["a"]] = 1 - eps / level_sq  # x + eps * (x0 - x) / sigma^2
         rows[:, COEFF["b"]] = eps / level_sq
