@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-import samplers
 from samplers.integrations.diffusers import from_diffusers, to_diffusers
 
 F64 = torch.float64
@@ -151,7 +150,3 @@ def parity(
         "wrapper": float((wrapped - expected).abs().max()) / scale,
         "scale": scale,
     }
-
-
-def registered(name: str) -> type[samplers.Scheduler]:
-    return samplers.registry().scheduler_class(name)

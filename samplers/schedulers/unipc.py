@@ -154,21 +154,21 @@ class UniPCMultistepScheduler(FlaggedMultistepScheduler):
         previous: dict[int, float] = {}  # P_{k-1}: the D1 part of the last predictor, by estimate index
         for k in range(len(grid)):
             carry, predictor, correction = self._predictor(grid, k, orders[k])
+            previous_correction, previous = previous, correction
+            if carry is None:  # noise prediction out of alpha = 0: the DDIM step, x0_hat read from the output
+                sigma_t, alpha_t = float(grid.sigma[k + 1]), float(grid.alpha[k + 1])
+                rules.append(StepRule(sample=0.0, weights=(sigma_t,), extra={"x0": alpha_t}))
+                continue
             weights: dict[int, float] = defaultdict(float)
             if k > start and (k - 1) not in skip:
                 corrector = self._corrector(grid, k, orders[k - 1])
                 if corrector is not None:  # x^c_k = x_k + C_k - P_{k-1}
                     for j, w in corrector.items():
                         weights[j] += carry * w
-                    for j, w in previous.items():
+                    for j, w in previous_correction.items():
                         weights[j] -= carry * w
             for j, w in predictor.items():
                 weights[j] += w
-            previous = correction
-            if carry is None:  # noise prediction out of alpha = 0: the DDIM step, x0_hat read from the output
-                sigma_t, alpha_t = float(grid.sigma[k + 1]), float(grid.alpha[k + 1])
-                rules.append(StepRule(sample=0.0, weights=(sigma_t,), extra={"x0": alpha_t}))
-                continue
             rules.append(
                 StepRule(sample=carry, weights=tuple(weights.get(k - j, 0.0) for j in range(k + 1 - min(weights))))
             )
