@@ -7,9 +7,10 @@ mode, is timed in the same run and subtracted, so
 
     overhead per step = (loop time - model-only time) / steps
 
-Rows: ``samplers.sample`` eager; ``samplers.GraphedSampler`` (the whole loop captured as one CUDA
-graph, replayed); diffusers' scheduler in the loop diffusers pipelines run (``scale_model_input``,
-model, ``step``). Medians of ``--reps`` runs. CUDA times come from events, CPU times from
+Rows: ``samplers.sample`` eager; ``samplers.sample(compile=True)`` (the whole loop, model and
+scheduler, as one ``torch.compile`` graph; its baseline is the model-only loop compiled the same
+way); ``samplers.GraphedSampler`` (the whole loop captured as one CUDA graph, replayed); diffusers'
+scheduler in the loop diffusers pipelines run (``scale_model_input``, model, ``step``). Medians of ``--reps`` runs. CUDA times come from events, CPU times from
 ``time.perf_counter``.
 
     python benchmarks/bench_loop.py --device cuda --shape 1x4x64x64 --dtype fp16 --json out.json
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scheduler", default="ddim,ddpm,euler", help="comma-separated: " + ",".join(DIFFUSERS_CLASS))
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     base_eager = timed(model_only(noise, args.steps, False), device, args.reps)
     base_graph = timed(model_only(noise, args.steps, True), device, args.reps) if graph else None
+    base_compiled = None
+    if not args.no_compile:
+        base_compiled = timed(torch.compile(model_only(noise, args.steps, False), fullgraph=True), device, args.reps)
     rows = []
 
     def add(name: str, impl: str, total: float, base: float) -> None:
@@ -155,6 +160,19 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             base_eager,
         )
+        if base_compiled is not None:
+            add(
+                name,
+                "samplers compiled",
+                timed(
+                    lambda scheduler=scheduler: samplers.sample(
+                        trivial_model, scheduler, noise, num_inference_steps=args.steps, seeds=seeds, compile=True
+                    ),
+                    device,
+                    args.reps,
+                ),
+                base_compiled,
+            )
         if graph:
             replay = samplers.GraphedSampler(trivial_model, scheduler, noise, num_inference_steps=args.steps)
             add(
@@ -175,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"model alone: {base_eager * 1e6 / args.steps:.1f} us/step eager"
         + (f", {base_graph * 1e6 / args.steps:.1f} us/step graph" if base_graph is not None else "")
+        + (f", {base_compiled * 1e6 / args.steps:.1f} us/step compiled" if base_compiled is not None else "")
     )
     print(f"| {'scheduler':<16} | {'impl':<20} | {'loop (us)':>10} | {'overhead (us/step)':>18} |")
     print(f"|{'-' * 18}|{'-' * 22}|{'-' * 11}:|{'-' * 19}:|")
@@ -191,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "model_us_per_step_eager": base_eager * 1e6 / args.steps,
         "model_us_per_step_graph": None if base_graph is None else base_graph * 1e6 / args.steps,
+        "model_us_per_step_compiled": None if base_compiled is None else base_compiled * 1e6 / args.steps,
         "rows": rows,
     }
     if args.json:

@@ -63,6 +63,7 @@ import torch
 import typer
 
 from samplers import parameterization
+from samplers.plan import Plan
 from samplers.protocol import SamplerState, Scheduler, StepOutput
 
 CHECKS: tuple[str, ...] = (
@@ -177,15 +178,26 @@ class GaussianOracle:
         return mu + alpha * s * s / var * (x.to(F64) - alpha * mu)
 
     def model_output(self, prediction_type: str, x_in: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """The exact network output of ``prediction_type`` for model input ``x_in``, in ``x_in``'s dtype."""
-        x64 = x_in.to(F64)
-        x0 = self.denoise(x64, alpha, sigma)
-        return parameterization.model_output_from_x0(prediction_type, x0, x64, alpha, sigma).to(x_in.dtype)
+        """The exact network output of ``prediction_type`` for model input ``x_in``, in ``x_in``'s dtype.
 
-    def ode_solution(self, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """Probability-flow ODE endpoint (clean data) from model-space ``x_t`` at ``(alpha, sigma)``."""
+        ``E[eps | x_t] = sigma (x - alpha mu) / (alpha^2 s^2 + sigma^2)`` in closed form, so the output stays
+        finite at clean data (sigma = 0, where an inversion starts).
+        """
+        x64 = x_in.to(F64)
+        mu, s = self._to(x64)
+        x0 = self.denoise(x64, alpha, sigma)
+        eps = sigma * (x64 - alpha * mu) / (alpha * alpha * s * s + sigma * sigma)
+        return parameterization.training_target(prediction_type, x0, eps, alpha, sigma).to(x_in.dtype)
+
+    def ode_solution(
+        self, x_t: torch.Tensor, alpha: float, sigma: float, end: tuple[float, float] = (1.0, 0.0)
+    ) -> torch.Tensor:
+        """Probability-flow ODE solution at ``end = (alpha, sigma)`` (clean data by default) from model-space
+        ``x_t`` at ``(alpha, sigma)``: ``a_1 mu + r_1 / r_0 (x_t - alpha mu)`` with ``r = sqrt(a^2 s^2 + sigma^2)``."""
         mu, s = self._to(x_t)
-        return mu + s * (x_t.to(F64) - alpha * mu) / torch.sqrt(alpha * alpha * s * s + sigma * sigma)
+        a1, s1 = end
+        r0 = torch.sqrt(alpha * alpha * s * s + sigma * sigma)
+        return a1 * mu + torch.sqrt(a1 * a1 * s * s + s1 * s1) * (x_t.to(F64) - alpha * mu) / r0
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` for samples [n, *shape]: standard normal for exact samples, float64."""
@@ -197,6 +209,15 @@ class GaussianOracle:
         u = self.standardize(x)
         m, v = float(u.mean()), float(u.var())
         return 0.5 * (v - 1 - math.log(v) + m * m) if v > 0 else math.inf
+
+
+def oracle_start(plan: Plan, oracle: GaussianOracle, noise: torch.Tensor) -> torch.Tensor:
+    """A run's first sample from standard-normal ``noise``: ``noise * init_noise_sigma``, or, for a run that
+    inverts (its plan ends at ``extras["end_alpha_sigma"]``, not clean data), the oracle's data samples."""
+    if "end_alpha_sigma" not in plan.extras:
+        return noise * plan.init_noise_sigma
+    mean, std = oracle._to(noise)
+    return (mean + std * noise.to(F64)).to(noise.dtype)
 
 
 def run_oracle(
@@ -217,7 +238,7 @@ def run_oracle(
     """
     scheduler.set_timesteps(steps, device=device if device is not None else noise.device)
     plan = scheduler.plan
-    x = noise * plan.init_noise_sigma
+    x = start_x = oracle_start(plan, oracle, noise)
     start = (float(plan.input_scale[0]), float(plan.model_alpha[0]), float(plan.model_sigma[0]))
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
@@ -225,7 +246,8 @@ def run_oracle(
             scheduler.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i])
         )
         x = scheduler.step(out, t, x, generator=generator, seeds=seeds, backend=backend).prev_sample
-    exact = oracle.ode_solution((noise * plan.init_noise_sigma).to(F64) * start[0], start[1], start[2])
+    end = plan.extras.get("end_alpha_sigma", (1.0, 0.0))
+    exact = oracle.ode_solution(start_x.to(F64) * start[0], start[1], start[2], end)
     return x, exact
 
 
@@ -574,7 +596,7 @@ def _check_determinism(ctx: _Context) -> tuple[bool, str]:
     s.set_timesteps(steps, device=ctx.device)
     plan = s.plan
     seeds1, seeds2 = ctx.seeds(shape[0], 5), ctx.seeds(shape[0], 6)
-    x1, x2 = noise * plan.init_noise_sigma, noise.flip(0) * plan.init_noise_sigma
+    x1, x2 = oracle_start(plan, oracle, noise), oracle_start(plan, oracle, noise.flip(0))
     st1, st2 = s.init_state(), s.init_state()
     for i, t in enumerate(s.timesteps):
         # the functional form has no object state, so the model input is scaled from the plan directly

@@ -38,7 +38,9 @@ def exact_output(scheduler, call: int, x_in: torch.Tensor, mu: torch.Tensor, std
     plan = scheduler.plan
     alpha, sigma = float(plan.model_alpha[call]), float(plan.model_sigma[call])
     x0 = gaussian_denoise(x_in, alpha, sigma, mu, std)
-    out = parameterization.model_output_from_x0(scheduler.prediction_type, x0, x_in.to(F64), alpha, sigma)
+    # E[eps | x_t] in closed form: finite at clean data (sigma = 0, where an inversion starts)
+    eps = sigma * (x_in.to(F64) - alpha * mu) / (alpha * alpha * std * std + sigma * sigma)
+    out = parameterization.training_target(scheduler.prediction_type, x0, eps, alpha, sigma)
     return out.to(x_in.dtype)
 
 

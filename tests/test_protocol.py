@@ -58,6 +58,8 @@ TIMESTEP_CUSTOM = (
     "langevin",
     "predictor_corrector",
 )
+# Inversions run from data to noise: timesteps ascend, and each call reads its output at the previous level.
+INVERSIONS = ("ddim_inverse",)
 # Every scheduler takes custom sigma-space levels (flow_euler: flow times, diffusers' FlowMatch convention).
 SIGMA_CUSTOM = BUILTINS
 
@@ -109,7 +111,10 @@ def test_set_timesteps_surface(name):
     ts = s.timesteps
     assert isinstance(ts, torch.Tensor) and ts.dim() == 1 and ts.device.type == "cpu"
     assert len(ts) == calls_for(name, N) == len(s.plan.timesteps)
-    assert bool((ts[1:] <= ts[:-1]).all())  # noisiest first
+    if name in INVERSIONS:
+        assert bool((ts[1:] >= ts[:-1]).all())  # cleanest first
+    else:
+        assert bool((ts[1:] <= ts[:-1]).all())  # noisiest first
     assert isinstance(s.init_noise_sigma, float) and math.isfinite(s.init_noise_sigma) and s.init_noise_sigma > 0
     assert s.step_index is None
     assert s.num_inference_steps == N
@@ -525,6 +530,8 @@ def test_add_noise_is_q_sample_in_the_working_space(name):
     noise = torch.randn(len(ts), 3, generator=gen, dtype=F64)
     noisy = s.add_noise(x0, noise, ts)
     alpha, sigma = s.plan.model_alpha[calls], s.plan.model_sigma[calls]
+    if name in INVERSIONS:  # a call's output is read at the level it starts from; t is where it goes
+        alpha, sigma = s.schedule.alpha_sigma(ts)
     if isinstance(s.schedule, DiscreteVPSchedule) and ts.dtype == torch.int64:
         abar = s.schedule.alphas_cumprod[ts]  # whole timesteps: the training table itself
         torch.testing.assert_close(alpha, abar.sqrt())

@@ -60,12 +60,16 @@ from samplers.ops.reference import COEFF
 from samplers.protocol import Scheduler
 from samplers.registry import registry
 from samplers.schedulers import (
+    DDIMInverseScheduler,
     DDIMScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    SASolverScheduler,
+    UniPCMultistepScheduler,
 )
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
@@ -298,6 +302,136 @@ _OURS_ONLY: dict[str, dict[str, Any]] = {
 }
 
 
+# ---- group 'multi': UniPC, DEIS, SA-Solver, DDIM inversion ------------------------------------------------
+# These classes take diffusers' own grid flags (use_karras/exponential/beta/flow_sigmas, flow_shift, dynamic
+# shifting) and reproduce them exactly (samplers.schedulers.flagged_multistep), so the flags forward as they are.
+_PRED_FLOW = _same("epsilon", "sample", "v_prediction", "flow_prediction")
+_FLAGGED_GRIDS = {
+    "use_karras_sigmas": _same(),
+    "use_exponential_sigmas": _same(),
+    "use_beta_sigmas": _same(),
+    "use_flow_sigmas": _same(
+        False,
+        applies=lambda c: any(c.get(f) for f in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")),
+        why="a second grid flag with flow sigmas (diffusers silently prefers the first) is refused here",
+    ),
+    "flow_shift": _same(),
+}
+_RULES.update(
+    {
+        "UniPCMultistepScheduler": {
+            **_VP,
+            **_SPACING,
+            **_FLAGGED_GRIDS,
+            "solver_order": _same(1, 2, 3, why="UniPC here has orders 1 to 3"),
+            "prediction_type": _PRED_FLOW,
+            "thresholding": _same(
+                False,
+                applies=lambda c: not c.get("predict_x0", True),
+                why="diffusers' UniPC ignores thresholding with predict_x0=False; drop it",
+            ),
+            "dynamic_thresholding_ratio": _same(),
+            "sample_max_value": _same(),
+            "predict_x0": _same(),
+            "solver_type": _same("bh1", "bh2"),
+            "lower_order_final": _same(),
+            "disable_corrector": _same(),
+            "solver_p": _fixed(None, "an external predictor scheduler (solver_p) cannot be folded into update rows"),
+            "final_sigmas_type": _same("zero", "sigma_min"),
+            "rescale_betas_zero_snr": _same(),
+            "use_dynamic_shifting": _same(),
+            "time_shift_type": _same("exponential", "linear"),
+            "sigma_min": _same(),
+            "sigma_max": _same(),
+            "shift_terminal": _same(),
+        },
+        "DEISMultistepScheduler": {
+            **_VP,
+            **_SPACING,
+            **_FLAGGED_GRIDS,
+            "solver_order": _same(1, 2, 3, why="DEIS has orders 1 to 3"),
+            "prediction_type": _PRED_FLOW,
+            "thresholding": _same(),
+            "dynamic_thresholding_ratio": _same(),
+            "sample_max_value": _same(),
+            "algorithm_type": _same("deis"),  # diffusers stores 'deis' for every algorithm it accepts
+            "solver_type": _same("logrho"),
+            "lower_order_final": _same(),
+            "use_dynamic_shifting": _same(),
+            "time_shift_type": _same("exponential"),
+        },
+        "SASolverScheduler": {
+            **_VP,
+            **_SPACING,
+            **_FLAGGED_GRIDS,
+            "predictor_order": _same(1, 2, 3, 4),
+            "corrector_order": _same(1, 2, 3, 4),
+            "prediction_type": _PRED_FLOW,
+            "tau_func": _fixed(
+                None,
+                "a tau_func callable cannot be saved or reproduced; use SASolverScheduler's tau and tau_interval "
+                "(a constant tau on an interval of model times)",
+            ),
+            "thresholding": _same(
+                False,
+                applies=lambda c: c.get("algorithm_type") == "noise_prediction",
+                why="diffusers' noise-prediction thresholding indexes alpha_t with timestep=None",
+            ),
+            "dynamic_thresholding_ratio": _same(),
+            "sample_max_value": _same(),
+            "algorithm_type": _same("data_prediction", "noise_prediction"),
+            "lower_order_final": _same(),
+            "lambda_min_clipped": _same(),
+            "variance_type": _fixed(None, "diffusers keeps the first 3 channels of a learned-variance output"),
+        },
+        "DDIMInverseScheduler": {
+            **_VP,
+            "timestep_spacing": _same("leading", "trailing"),
+            "steps_offset": _same(),
+            "clip_sample": _same(),
+            "clip_sample_range": _same(),
+            "set_alpha_to_one": _same(),
+            "prediction_type": _PRED_VP,
+            "rescale_betas_zero_snr": _same(),
+        },
+    }
+)
+_MULTI = {
+    "UniPCMultistepScheduler": UniPCMultistepScheduler,
+    "DEISMultistepScheduler": DEISMultistepScheduler,
+    "SASolverScheduler": SASolverScheduler,
+    "DDIMInverseScheduler": DDIMInverseScheduler,
+}
+_OURS.update(_MULTI)
+SUPPORTED_CLASSES.update(_MULTI)
+# DEIS and SA-Solver end their default grid at the first training timestep and repeat a flagged grid's last
+# level: our final_sigmas_type="sigma_min"; ours end at clean data by default.
+_OURS_ONLY.update(
+    {
+        "UniPCMultistepScheduler": {**_DISCRETE, "rho": 7.0},
+        "DEISMultistepScheduler": {
+            **_DISCRETE,
+            "rho": 7.0,
+            "final_sigmas_type": "sigma_min",
+            "rescale_betas_zero_snr": False,
+        },
+        "SASolverScheduler": {
+            **_DISCRETE,
+            "rho": 7.0,
+            "final_sigmas_type": "sigma_min",
+            "rescale_betas_zero_snr": False,
+            "tau": 1.0,
+            "tau_interval": None,
+        },
+        "DDIMInverseScheduler": dict(_DISCRETE),
+    }
+)
+# diffusers' SASolverScheduler draws noise on every step, tau = 0 or not: the wrapper draws as it does, so that a
+# shared generator gives the same noise to the same calls.
+_DRAWS_EVERY_CALL = {SASolverScheduler}
+# ---- end of group 'multi' ------------------------------------------------------------------------------------
+
+
 def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     params = inspect.signature(cls.__init__).parameters
     return {k: p for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
@@ -348,6 +482,10 @@ def diffusers_config_to_samplers(class_name: str, config: Mapping[str, Any]) -> 
             f"cannot reproduce diffusers' {class_name} as samplers.{_OURS[class_name].__name__}; unsupported "
             "option(s):\n  " + "\n  ".join(problems)
         )
+    ours_defaults = _OURS[class_name]._signature_defaults()
+    for key, value in _OURS_ONLY[class_name].items():  # our options at diffusers' behaviour, where not our default
+        if not callable(value) and not _value_in(ours_defaults.get(key), (value,)):
+            options.setdefault(key, value)
     return _OURS[class_name], options
 
 
@@ -785,7 +923,7 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
         native = {k: args[k] for k in _NATIVE_STEP_OPTIONS[1:] if k in args}
         if noise is None and native.get("seeds") is None:
             if self._noise == "diffusers":
-                if self._uses_noise(inner, timestep, sample, overrides):
+                if type(inner) in _DRAWS_EVERY_CALL or self._uses_noise(inner, timestep, sample, overrides):
                     # exactly diffusers' draw, so a shared generator gives the same images
                     noise = randn_tensor(
                         tuple(sample.shape), generator=generator, device=model_output.device, dtype=model_output.dtype

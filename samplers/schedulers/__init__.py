@@ -2,7 +2,9 @@
 
 from samplers.hookspecs import hookimpl
 from samplers.schedulers.ddim import DDIMScheduler
+from samplers.schedulers.ddim_inverse import DDIMInverseScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
+from samplers.schedulers.deis import DEISMultistepScheduler
 from samplers.schedulers.dpmsolver import (
     DPMSolver3MScheduler,
     DPMSolver3MSDEScheduler,
@@ -17,7 +19,9 @@ from samplers.schedulers.heun import HeunDiscreteScheduler
 from samplers.schedulers.langevin import AnnealedLangevinScheduler
 from samplers.schedulers.posterior import PosteriorSamplingScheduler
 from samplers.schedulers.predictor_corrector import PredictorCorrectorScheduler
+from samplers.schedulers.sa_solver import SASolverScheduler
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
+from samplers.schedulers.unipc import UniPCMultistepScheduler
 
 BUILTIN_SCHEDULERS = [
     DDPMScheduler,
@@ -34,6 +38,11 @@ BUILTIN_SCHEDULERS = [
     DPMSolverSDEMultistepScheduler,
     DPMSolver3MSDEScheduler,
     DPMSolverNoisePredictionScheduler,
+    # group 'multi': UniPC, DEIS, SA-Solver, DDIM inversion
+    UniPCMultistepScheduler,
+    DEISMultistepScheduler,
+    SASolverScheduler,
+    DDIMInverseScheduler,
 ]
 
 
