@@ -68,6 +68,11 @@ class Levels:
         )
 
 
+def level_of(alpha: float, sigma: float) -> float:
+    """The sigma-space level ``sigma / alpha`` of one model-space point; ``inf`` at pure noise (alpha = 0)."""
+    return sigma / alpha if alpha > 0 else math.inf
+
+
 def capped_levels(levels: torch.Tensor) -> torch.Tensor:
     """Sigma-space levels with the infinite one of a zero-terminal-SNR schedule replaced by ``ZERO_SNR_LEVEL``."""
     return torch.nan_to_num(levels, nan=float("nan"), posinf=ZERO_SNR_LEVEL)  # a NaN stays visible

@@ -861,7 +861,9 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def order(self) -> int:
-        return self._scheduler.order
+        """Model calls per step, as diffusers pipelines read ``scheduler.order`` (Heun and DPM2: 2; multistep
+        solvers: 1), not the convergence order (``scheduler.scheduler.order``)."""
+        return int(self._scheduler.nfe_per_step)
 
     @property
     def num_inference_steps(self) -> int | None:

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import torch
 
+from samplers.levels import level_of
 from samplers.schedulers.multistep import Grid, MultistepScheduler, StepRule
 
 ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
@@ -120,7 +121,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         """Call ``k``'s update at the given order."""
         lam, alpha, sigma = grid.lam.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
         a_s, s_s, a_t, s_t = alpha[k], sigma[k], alpha[k + 1], sigma[k + 1]
-        interval = (s_s / a_s, s_t / a_t) if self.is_sde else None
+        interval = (level_of(a_s, s_s), level_of(a_t, s_t)) if self.is_sde else None
         if self.estimate == "eps" and (s_t == 0.0 or a_s == 0.0):
             # into clean data (x0_hat: the h -> inf limit) or out of pure noise (DDIM, the eps form's alpha_s = 0
             # limit): read x0_hat from the output rather than dividing by a zero alpha or sigma

@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar
 
+from samplers.levels import level_of
 from samplers.schedulers.multistep import Grid, MultistepScheduler, StepRule
 
 
@@ -88,7 +89,7 @@ class Exact3MScheduler(MultistepScheduler):
         sde = self.rate == 2.0
         carry = s_t / sigma[k] * (math.exp(-h) if sde else 1.0)
         noise = s_t * math.sqrt(-math.expm1(-2 * h)) if sde else 0.0
-        interval = (sigma[k] / alpha[k], s_t / a_t) if sde else None
+        interval = (level_of(alpha[k], sigma[k]), level_of(a_t, s_t)) if sde else None
         if not math.isfinite(h):
             return StepRule(
                 sample=carry if math.isfinite(carry) else 0.0, weights=(a_t,), noise=noise, brownian=interval
