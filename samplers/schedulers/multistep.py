@@ -31,6 +31,9 @@ from samplers.schedules import TIMESTEP_SPACINGS, DiscreteVPSchedule
 
 F64 = torch.float64
 FINAL_SIGMAS = ("zero", "sigma_min")
+# Consecutive log-SNR steps of a multistep run may differ at most this much: beyond it the divided
+# differences of the estimates are rounding noise multiplied by the ratio.
+MAX_STEP_RATIO = 1e3
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,17 @@ class MultistepScheduler(Scheduler):
                 "the sampling grid must strictly decrease in noise level (repeated or rising timesteps/sigmas)"
                 f"{hint}; got log(alpha/sigma) = {[round(v, 4) for v in lam.tolist()]}"
             )
+        steps = (lam[1:] - lam[:-1]).tolist()
+        for k in range(1, len(steps)):
+            if not (math.isfinite(steps[k]) and math.isfinite(steps[k - 1])):
+                continue
+            ratio = steps[k] / steps[k - 1]
+            if not 1 / MAX_STEP_RATIO <= ratio <= MAX_STEP_RATIO:
+                raise ValueError(
+                    f"the sampling grid's log-SNR step changes {ratio:.3g}-fold from call {k - 1} to call {k} "
+                    f"(steps {steps[k - 1]:.3g} then {steps[k]:.3g}): a multistep rule extrapolating over such a jump "
+                    "amplifies rounding without bound; space the grid more evenly (or remove near-duplicate levels)"
+                )
         return grid
 
     # ---- plan ---------------------------------------------------------------------------------
