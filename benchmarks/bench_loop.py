@@ -101,7 +101,7 @@ def diffusers_loop(name: str, noise: torch.Tensor, steps: int) -> Callable[[], o
         scheduler.set_timesteps(steps, device=noise.device)
         x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # FlowMatch has none (its noise is unit)
         for t in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(x, t)
+            x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             x = scheduler.step(trivial_model(x_in, t), t, x, **kwargs).prev_sample
         return x
 
