@@ -10,8 +10,8 @@ mode, is timed in the same run and subtracted, so
 Rows: ``samplers.sample`` eager; ``samplers.sample(compile=True)`` (the whole loop, model and
 scheduler, as one ``torch.compile`` graph; its baseline is the model-only loop compiled the same
 way); ``samplers.GraphedSampler`` (the whole loop captured as one CUDA graph, replayed); diffusers'
-scheduler in the loop diffusers pipelines run (``scale_model_input``, model, ``step``). Medians of ``--reps`` runs. CUDA times come from events, CPU times from
-``time.perf_counter``.
+scheduler in the loop diffusers pipelines run (``scale_model_input``, model, ``step``). Medians of
+``--reps`` runs. CUDA times come from events, CPU times from ``time.perf_counter``.
 
     python benchmarks/bench_loop.py --device cuda --shape 1x4x64x64 --dtype fp16 --json out.json
     python benchmarks/bench_loop.py --device cpu --dtype fp32 --reps 5

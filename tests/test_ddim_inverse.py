@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import battery
 import pytest
 import torch
 from diffusers_loop import parity
@@ -10,6 +9,8 @@ from diffusers_loop import parity
 import samplers
 from samplers import parameterization
 from samplers.testing import GaussianOracle, KitSettings, assert_conforms
+
+import battery
 
 diffusers = pytest.importorskip("diffusers")
 from samplers.integrations.diffusers import from_diffusers  # noqa: E402

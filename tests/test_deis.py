@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import battery
 import pytest
 import torch
 from diffusers_loop import parity
@@ -13,6 +12,8 @@ import samplers
 from samplers import parameterization
 from samplers.schedulers.deis import logrho_weights
 from samplers.testing import KitSettings, assert_conforms
+
+import battery
 
 diffusers = pytest.importorskip("diffusers")
 from samplers.integrations.diffusers import UnsupportedConfigError, from_diffusers  # noqa: E402

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import battery
 import pytest
 import torch
 from diffusers_loop import parity
@@ -11,6 +10,8 @@ import samplers
 from samplers import parameterization
 from samplers.ops.reference import COEFF
 from samplers.testing import KitSettings, assert_conforms
+
+import battery
 
 diffusers = pytest.importorskip("diffusers")
 from samplers.integrations.diffusers import UnsupportedConfigError, from_diffusers  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import battery
 import pytest
 import torch
 from diffusers_loop import parity
@@ -12,6 +11,8 @@ from diffusers_loop import parity
 import samplers
 from samplers import parameterization
 from samplers.testing import KitSettings, assert_conforms
+
+import battery
 
 diffusers = pytest.importorskip("diffusers")
 from samplers.integrations.diffusers import UnsupportedConfigError, from_diffusers  # noqa: E402
