@@ -265,12 +265,40 @@ def build_plan(
         raise ValueError(f"a plan holds at most {MAX_STREAM - 1} calls, got {n}")
     for i, call in enumerate(calls):
         _check_call(i, call)
-    t = torch.tensor([c.t for c in calls], dtype=F64)
     alpha = torch.tensor([c.alpha for c in calls], dtype=F64)
     sigma = torch.tensor([c.sigma for c in calls], dtype=F64)
     scale = torch.tensor([c.input_scale for c in calls], dtype=F64)
-    rows = coefficient_rows(n)
-    x0_from: list[tuple[float, float] | None] = []
+    rows, x0_p, x0_q = _estimate_rows(calls, prediction_type, alpha, sigma, scale)
+    use, last_use = _update_rows(rows, calls, x0_p.tolist(), x0_q.tolist(), brownian)
+    # A kept tensor lives until its last use; a keep no later call reads is not stored at all.
+    drop: list[list[str]] = [[] for _ in range(n)]
+    for name, i in last_use.items():
+        drop[i].append(name)
+    keep = [tuple((k, v) for k, v in c.keep.items() if last_use.get(k, -1) > i) for i, c in enumerate(calls)]
+    x0_from = [None if c.estimate == "x0" else (float(x0_p[i]), float(x0_q[i])) for i, c in enumerate(calls)]
+    return Plan(
+        timesteps=torch.tensor([c.t for c in calls], dtype=F64),
+        rows=rows,
+        input_scale=scale,
+        model_alpha=alpha,
+        model_sigma=sigma,
+        use=use,
+        keep=keep,
+        drop=[tuple(d) for d in drop],
+        x0_from_estimate=x0_from,
+        tags=[c.tag for c in calls],
+        noise_intervals=[c.brownian if c.update.noise else None for c in calls],
+        init_noise_sigma=float(init_noise_sigma),
+        sigmas=sigmas,
+        extras=dict(extras or {}),
+    )
+
+
+def _estimate_rows(
+    calls: Sequence[Call], prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Identity rows with each call's estimate ``(p, q)``, and every call's ``x0_hat = x0_p x + x0_q out``."""
+    rows = coefficient_rows(len(calls))
     with torch.no_grad():
         x0_p, x0_q = estimate_coefficients(prediction_type, alpha, sigma, scale, "x0")
         for kind in ESTIMATES:
@@ -279,14 +307,21 @@ def build_plan(
                 p, q = estimate_coefficients(prediction_type, alpha[idx], sigma[idx], scale[idx], kind)
                 rows[idx, COEFF["p"]] = p
                 rows[idx, COEFF["q"]] = q
+    return rows, x0_p, x0_q
+
+
+def _update_rows(
+    rows: torch.Tensor, calls: Sequence[Call], x0_p: list[float], x0_q: list[float], brownian: bool
+) -> tuple[list[tuple[str, ...]], dict[str, int]]:
+    """Fill each call's update columns, history slots, clamp and noise key; returns the history names per
+    call and the last call that uses each kept name."""
     kept: set[str] = set()
     last_use: dict[str, int] = {}
     use: list[tuple[str, ...]] = []
     for i, call in enumerate(calls):
         alpha_w, sigma_w = call.alpha / call.input_scale, call.sigma / call.input_scale
         p, q = float(rows[i, COEFF["p"]]), float(rows[i, COEFF["q"]])
-        folded = _columns(call.update, call.estimate, p, q, float(x0_p[i]), float(x0_q[i]), alpha_w, sigma_w)
-        for name, value in folded.items():
+        for name, value in _columns(call.update, call.estimate, p, q, x0_p[i], x0_q[i], alpha_w, sigma_w).items():
             rows[i, COEFF[name]] = value
         names = tuple(call.update.history)
         missing = [k for k in names if k not in kept]
@@ -305,31 +340,7 @@ def build_plan(
                 raise ValueError(f"call {i} draws noise but declares no Brownian interval (Call.brownian)")
             rows[i, COEFF["bt0"]] = brownian_time(call.brownian[0])
             rows[i, COEFF["bt1"]] = brownian_time(call.brownian[1])
-        x0_from.append(None if call.estimate == "x0" else (float(x0_p[i]), float(x0_q[i])))
-    # A kept tensor lives until its last use; a keep no later call reads is not stored at all.
-    drop: list[list[str]] = [[] for _ in range(n)]
-    for name, i in last_use.items():
-        drop[i].append(name)
-    keep = [
-        tuple((k, v) for k, v in c.keep.items() if any(k in later.update.history for later in calls[i + 1 :]))
-        for i, c in enumerate(calls)
-    ]
-    return Plan(
-        timesteps=t,
-        rows=rows,
-        input_scale=scale,
-        model_alpha=alpha,
-        model_sigma=sigma,
-        use=use,
-        keep=keep,
-        drop=[tuple(d) for d in drop],
-        x0_from_estimate=x0_from,
-        tags=[c.tag for c in calls],
-        noise_intervals=[c.brownian if c.update.noise else None for c in calls],
-        init_noise_sigma=float(init_noise_sigma),
-        sigmas=sigmas,
-        extras=dict(extras or {}),
-    )
+    return use, last_use
 
 
 def dynamic_threshold_coeffs(

@@ -47,8 +47,10 @@ def exact_output(scheduler: samplers.Scheduler, call: int, x_in: torch.Tensor) -
     plan = scheduler.plan
     alpha, sigma = float(plan.model_alpha[call]), float(plan.model_sigma[call])
     var = alpha * alpha * STD * STD + sigma * sigma
-    x0 = MU + alpha * STD * STD / var * (x_in.to(F64) - alpha * MU)
-    return parameterization.model_output_from_x0(scheduler.prediction_type, x0, x_in.to(F64), alpha, sigma)
+    centred = x_in.to(F64) - alpha * MU
+    x0 = MU + alpha * STD * STD / var * centred
+    eps = sigma / var * centred  # (x - alpha x0) / sigma in closed form: finite at sigma = 0 (clean data)
+    return parameterization.training_target(scheduler.prediction_type, x0, eps, alpha, sigma)
 
 
 def exact_endpoint(scheduler: samplers.Scheduler, x_start: torch.Tensor) -> torch.Tensor:
