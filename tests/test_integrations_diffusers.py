@@ -121,6 +121,15 @@ def _parity_cases():
         pytest.param(
             "FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, {"mu": 0.8}, id="flow-dynamic"
         ),
+        pytest.param(
+            "FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "shift_terminal": 0.1}, {}, id="flow-shift_terminal"
+        ),
+        pytest.param(
+            "FlowMatchEulerDiscreteScheduler",
+            {"use_dynamic_shifting": True, "time_shift_type": "linear"},
+            {"mu": 0.8},
+            id="flow-dynamic_linear",
+        ),
         # options beyond the defaults
         pytest.param(
             "DDPMScheduler", {"variance_type": "fixed_large", "clip_sample": False}, {}, id="ddpm-fixed_large"
@@ -193,6 +202,15 @@ def _parity_cases():
             {},
             id="heun-karras_trailing",
         ),
+        pytest.param("EulerDiscreteScheduler", {"use_exponential_sigmas": True}, {}, id="euler-exponential"),
+        pytest.param(
+            "EulerDiscreteScheduler",
+            {"use_beta_sigmas": True, "timestep_spacing": "trailing"},
+            {},
+            id="euler-beta_trailing",
+        ),
+        pytest.param("HeunDiscreteScheduler", {"use_beta_sigmas": True}, {}, id="heun-beta"),
+        pytest.param("HeunDiscreteScheduler", {"use_exponential_sigmas": True}, {}, id="heun-exponential"),
         pytest.param(
             "EulerAncestralDiscreteScheduler",
             {
@@ -761,8 +779,6 @@ def test_from_config_takes_overrides_and_diffusers_hidden_keys():
         ("DDPMScheduler", {"variance_type": "learned"}, "variance_type"),
         ("DDPMScheduler", {"variance_type": "fixed_large_log"}, "variance_type"),
         ("DDPMScheduler", {"beta_schedule": "laplace"}, "beta_schedule"),
-        ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}, "use_exponential_sigmas"),
-        ("EulerDiscreteScheduler", {"use_beta_sigmas": True}, "use_beta_sigmas"),
         ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
         ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}, "interpolation_type"),
         (
@@ -773,14 +789,8 @@ def test_from_config_takes_overrides_and_diffusers_hidden_keys():
         ("HeunDiscreteScheduler", {"clip_sample": True}, "clip_sample"),
         ("HeunDiscreteScheduler", {"beta_schedule": "exp"}, "beta_schedule"),
         ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True}, "invert_sigmas"),
-        ("FlowMatchEulerDiscreteScheduler", {"shift_terminal": 0.1}, "shift_terminal"),
         ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}, "stochastic_sampling"),
         ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}, "use_karras_sigmas"),
-        (
-            "FlowMatchEulerDiscreteScheduler",
-            {"use_dynamic_shifting": True, "time_shift_type": "linear"},
-            "time_shift_type",
-        ),
     ],
 )
 def test_unsupported_options_raise_naming_the_option(class_name, config, option):

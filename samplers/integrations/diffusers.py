@@ -172,8 +172,8 @@ _X0_LIMITS = {
 }
 _SIGMA_SPACINGS = {
     "use_karras_sigmas": _same(),
-    "use_exponential_sigmas": _fixed(False, "exponential sigma spacing is not implemented here"),
-    "use_beta_sigmas": _fixed(False, "beta-distribution sigma spacing is not implemented here"),
+    "use_exponential_sigmas": _same(),
+    "use_beta_sigmas": _same(),
 }
 _PRED_VP = _same("epsilon", "sample", "v_prediction")
 
@@ -246,15 +246,11 @@ _RULES: dict[str, dict[str, _Rule]] = {
         "base_image_seq_len": _same(),
         "max_image_seq_len": _same(),
         "invert_sigmas": _fixed(False, "inverted sigmas are not implemented here"),
-        "shift_terminal": _fixed(None, "stretching the shifted grid to a terminal value is not implemented here"),
+        "shift_terminal": _same(),
         "use_karras_sigmas": _fixed(False, "Karras spacing of flow sigmas is not implemented here"),
         "use_exponential_sigmas": _fixed(False, "exponential sigma spacing is not implemented here"),
         "use_beta_sigmas": _fixed(False, "beta-distribution sigma spacing is not implemented here"),
-        "time_shift_type": _fixed(
-            "exponential",
-            "only the exponential dynamic shift is implemented",
-            applies=lambda c: bool(c.get("use_dynamic_shifting")),  # diffusers reads it only then
-        ),
+        "time_shift_type": _same("exponential", "linear"),
         "stochastic_sampling": _fixed(False, "stochastic flow sampling is not implemented here"),
     },
 }
@@ -276,7 +272,14 @@ SUPPORTED_CLASSES: dict[str, type[Scheduler]] = dict(_OURS)
 # Options every samplers scheduler has; diffusers' classes express only their defaults.
 _COMMON = {"sigma_schedule": None, "sigma_schedule_kwargs": None, "noise": "philox"}
 _DISCRETE = {**_COMMON, "schedule": "discrete", "schedule_kwargs": None}
-_SIGMA_DEFAULTS = {"interpolation_type": "linear", "use_karras_sigmas": False, "sigma_min": None, "sigma_max": None}
+_SIGMA_DEFAULTS = {
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "sigma_min": None,
+    "sigma_max": None,
+}
 _OURS_ONLY: dict[str, dict[str, Any]] = {
     "DDPMScheduler": dict(_DISCRETE),
     "DDIMScheduler": {**_DISCRETE, "eta": 0.0, "use_clipped_model_output": False},

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from samplers import grids, schedules
 from samplers import levels as lv
-from samplers import schedules
 from samplers.plan import Call, Update
 from samplers.protocol import Scheduler
 from samplers.schedules import NoiseSchedule, RectifiedFlowSchedule
@@ -43,12 +43,18 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         max_shift: float = 1.15,
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
+        shift_terminal: float | None = None,
+        time_shift_type: str = "exponential",
         prediction_type: str = "flow",
         schedule: str = "flow",
         schedule_kwargs: dict | None = None,
     ) -> None:
         if not shift > 0:
             raise ValueError(f"shift must be > 0, got {shift}")
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got {time_shift_type!r}")
+        if shift_terminal is not None and not 0 < shift_terminal < 1:
+            raise ValueError(f"shift_terminal must be in (0, 1), got {shift_terminal!r}")
 
     def _make_schedule(self) -> NoiseSchedule:
         c = self.config
@@ -60,20 +66,30 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         if self.config.use_dynamic_shifting:
             if mu is None:
                 raise ValueError("use_dynamic_shifting=True needs set_timesteps(..., mu=...)")
-            return schedules.flow_time_shift_exponential(t, mu)
+            return grids.time_shift(t, mu, kind=self.config.time_shift_type)
         return schedules.flow_time_shift(t, self.config.shift)
 
     def default_levels(self, n: int, mu: float | None) -> lv.Levels:
-        n_train = self.config.num_train_timesteps
-        # The training grid's extremes are t = 1 and shift(1 / T); sample evenly between them.
-        lowest = float(self._shifted(torch.tensor(1.0 / n_train, dtype=F64), mu))
-        if self.config.use_dynamic_shifting:
-            lowest = 1.0 / n_train
-        highest = 1.0
-        if self.schedule.family != "flow":  # clip to the flow times this schedule reaches
-            lo, hi = lv.reachable_level_range(self.schedule)
-            lowest, highest = max(lowest, lo / (1 + lo)), min(highest, hi / (1 + hi))
+        c = self.config
+        if self.schedule.family == "flow":  # diffusers' FlowMatch grid (samplers.grids.flow reproduces it)
+            if c.use_dynamic_shifting and mu is None:
+                raise ValueError("use_dynamic_shifting=True needs set_timesteps(..., mu=...)")
+            flow_t = grids.flow(
+                n,
+                shift=None if c.use_dynamic_shifting else c.shift,
+                mu=mu if c.use_dynamic_shifting else None,
+                shift_terminal=c.shift_terminal,
+                kind=c.time_shift_type,
+                spacing="flow_match",
+                num_train_timesteps=c.num_train_timesteps,
+            )
+            return self._flow_levels(flow_t)
+        # Another schedule: evenly in flow time between the ends it reaches, then shifted.
+        lo, hi = lv.reachable_level_range(self.schedule)
+        lowest, highest = lo / (1 + lo), hi / (1 + hi)
         flow_t = self._shifted(torch.from_numpy(np.linspace(highest, lowest, n)), mu)
+        if c.shift_terminal is not None:
+            flow_t = grids.stretch_to_terminal(flow_t, c.shift_terminal)
         return self._flow_levels(flow_t)
 
     def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:

@@ -45,6 +45,8 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
         prediction_type: str = "epsilon",
         interpolation_type: str = "linear",
         use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         rho: float = 7.0,
