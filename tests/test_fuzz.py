@@ -117,7 +117,8 @@ def _check_case(case) -> None:
         bound = 64 * unit * (1 + float(x64.abs().max())) * amplification * max(1.0, s.init_noise_sigma)
         assert float((x - x64).abs().max()) <= bound, f"{case}: {dtype} run drifts from float64"
     last_level = float(s.plan.model_sigma[-1] / s.plan.model_alpha[-1])
-    if not s.is_stochastic and (s.num_inference_steps or 0) >= 10 and last_level <= 0.05:
+    on_default_grid = case["grid"] in ("steps", "named") and (s.num_inference_steps or 0) >= 10
+    if not s.is_stochastic and on_default_grid and last_level <= 0.05:  # random custom grids may be coarse
         # the exact ODE endpoint from the same start (model space), per coordinate
         alpha0, sigma0 = float(s.plan.model_alpha[0]), float(s.plan.model_sigma[0])
         start = _start(s, shape).reshape(-1, 4) * s.plan.scales[0]
