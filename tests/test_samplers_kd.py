@@ -345,12 +345,30 @@ def test_pndm_calls_follow_diffusers():
         assert max(len(u) for u in ours.plan.use) <= 4
 
 
-def test_lms_restarts_its_warm_up_at_a_begin_index():
+def test_multistep_warm_up_restarts_at_a_begin_index():
+    """img2img: a run may begin at any call; the multistep history starts empty there (orders 1, 2, 3, ...)."""
     s = samplers.get("lms")
     s.set_timesteps(20)
     assert list(s.plan.use[10]) == ["d9", "d8", "d7"]
     s.set_begin_index(10)
     assert not s.plan.use[10] and list(s.plan.use[12]) == ["d11", "d10"]
+    for name, options in (("ipndm", {}), ("pndm", {"skip_prk_steps": True}), ("pndm", {})):
+        s = samplers.get(name, **options)
+        s.set_timesteps(20)
+        begin = len(s.plan) - 8
+        s.set_begin_index(begin)
+        assert not s.plan.use[begin] and len(s.plan.use[begin + 1]) == 1 and len(s.plan.use[begin + 4]) == 3
+        z = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+        x = s.add_noise(MU.expand(64, 4), z, s.timesteps[begin : begin + 1])
+        state = s.init_state()
+        for i in range(begin, len(s.plan)):
+            result, state = s.step_functional(state, exact_output(s, i, x), s.timesteps[i], x, backend="torch")
+            x = result.prev_sample
+        assert bool(torch.isfinite(x).all())
+    s = samplers.get("pndm")
+    s.set_timesteps(20)
+    with pytest.raises(ValueError, match="continues a step"):
+        s.set_begin_index(1)  # inside a pseudo Runge-Kutta step
 
 
 def test_edm_preconditioning_reads_edm_outputs():

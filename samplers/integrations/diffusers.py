@@ -809,7 +809,9 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def order(self) -> int:
-        return self._scheduler.order
+        """diffusers' ``order`` is the model calls per step (pipelines slice ``timesteps[t_start * order:]``),
+        not the convergence order: LMS and DPM-Solver++ 2M are 1 there, Heun and KDPM2 2."""
+        return int(self._scheduler.nfe_per_step)
 
     @property
     def num_inference_steps(self) -> int | None:

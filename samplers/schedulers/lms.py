@@ -137,6 +137,8 @@ class LMSDiscreteScheduler(WarmUpRestart, SigmaSpaceScheduler):
         return calls
 
     def make_plan(self, levels: Levels, mu: float | None = None, start: int = 0) -> Plan:
+        """The plan; the warm-up restarts at call ``start`` (``set_begin_index``). diffusers' LMS begun mid-run
+        instead keeps the order-4 weights and drops the terms of the derivatives it does not have yet."""
         plan = build_plan(
             self.lms_calls(levels, start),
             self.prediction_type,

@@ -211,8 +211,7 @@ class PNDMScheduler(_PseudoNumerical):
     def _plms(self, stages: list[Stage], ets: list[int], t: float, dst: float, start: int) -> None:
         """A PLMS call at ``t``: its estimate joins ``ets`` and the Adams-Bashforth combination of the last 4
         (of those from call ``start`` on) moves the input to ``dst``."""
-        ets.append(len(stages))
-        ets[:] = [k for k in ets if k >= start]
+        ets[:] = [k for k in ets if k >= start] + [len(stages)]
         weights = adams_bashforth_weights(min(len(ets), 4))
         terms: dict = {"self": weights[0]}
         terms.update({ets[-1 - j]: weights[j] for j in range(1, len(weights))})
