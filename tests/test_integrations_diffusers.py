@@ -62,7 +62,8 @@ def _gaussian_model(abar: torch.Tensor | None, prediction_type: str, learned_ran
         x64 = x.to(F64)
         x0 = mu + alpha * std**2 / (alpha**2 * std**2 + sigma**2) * (x64 - alpha * mu)
         eps = (x64 - alpha * x0) / sigma
-        out = {"epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "flow": eps - x0}[prediction_type]
+        targets = {"epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "flow": eps - x0, "sample": x0}
+        out = targets[prediction_type]
         if learned_range:
             out = torch.cat([out, torch.tanh(x64 + t / 500)], dim=1)
         return out.to(torch.float32)
@@ -764,8 +765,10 @@ def test_from_config_takes_overrides_and_diffusers_hidden_keys():
         SamplersScheduler.from_config(euler.config, use_karras_sigma=True)
     model, unused = SamplersScheduler.from_config(euler.config, return_unused_kwargs=True, foo=1)
     assert unused == {"foo": 1} and isinstance(model, SamplersScheduler)
-    with pytest.raises(UnsupportedConfigError, match="PNDMScheduler"):
-        SamplersScheduler.from_config(sd_config)
+    pndm = SamplersScheduler.from_config(sd_config)  # the file itself maps to our PNDM (PLMS)
+    assert pndm.scheduler.name == "pndm" and pndm.config.skip_prk_steps is True
+    with pytest.raises(UnsupportedConfigError, match="ScoreSdeVeScheduler"):
+        SamplersScheduler.from_config({**sd_config, "_class_name": "ScoreSdeVeScheduler"})
     # a mapping without _class_name needs class_name=
     ddim = from_diffusers({"steps_offset": 1}, class_name="DDIMScheduler")
     assert ddim.config.steps_offset == 1 and ddim.config.clip_sample is True  # diffusers' defaults fill the rest
@@ -789,7 +792,7 @@ def test_from_config_takes_overrides_and_diffusers_hidden_keys():
         ("HeunDiscreteScheduler", {"clip_sample": True}, "clip_sample"),
         ("HeunDiscreteScheduler", {"beta_schedule": "exp"}, "beta_schedule"),
         ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True}, "invert_sigmas"),
-        ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}, "stochastic_sampling"),
+        ("TCDScheduler", {"clip_sample": True}, "clip_sample"),  # diffusers' TCD step never clips
         ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}, "use_karras_sigmas"),
     ],
 )

@@ -80,7 +80,11 @@ def model_out(s, call: int, x: torch.Tensor, oracle) -> torch.Tensor:
 
 
 def calls_for(name: str, steps: int) -> int:
-    return {"heun": 2 * steps - 1, "langevin": 5 * steps, "predictor_corrector": steps + (steps - 1)}.get(name, steps)
+    two_call = dict.fromkeys(("dpm2", "dpm2_ancestral", "dpmpp_2s_ancestral", "flow_heun"), 2 * steps - 1)
+    more = {"pndm": steps + 9, **two_call}  # PNDM (steps >= 4): three 4-call Runge-Kutta steps first
+    return {"heun": 2 * steps - 1, "langevin": 5 * steps, "predictor_corrector": steps + (steps - 1), **more}.get(
+        name, steps
+    )
 
 
 def test_every_builtin_is_registered():
@@ -330,6 +334,16 @@ def test_custom_sigmas_reproduce_the_default_grid(name):
     torch.testing.assert_close(c.plan.model_sigma / c.plan.model_alpha, s.plan.model_sigma / s.plan.model_alpha)
 
 
+def _clean_cut(plan, begin: int) -> bool:
+    """Whether no call from ``begin`` on reads a tensor kept before ``begin`` (the tail is then a run of its own)."""
+    for j in range(begin, len(plan.use)):
+        for name in plan.use[j]:
+            keeper = max(i for i in range(j) if any(k == name for k, _ in plan.keep[i]))
+            if keeper < begin:
+                return False
+    return True
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_step_index_and_begin_index(name, oracle):
     s = make(name)
@@ -345,7 +359,9 @@ def test_step_index_and_begin_index(name, oracle):
     s.set_timesteps(N)
     assert s.step_index is None  # a new plan is a new run
     # start mid-way (img2img) at a call that begins a step: same tail as the full run
-    begin = next(k for k in range(calls // 2, calls) if not s.plan.use[k])
+    begin = next((k for k in range(calls // 2, calls) if _clean_cut(s.plan, k)), None)
+    if begin is None:
+        pytest.skip("every later call continues a multistep history from before it (the warm-up restarts there)")
     s.set_begin_index(begin)
     assert s.begin_index == begin
     x = xs[begin]
@@ -607,7 +623,8 @@ def test_step_before_set_timesteps_and_past_the_end(name):
         s.step(torch.zeros_like(x), s.timesteps[-1], x)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "flow_euler"])
+# (flow samplers' default grids are flow times and EDM Euler's Karras levels: neither strides over the table)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("flow_euler", "flow_heun", "edm_euler")])
 def test_more_inference_steps_than_training_steps(name):
     """On a discrete schedule of T training steps, asking for more than T sampling steps is an error."""
     s = make(name, schedule="discrete", num_train_timesteps=100)

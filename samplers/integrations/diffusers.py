@@ -64,11 +64,20 @@ from samplers.schedulers import (
     DDIMScheduler,
     DDPMScheduler,
     DEISMultistepScheduler,
+    EDMEulerScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
+    IPNDMScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
     SASolverScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
@@ -433,6 +442,142 @@ _OURS_ONLY.update(
 # shared generator gives the same noise to the same calls.
 _DRAWS_EVERY_CALL = {SASolverScheduler}
 # ---- end of group 'multi' ------------------------------------------------------------------------------------
+# ---- group "samp-kd" (issue 13): LMS, KDPM2 (+ ancestral), PNDM, iPNDM, LCM, TCD, EDM Euler, FlowMatch Heun,
+# and FlowMatch Euler's stochastic_sampling. diffusers' sigma-spacing flags select samplers.grids by name.
+_KD_SIGMA_SPACINGS = {"use_karras_sigmas": _same(), "use_exponential_sigmas": _same(), "use_beta_sigmas": _same()}
+_KD_SIGMA_ONLY = {"interpolation_type": "linear", "sigma_min": None, "sigma_max": None, "rho": 7.0}
+_KD_FLOW_ONLY = {
+    **_COMMON,
+    "prediction_type": "flow",
+    "schedule": "flow",
+    "schedule_kwargs": None,
+    "use_dynamic_shifting": False,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+_KD_CONSISTENCY = {
+    **_VP,
+    "original_inference_steps": _same(),
+    "prediction_type": _same("epsilon", "sample", "v_prediction"),
+    "rescale_betas_zero_snr": _same(),
+    # read by diffusers only for custom timesteps below 0 (which it refuses) or not at all
+    "set_alpha_to_one": _inert("the grid never steps below timestep 0"),
+    "steps_offset": _inert("not read by the LCM/TCD grid"),
+    "timestep_spacing": _inert("not read by the LCM/TCD grid"),
+}
+_RULES.update(
+    {
+        "LMSDiscreteScheduler": {**_VP, **_SPACING, **_KD_SIGMA_SPACINGS, "prediction_type": _PRED_VP},
+        "KDPM2DiscreteScheduler": {
+            **_VP,
+            **_SPACING,
+            **_KD_SIGMA_SPACINGS,
+            "prediction_type": _same("epsilon", "v_prediction"),
+        },
+        "KDPM2AncestralDiscreteScheduler": {
+            **_VP,
+            **_SPACING,
+            **_KD_SIGMA_SPACINGS,
+            "prediction_type": _same("epsilon", "v_prediction"),
+        },
+        "PNDMScheduler": {
+            **_VP,
+            **_SPACING,
+            "skip_prk_steps": _same(),
+            "set_alpha_to_one": _same(),
+            "prediction_type": _same("epsilon", "v_prediction"),
+        },
+        "IPNDMScheduler": {
+            "num_train_timesteps": _same(),
+            "trained_betas": _same(
+                None, why="custom iPNDM sigma tables are not implemented here (pass sigmas= instead)"
+            ),
+        },
+        "LCMScheduler": {
+            **_KD_CONSISTENCY,
+            **_X0_LIMITS,
+            "timestep_scaling": _same(),
+        },
+        "TCDScheduler": {
+            **_KD_CONSISTENCY,
+            # diffusers' TCD never clips or thresholds x0 in step(); only the default values reproduce that
+            "clip_sample": _fixed(False, "TCD's step does not clip x0"),
+            "clip_sample_range": _inert("TCD's step does not clip x0"),
+            "thresholding": _fixed(False, "TCD's step does not threshold x0"),
+            "dynamic_thresholding_ratio": _inert("TCD's step does not threshold x0"),
+            "sample_max_value": _inert("TCD's step does not threshold x0"),
+            "timestep_scaling": _inert("TCD has no boundary-condition scalings"),
+        },
+        "EDMEulerScheduler": {
+            "sigma_min": _same(),
+            "sigma_max": _same(),
+            "sigma_data": _same(),
+            "sigma_schedule": _same("karras", "exponential"),
+            "num_train_timesteps": _same(),
+            "prediction_type": _same("epsilon", "v_prediction"),
+            "rho": _same(),
+            "final_sigmas_type": _same("zero", "sigma_min"),
+        },
+        "FlowMatchHeunDiscreteScheduler": {"num_train_timesteps": _same(), "shift": _same()},
+    }
+)
+_RULES["FlowMatchEulerDiscreteScheduler"]["stochastic_sampling"] = _same()
+_KD_OURS: dict[str, type[Scheduler]] = {
+    "LMSDiscreteScheduler": LMSDiscreteScheduler,
+    "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
+    "KDPM2AncestralDiscreteScheduler": KDPM2AncestralDiscreteScheduler,
+    "PNDMScheduler": PNDMScheduler,
+    "IPNDMScheduler": IPNDMScheduler,
+    "LCMScheduler": LCMScheduler,
+    "TCDScheduler": TCDScheduler,
+    "EDMEulerScheduler": EDMEulerScheduler,
+    "FlowMatchHeunDiscreteScheduler": FlowMatchHeunDiscreteScheduler,
+}
+_OURS.update(_KD_OURS)
+SUPPORTED_CLASSES.update(_KD_OURS)
+_OURS_ONLY.update(
+    {
+        "LMSDiscreteScheduler": {**_DISCRETE, **_KD_SIGMA_ONLY, "solver_order": 4},
+        "KDPM2DiscreteScheduler": {
+            **_DISCRETE,
+            **_KD_SIGMA_ONLY,
+            "s_churn": 0.0,
+            "s_tmin": 0.0,
+            "s_tmax": math.inf,
+            "s_noise": 1.0,
+        },
+        "KDPM2AncestralDiscreteScheduler": {**_DISCRETE, **_KD_SIGMA_ONLY, "eta": 1.0},
+        # diffusers combines raw v outputs and converts once (first order; see samplers.schedulers.pndm)
+        "PNDMScheduler": {
+            **_DISCRETE,
+            "combine": lambda c: c.get("combine", "eps") if c.get("prediction_type") == "epsilon" else "output",
+        },
+        # diffusers' iPNDM: a v-prediction model with alpha = cos(pi t / 2), and x0 read as 0 out of pure noise
+        "IPNDMScheduler": {
+            **_COMMON,
+            "prediction_type": "v_prediction",
+            "pure_noise_x0": "zero",
+            "schedule": "vp_cosine",
+            "schedule_kwargs": {"s": 0.0, "t_max": 1.0},
+        },
+        "LCMScheduler": dict(_DISCRETE),
+        "TCDScheduler": {**_DISCRETE, "eta": 0.3},  # diffusers' step(eta=0.3) default; pipelines pass their own
+        "EDMEulerScheduler": {
+            "sigma_schedule_kwargs": None,
+            "noise": "philox",
+            "preconditioning": "edm",  # diffusers' EDM model wrapper: c_in, c_noise, c_skip/c_out
+            "schedule": "edm",
+            "schedule_kwargs": None,
+            "s_churn": 0.0,  # diffusers takes churn per step() call, as ours does too
+            "s_tmin": 0.0,
+            "s_tmax": math.inf,
+            "s_noise": 1.0,
+        },
+        "FlowMatchHeunDiscreteScheduler": dict(_KD_FLOW_ONLY),
+    }
+)
 
 
 def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -480,6 +625,8 @@ def diffusers_config_to_samplers(class_name: str, config: Mapping[str, Any]) -> 
             problems.append(problem)
         elif rule.forward:
             options[key] = value
+    for key, value in _OURS_ONLY.get(class_name, {}).items():  # our options at the values that behave as diffusers
+        options.setdefault(key, value(options) if callable(value) else value)
     if problems:
         raise UnsupportedConfigError(
             f"cannot reproduce diffusers' {class_name} as samplers.{_OURS[class_name].__name__}; unsupported "
@@ -864,8 +1011,8 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def order(self) -> int:
-        """Model calls per step, as diffusers pipelines read ``scheduler.order`` (Heun and DPM2: 2; multistep
-        solvers: 1), not the convergence order (``scheduler.scheduler.order``)."""
+        """diffusers' ``order`` is the model calls per step (pipelines slice ``timesteps[t_start * order:]``),
+        not the convergence order: LMS and DPM-Solver++ 2M are 1 there, Heun and KDPM2 2."""
         return int(self._scheduler.nfe_per_step)
 
     @property

@@ -65,6 +65,11 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "sample_scheduler",
+    # group "samp-kd"
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_dpmpp_2s_ancestral",
+    "sample_lms",
 ]
 
 
@@ -446,11 +451,13 @@ def _karras_algorithm2(
     s_tmax: float,
     s_noise: float,
     second_order: bool,
+    scheduler: str = "heun",
 ) -> torch.Tensor:
     """Karras et al. 2022, Algorithm 2, with (Heun) or without (Euler) the correction of lines 9-11.
 
-    The grid -- ``sigma_hat_i`` and each call's coefficients -- is our ``heun`` scheduler's plan; its
-    first call of a step *is* the Euler step from ``sigma_hat_i`` (line 8). The churn of lines 5-6 is
+    The grid -- ``sigma_hat_i`` and each call's coefficients -- is our ``heun`` scheduler's plan (or another
+    churned two-call scheduler's: ``dpm2``); its first call of a step *is* the Euler step from ``sigma_hat_i``
+    (line 8), or DPM2's move to the midpoint. The churn of lines 5-6 is
     added here at the start of each step from ``torch.randn_like`` (drawn every step, used or not), as
     k-diffusion does, so the plan is built with its own in-update churn switched off (``s_noise=0``).
     """
@@ -460,7 +467,7 @@ def _karras_algorithm2(
     steps = len(sigmas) - 1
     planned = int((host > 0).sum())
     # gamma = s_churn / (number of steps); the plan divides by its level count, one more when sigmas[-1] > 0.
-    sched = _on_edm("heun", sigmas, s_churn=s_churn * planned / steps, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=0.0)
+    sched = _on_edm(scheduler, sigmas, s_churn=s_churn * planned / steps, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=0.0)
     plan = sched._require_plan()
     starts = [k for k, used in enumerate(plan.use) if not used]  # each step's first call
     for i in trange(steps, disable=disable):
@@ -516,3 +523,107 @@ def sample_heun(
     """Heun's second-order method with EDM's stochastic churn (Karras et al. 2022, Algorithm 2); two
     model calls per step except the Euler step into sigma = 0."""
     return _karras_algorithm2(model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, True)
+
+
+# ---- group "samp-kd" (issue 13): sample_lms, sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral
+# (k-diffusion 0.1.1.post1 has no sample_lcm).
+
+
+def _first_calls_only(callback: Callback | None) -> Callback | None:
+    """k-diffusion reports once per step: forward the first call of each two-call step (calls 0, 2, 4, ...)."""
+    if callback is None:
+        return None
+
+    def per_step(info: dict[str, Any]) -> None:
+        if info["i"] % 2 == 0:
+            callback({**info, "i": info["i"] // 2})
+
+    return per_step
+
+
+@torch.no_grad()
+def sample_lms(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    order: int = 4,
+) -> torch.Tensor:
+    """Linear multistep in sigma (our ``lms`` scheduler, orders 1-4) with exact Lagrange-integral weights."""
+    return sample_scheduler(model, x, sigmas, "lms", extra_args, callback, disable, solver_order=order)
+
+
+@torch.no_grad()
+def sample_dpm_2(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """DPM-Solver-2 steps in sigma space (our ``dpm2``) with EDM churn, drawn as k-diffusion draws it."""
+    return _karras_algorithm2(
+        model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, True, "dpm2"
+    )
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """DPM2 down to ``sigma_down`` plus ``noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up`` (our
+    ``dpm2_ancestral``); ``eta`` in [0, 1]."""
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "dpm2_ancestral",
+        extra_args,
+        _first_calls_only(callback),
+        disable,
+        s_noise,
+        noise_sampler,
+        eta=eta,
+    )
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2S) down to ``sigma_down`` plus ancestral noise (our ``dpmpp_2s_ancestral``); ``eta`` in [0, 1]."""
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "dpmpp_2s_ancestral",
+        extra_args,
+        _first_calls_only(callback),
+        disable,
+        s_noise,
+        noise_sampler,
+        eta=eta,
+    )

@@ -5,6 +5,7 @@ from samplers.schedulers.ddim import DDIMScheduler
 from samplers.schedulers.ddim_inverse import DDIMInverseScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
 from samplers.schedulers.deis import DEISMultistepScheduler
+from samplers.schedulers.dpmpp_2s_ancestral import DPMSolverPlusPlus2SAncestralScheduler
 from samplers.schedulers.dpmsolver import (
     DPMSolver3MScheduler,
     DPMSolver3MSDEScheduler,
@@ -12,11 +13,17 @@ from samplers.schedulers.dpmsolver import (
     DPMSolverNoisePredictionScheduler,
     DPMSolverSDEMultistepScheduler,
 )
+from samplers.schedulers.edm_euler import EDMEulerScheduler
 from samplers.schedulers.euler import EulerDiscreteScheduler
 from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from samplers.schedulers.flow_euler import FlowMatchEulerDiscreteScheduler
+from samplers.schedulers.flow_heun import FlowMatchHeunDiscreteScheduler
 from samplers.schedulers.heun import HeunDiscreteScheduler
+from samplers.schedulers.kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from samplers.schedulers.langevin import AnnealedLangevinScheduler
+from samplers.schedulers.lcm import LCMScheduler, TCDScheduler
+from samplers.schedulers.lms import LMSDiscreteScheduler
+from samplers.schedulers.pndm import IPNDMScheduler, PNDMScheduler
 from samplers.schedulers.posterior import PosteriorSamplingScheduler
 from samplers.schedulers.predictor_corrector import PredictorCorrectorScheduler
 from samplers.schedulers.sa_solver import SASolverScheduler
@@ -43,6 +50,17 @@ BUILTIN_SCHEDULERS = [
     DEISMultistepScheduler,
     SASolverScheduler,
     DDIMInverseScheduler,
+    # k-diffusion / diffusers classics (LMS, DPM2, DPM++ 2S a, PNDM, iPNDM, LCM, TCD, EDM Euler, flow Heun)
+    LMSDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    DPMSolverPlusPlus2SAncestralScheduler,
+    EDMEulerScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    PNDMScheduler,
+    IPNDMScheduler,
+    LCMScheduler,
+    TCDScheduler,
 ]
 
 

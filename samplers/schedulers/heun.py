@@ -26,6 +26,23 @@ from samplers.plan import ESTIMATE, SAMPLE, Call, Update
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 
+def churn_levels(
+    sigma: list[float], s_churn: float, s_tmin: float, s_tmax: float, s_noise: float
+) -> tuple[list[float], list[float]]:
+    """EDM's churn (Algorithm 2, lines 4-6) over a run's levels: ``(sigma_hat, churn std)`` per level.
+
+    ``gamma = min(S_churn / N, sqrt(2) - 1)`` inside ``[S_tmin, S_tmax]`` (else 0), ``sigma_hat = (1 + gamma)
+    sigma`` and the std ``S_noise sqrt(sigma_hat^2 - sigma^2)`` that raises the level to ``sigma_hat``.
+    """
+    gamma_max = min(s_churn / len(sigma), math.sqrt(2) - 1)
+    hats, stds = [], []
+    for s in sigma:
+        gamma = gamma_max if s_tmin <= s <= s_tmax else 0.0
+        hats.append(s * (1 + gamma))
+        stds.append(s_noise * math.sqrt(max(hats[-1] ** 2 - s**2, 0.0)))
+    return hats, stds
+
+
 class HeunDiscreteScheduler(SigmaSpaceScheduler):
     name = "heun"
     kind = "ode-single-step"
@@ -67,13 +84,7 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
     def _churn(self, sigma: torch.Tensor) -> tuple[list[float], list[float]]:
         """``(sigma_hat, churn std)`` per level (lines 4-6)."""
         c = self.config
-        gamma_max = min(c.s_churn / len(sigma), math.sqrt(2) - 1)
-        hats, stds = [], []
-        for s in sigma.tolist():
-            gamma = gamma_max if c.s_tmin <= s <= c.s_tmax else 0.0
-            hats.append(s * (1 + gamma))
-            stds.append(c.s_noise * math.sqrt(max(hats[-1] ** 2 - s**2, 0.0)))
-        return hats, stds
+        return churn_levels(sigma.tolist(), c.s_churn, c.s_tmin, c.s_tmax, c.s_noise)
 
     def plan_calls(self, levels: Levels) -> list[Call]:
         sigma = levels.level
