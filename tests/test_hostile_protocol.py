@@ -44,7 +44,8 @@ def test_guided_step_equals_stepping_the_guided_output(name, w):
         guided = uncond + w * (cond - uncond)
         b, state_b = s.step_functional(state_b, guided, t, xb, seeds=seeds, backend="torch")
         # the op computes in float32 (guidance inside it, here outside in float64): float32 rounding apart
-        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-5, msg=f"{name} call {i}")
+        scale = 1 + float(b.prev_sample.abs().max())  # rounding carried by multistep history scales with |x|
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-5 * scale, msg=f"{name} call {i}")
         xa, xb = a.prev_sample, b.prev_sample
 
 

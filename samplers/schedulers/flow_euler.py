@@ -75,7 +75,7 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         if self.config.use_dynamic_shifting:
             if mu is None:
                 raise ValueError("use_dynamic_shifting=True needs set_timesteps(..., mu=...)")
-            return grids.time_shift(t, mu, kind=self.config.time_shift_type)
+            return grids.time_shift(t, mu, kind=self.config.get("time_shift_type", "exponential"))
         return schedules.flow_time_shift(t, self.config.shift)
 
     def default_levels(self, n: int, mu: float | None) -> lv.Levels:
@@ -87,8 +87,8 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
                 n,
                 shift=None if c.use_dynamic_shifting else c.shift,
                 mu=mu if c.use_dynamic_shifting else None,
-                shift_terminal=c.shift_terminal,
-                kind=c.time_shift_type,
+                shift_terminal=c.get("shift_terminal"),
+                kind=c.get("time_shift_type", "exponential"),
                 spacing="flow_match",
                 num_train_timesteps=c.num_train_timesteps,
             )
@@ -97,8 +97,8 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         lo, hi = lv.reachable_level_range(self.schedule)
         lowest, highest = lo / (1 + lo), hi / (1 + hi)
         flow_t = self._shifted(torch.from_numpy(np.linspace(highest, lowest, n)), mu)
-        if c.shift_terminal is not None:
-            flow_t = grids.stretch_to_terminal(flow_t, c.shift_terminal)
+        if c.get("shift_terminal") is not None:
+            flow_t = grids.stretch_to_terminal(flow_t, c.get("shift_terminal"))
         return self._flow_levels(flow_t)
 
     def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:
