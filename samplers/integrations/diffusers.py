@@ -67,6 +67,13 @@ from samplers.schedulers import (
     FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
 )
+from samplers.schedulers.dpmsolver import (
+    DPMSolver3MScheduler,
+    DPMSolver3MSDEScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverNoisePredictionScheduler,
+    DPMSolverSDEMultistepScheduler,
+)
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 __all__ = [
@@ -298,6 +305,112 @@ _OURS_ONLY: dict[str, dict[str, Any]] = {
 }
 
 
+# ---- DPM-Solver family (samp-dpm): DPMSolverMultistep ---------------------------------------------
+# Generic hooks, used by this block first: _PICK chooses our class from a diffusers config (one diffusers
+# class, several registry names); _ALSO_OURS names the diffusers class of our classes beyond _OURS; and
+# _DIFFUSERS_VALUES gives diffusers' values for options our config leaves at None (a class default).
+_PICK: dict[str, Callable[[Mapping[str, Any]], type[Scheduler]]] = {}
+_ALSO_OURS: dict[type[Scheduler], str] = {}
+_DIFFUSERS_VALUES: dict[str, Callable[[Scheduler], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class _Unless(_Rule):
+    """Forwarded, but refused in each listed combination: ``(predicate on the whole config, why)``."""
+
+    refuse: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...] = ()
+
+    def problem(self, name: str, value: Any, config: Mapping[str, Any]) -> str | None:
+        reasons = [why for bad, why in self.refuse if bad(config)]
+        return f"{name}={value!r}: {'; '.join(reasons)}" if reasons else None
+
+
+_SDE3_SIGN = (
+    "diffusers' sde-dpmsolver++ of order 3 has the wrong sign on the 1/2 of its D2 weight (an inconsistent "
+    "update); samplers' dpmpp_3m_sde uses the consistent weight (k-diffusion's sample_dpmpp_3m_sde)"
+)
+_DPM_FLAGS = {
+    "use_karras_sigmas": _same(),
+    "use_exponential_sigmas": _same(),
+    "use_beta_sigmas": _same(),
+    "use_flow_sigmas": _same(),
+    "flow_shift": _same(),
+}
+_RULES["DPMSolverMultistepScheduler"] = {
+    **_VP,
+    **_SPACING,
+    **_DPM_FLAGS,
+    "solver_order": _same(1, 2, why=_SDE3_SIGN, applies=lambda c: c.get("algorithm_type") == "sde-dpmsolver++"),
+    "prediction_type": _Unless(
+        refuse=(
+            (
+                lambda c: c.get("prediction_type") == "v_prediction" and bool(c.get("use_flow_sigmas")),
+                "with use_flow_sigmas diffusers reads v as x0 = alpha x - sigma v, which holds only where "
+                "alpha^2 + sigma^2 = 1 (not on a flow schedule)",
+            ),
+            (
+                lambda c: c.get("prediction_type") == "flow_prediction" and not c.get("use_flow_sigmas"),
+                "without use_flow_sigmas diffusers reads a velocity as x0 = x - sigma v, which holds only on a "
+                "flow schedule",
+            ),
+        )
+    ),
+    "thresholding": _same(
+        False,
+        why="thresholding with a noise-prediction algorithm is not implemented here",
+        applies=lambda c: c.get("algorithm_type") in ("dpmsolver", "sde-dpmsolver"),
+    ),
+    "dynamic_thresholding_ratio": _same(),
+    "sample_max_value": _same(),
+    "algorithm_type": _same(),
+    "solver_type": _same(),
+    "lower_order_final": _same(),
+    "euler_at_final": _same(),
+    "use_lu_lambdas": _same(),
+    "use_dynamic_shifting": _same(),
+    "time_shift_type": _same("exponential"),
+    "final_sigmas_type": _same(
+        "zero",
+        why="with use_flow_sigmas diffusers ends at the VP table's first level used as a flow time",
+        applies=lambda c: bool(c.get("use_flow_sigmas")),
+    ),
+    "lambda_min_clipped": _same(),
+    "variance_type": _fixed(None, "learned variance channels are not read here (diffusers keeps the first 3)"),
+    "rescale_betas_zero_snr": _same(),
+}
+_OURS["DPMSolverMultistepScheduler"] = DPMSolverMultistepScheduler
+SUPPORTED_CLASSES["DPMSolverMultistepScheduler"] = DPMSolverMultistepScheduler
+_OURS_ONLY["DPMSolverMultistepScheduler"] = {
+    **_DISCRETE,
+    "sigma_min": None,
+    "sigma_max": None,
+    "rho": 7.0,
+    "eta": None,
+}
+
+
+def _pick_dpm_multistep(config: Mapping[str, Any]) -> type[Scheduler]:
+    """dpmpp_2m / dpmpp_3m / dpmpp_2m_sde / dpmpp_3m_sde / dpm_multistep by algorithm type and order."""
+    algorithm, third = config.get("algorithm_type", "dpmsolver++"), config.get("solver_order", 2) == 3
+    if algorithm == "dpmsolver++":
+        return DPMSolver3MScheduler if third else DPMSolverMultistepScheduler
+    if algorithm == "sde-dpmsolver++":
+        return DPMSolver3MSDEScheduler if third else DPMSolverSDEMultistepScheduler
+    return DPMSolverNoisePredictionScheduler
+
+
+def _dpm_values(scheduler: Scheduler) -> dict[str, Any]:
+    return {"solver_order": scheduler.solver_order, "algorithm_type": scheduler.algorithm}  # type: ignore[attr-defined]
+
+
+_PICK["DPMSolverMultistepScheduler"] = _pick_dpm_multistep
+_DIFFUSERS_VALUES["DPMSolverMultistepScheduler"] = _dpm_values
+for _cls in (DPMSolver3MScheduler, DPMSolverSDEMultistepScheduler, DPMSolver3MSDEScheduler):
+    _ALSO_OURS[_cls] = "DPMSolverMultistepScheduler"
+_ALSO_OURS[DPMSolverNoisePredictionScheduler] = "DPMSolverMultistepScheduler"
+# ---- end of the DPM-Solver family block ------------------------------------------------------------
+
+
 def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     params = inspect.signature(cls.__init__).parameters
     return {k: p for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
@@ -348,7 +461,8 @@ def diffusers_config_to_samplers(class_name: str, config: Mapping[str, Any]) -> 
             f"cannot reproduce diffusers' {class_name} as samplers.{_OURS[class_name].__name__}; unsupported "
             "option(s):\n  " + "\n  ".join(problems)
         )
-    return _OURS[class_name], options
+    pick = _PICK.get(class_name)
+    return (pick(full) if pick else _OURS[class_name]), options
 
 
 def samplers_config_to_diffusers(scheduler: Scheduler) -> tuple[str, dict[str, Any]]:
@@ -357,13 +471,15 @@ def samplers_config_to_diffusers(scheduler: Scheduler) -> tuple[str, dict[str, A
     Raises :class:`UnsupportedConfigError` naming each of our options that diffusers' class cannot
     express (for example DDIM's configured ``eta``, Heun's ``s_churn``, a continuous ``schedule``).
     """
-    class_name = next((n for n, c in _OURS.items() if type(scheduler) is c), None)
+    class_name = next((n for n, c in _OURS.items() if type(scheduler) is c), _ALSO_OURS.get(type(scheduler)))
     if class_name is None:
         raise UnsupportedConfigError(
             f"{type(scheduler).__name__} ({scheduler.name!r}) has no diffusers counterpart; mapped: "
             f"{', '.join(c.__name__ for c in _OURS.values())}"
         )
     ours = dict(scheduler.config)
+    if class_name in _DIFFUSERS_VALUES:  # options our config leaves at None (the class default), made explicit
+        ours.update(_DIFFUSERS_VALUES[class_name](scheduler))
     rules = _RULES[class_name]
     ours_only = {k: (v(ours) if callable(v) else v) for k, v in _OURS_ONLY[class_name].items()}
     init = _init_parameters(getattr(diffusers, class_name))
