@@ -99,6 +99,11 @@ def diffusers_model_times(levels: lv.Levels, grid: str, table: DiscreteVPSchedul
     return dataclasses.replace(levels, t=t)
 
 
+def grid_level(alpha: float, sigma: float) -> float:
+    """The sigma-space level ``sigma / alpha`` (``inf`` at pure noise, alpha = 0): a Brownian interval's end."""
+    return sigma / alpha if alpha > 0 else math.inf
+
+
 def data_prediction_weights(h: float, eta: float) -> tuple[float, float, float, float, float]:
     """``(carry, phi_1, phi_2, chi, noise)`` of a DPM-Solver++ step of log-SNR length ``h`` (alpha/sigma-free).
 
@@ -308,6 +313,14 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             raise ValueError(f"{type(self).__name__} shifts by mu only with use_dynamic_shifting=True")
         return super().make_plan(levels, None, start)
 
+    def final_alpha_sigma(self) -> tuple[float, float]:
+        """``final_sigmas_type="sigma_min"``: diffusers' float32 first table level (:func:`diffusers_sigma_table`)."""
+        if self.config.get("final_sigmas_type", "zero") == "zero" or not isinstance(self.schedule, DiscreteVPSchedule):
+            return super().final_alpha_sigma()
+        level = float(diffusers_sigma_table(self.schedule).sigmas[0])
+        alpha = 1 / math.sqrt(1 + level**2)
+        return alpha, level * alpha
+
     def initial_sigma(self, levels: lv.Levels) -> float:
         if self.config.get("use_flow_sigmas", False):
             return 1.0  # diffusers' DPM-Solver: unit noise, whatever the first flow time
@@ -341,7 +354,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         """Call ``k``'s update at the given order."""
         lam, alpha, sigma = grid.lam.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
         a_s, s_s, a_t, s_t = alpha[k], sigma[k], alpha[k + 1], sigma[k + 1]
-        interval = (s_s / a_s, s_t / a_t) if self.is_sde else None
+        interval = (grid_level(a_s, s_s), grid_level(a_t, s_t)) if self.is_sde else None
         if self.estimate == "eps" and (s_t == 0.0 or a_s == 0.0):
             # into clean data (x0_hat: the h -> inf limit) or out of pure noise (DDIM, the eps form's alpha_s = 0
             # limit): read x0_hat from the output rather than dividing by a zero alpha or sigma
