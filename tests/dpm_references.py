@@ -117,11 +117,11 @@ class ReplayNoise:
         return self.noise[len(self.calls) - 1]
 
 
-def gaussian_denoiser(dim: int = 2, seed: int = 3) -> Callable[..., torch.Tensor]:
-    """k-diffusion's ``D(x, sigma)`` for Gaussian data N(mu, diag(std^2)) in ``dim`` coordinates (float64 math)."""
+def gaussian_denoiser(shape: tuple[int, ...] = SHAPE[1:], seed: int = 3) -> Callable[..., torch.Tensor]:
+    """k-diffusion's ``D(x, sigma)`` for Gaussian data N(mu, diag(std^2)) of per-sample ``shape`` (float64 math)."""
     gen = torch.Generator().manual_seed(seed)
-    mu = torch.randn(dim, generator=gen, dtype=F64)
-    std = 0.5 + torch.rand(dim, generator=gen, dtype=F64)
+    mu = torch.randn(shape, generator=gen, dtype=F64)
+    std = 0.5 + torch.rand(shape, generator=gen, dtype=F64)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         s = sigma.to(F64).reshape(-1, *[1] * (x.dim() - 1))
