@@ -74,6 +74,10 @@ from samplers.schedulers.dpmsolver import (
     DPMSolverNoisePredictionScheduler,
     DPMSolverSDEMultistepScheduler,
 )
+from samplers.schedulers.dpmsolver_singlestep import (
+    DPMSolverSinglestepNoisePredictionScheduler,
+    DPMSolverSinglestepScheduler,
+)
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 __all__ = [
@@ -408,6 +412,44 @@ _DIFFUSERS_VALUES["DPMSolverMultistepScheduler"] = _dpm_values
 for _cls in (DPMSolver3MScheduler, DPMSolverSDEMultistepScheduler, DPMSolver3MSDEScheduler):
     _ALSO_OURS[_cls] = "DPMSolverMultistepScheduler"
 _ALSO_OURS[DPMSolverNoisePredictionScheduler] = "DPMSolverMultistepScheduler"
+
+# DPMSolverSinglestepScheduler: dpmpp_singlestep / dpm_singlestep by algorithm type
+_RULES["DPMSolverSinglestepScheduler"] = {
+    **{k: v for k, v in _RULES["DPMSolverMultistepScheduler"].items() if k in _VP or k in _DPM_FLAGS},
+    **{
+        k: _RULES["DPMSolverMultistepScheduler"][k]
+        for k in (
+            "prediction_type",
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "sample_max_value",
+            "algorithm_type",
+            "solver_type",
+            "lower_order_final",
+            "use_dynamic_shifting",
+            "time_shift_type",
+            "final_sigmas_type",
+            "lambda_min_clipped",
+            "variance_type",
+        )
+    },
+    "solver_order": _same(
+        1,
+        2,
+        why=_SDE3_SIGN.replace("dpmsolver++ of order 3", "dpmsolver++ of order 3 (heun)"),
+        applies=lambda c: c.get("algorithm_type") == "sde-dpmsolver++" and c.get("solver_type") == "heun",
+    ),
+}
+_OURS["DPMSolverSinglestepScheduler"] = DPMSolverSinglestepScheduler
+SUPPORTED_CLASSES["DPMSolverSinglestepScheduler"] = DPMSolverSinglestepScheduler
+_OURS_ONLY["DPMSolverSinglestepScheduler"] = dict(_OURS_ONLY["DPMSolverMultistepScheduler"])
+_PICK["DPMSolverSinglestepScheduler"] = lambda c: (
+    DPMSolverSinglestepNoisePredictionScheduler
+    if c.get("algorithm_type") == "dpmsolver"
+    else DPMSolverSinglestepScheduler
+)
+_DIFFUSERS_VALUES["DPMSolverSinglestepScheduler"] = _dpm_values
+_ALSO_OURS[DPMSolverSinglestepNoisePredictionScheduler] = "DPMSolverSinglestepScheduler"
 # ---- end of the DPM-Solver family block ------------------------------------------------------------
 
 

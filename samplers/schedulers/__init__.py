@@ -10,6 +10,10 @@ from samplers.schedulers.dpmsolver import (
     DPMSolverNoisePredictionScheduler,
     DPMSolverSDEMultistepScheduler,
 )
+from samplers.schedulers.dpmsolver_singlestep import (
+    DPMSolverSinglestepNoisePredictionScheduler,
+    DPMSolverSinglestepScheduler,
+)
 from samplers.schedulers.euler import EulerDiscreteScheduler
 from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from samplers.schedulers.flow_euler import FlowMatchEulerDiscreteScheduler
@@ -34,6 +38,9 @@ BUILTIN_SCHEDULERS = [
     DPMSolverSDEMultistepScheduler,
     DPMSolver3MSDEScheduler,
     DPMSolverNoisePredictionScheduler,
+    # DPM-Solver family (samp-dpm helper)
+    DPMSolverSinglestepScheduler,
+    DPMSolverSinglestepNoisePredictionScheduler,
 ]
 
 

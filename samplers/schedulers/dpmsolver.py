@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -137,6 +138,43 @@ def divided_differences(r0: float, r1: float | None) -> tuple[tuple[float, ...],
     return d1, tuple(q / (r0 + r1) for q in diff)
 
 
+@dataclass(frozen=True)
+class StepWeights:
+    """The weights of one exponential-integrator step from ``(alpha_s, sigma_s)`` to ``(alpha_t, sigma_t)``.
+
+    ``x_t = carry x_s + phi D0 + w D1 + chi D2 + noise z`` with ``w = heun`` (the ``phi_2`` weight, also the
+    third-order D1 weight) or ``midpoint``; ``D`` are estimates of x0 (data prediction) or eps (noise
+    prediction) and their divided differences, whose normalisation the caller chooses.
+    """
+
+    carry: float
+    phi: float
+    heun: float
+    midpoint: float
+    chi: float
+    noise: float
+
+
+def step_weights(estimate: str, a_s: float, s_s: float, a_t: float, s_t: float, eta: float, sde: bool) -> StepWeights:
+    """:class:`StepWeights` of DPM-Solver++ (``estimate="x0"``, noise fraction ``eta``) or DPM-Solver (``"eps"``,
+    ``sde``: SDE-DPM-Solver). The eps form needs ``sigma_t > 0`` and ``alpha_s > 0`` (the caller reads x0 there)."""
+    h = math.log(a_t / s_t) - math.log(a_s / s_s) if s_t > 0 and a_s > 0 else math.inf
+    if estimate == "x0":
+        carry, phi_1, phi_2, chi, noise = data_prediction_weights(h, eta)
+        return StepWeights(carry * s_t / s_s, a_t * phi_1, a_t * phi_2, 0.5 * a_t * phi_1, a_t * chi, s_t * noise)
+    sig_eh = a_t * s_s / a_s  # sigma_t e^h
+    growth = sig_eh - s_t  # sigma_t (e^h - 1)
+    scale = 2.0 if sde else 1.0
+    return StepWeights(
+        carry=a_t / a_s,
+        phi=-scale * growth,
+        heun=-scale * (growth / h - s_t),  # sigma_t ((e^h - 1) / h - 1)
+        midpoint=-0.5 * scale * growth,
+        chi=-(((growth - s_t * h) / h**2) - 0.5 * s_t),  # sigma_t ((e^h - 1 - h) / h^2 - 1/2)
+        noise=math.sqrt(sig_eh**2 - s_t**2) if sde else 0.0,
+    )
+
+
 class DPMSolverMultistepScheduler(MultistepScheduler):
     """DPM-Solver++(2M) by default; ``solver_order`` and ``algorithm_type`` pick the other members.
 
@@ -152,6 +190,8 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
     uses_mu = True  # with use_dynamic_shifting (flow models); refused otherwise
     default_algorithm: ClassVar[str] = "dpmsolver++"
     default_solver_order: ClassVar[int] = 2
+    # diffusers' multistep class skips rounding karras / lu times with cosine betas (the int cast truncates)
+    cosine_skips_rounding: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -189,6 +229,19 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         schedule: str = "discrete",
         schedule_kwargs: dict | None = None,
     ) -> None:
+        self.setup_solver(solver_order, algorithm_type, solver_type, thresholding, eta)
+        self.check_common_config()
+        self.check_flow_config()
+
+    def setup_solver(
+        self,
+        solver_order: int | None,
+        algorithm_type: str | None,
+        solver_type: str,
+        thresholding: bool,
+        eta: float | None,
+    ) -> None:
+        """Check the solver options of the DPM-Solver schedulers; set ``algorithm``, ``solver_order``, ``estimate``."""
         if solver_order is not None and solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3 (or None for the default), got {solver_order!r}")
         algorithm = algorithm_type or self.default_algorithm
@@ -208,8 +261,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
                 f"thresholding clamps x0 estimates: it is implemented for the data-prediction algorithms "
                 f"(dpmsolver++, sde-dpmsolver++), not for algorithm_type={algorithm!r}"
             )
-        self.check_common_config()
-        self.check_flow_config()
         self.algorithm = algorithm
         self.solver_order = solver_order or self.default_solver_order
         self.estimate = "x0" if algorithm.endswith("++") else "eps"
@@ -280,7 +331,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         flagged = self._flag_grid()
         if levels.source == "named" and flagged is not None:
             table = diffusers_sigma_table(self.schedule) if isinstance(self.schedule, DiscreteVPSchedule) else None
-            cosine = c.get("beta_schedule") == "squaredcos_cap_v2"
+            cosine = self.cosine_skips_rounding and c.get("beta_schedule") == "squaredcos_cap_v2"
             levels = diffusers_model_times(levels, flagged, table, cosine)
         return levels
 
@@ -361,31 +412,15 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             x0_weight, eps_weight = a_t, s_t
             return StepRule(sample=0.0, weights=(eps_weight,), extra={"x0": x0_weight})
         h = lam[k + 1] - lam[k]
-        noise = 0.0
-        if self.estimate == "x0":
-            carry, phi_1, phi_2, chi, noise_std = data_prediction_weights(h, self.eta)
-            carry *= s_t / s_s
-            phi, w1, w2, midpoint = a_t * phi_1, a_t * phi_2, a_t * chi, 0.5 * a_t * phi_1
-            noise = s_t * noise_std
-        else:
-            sig_eh = a_t * s_s / a_s  # sigma_t e^h, finite as sigma_t -> 0
-            growth = sig_eh - s_t  # sigma_t (e^h - 1)
-            carry = a_t / a_s
-            scale = 2.0 if self.is_sde else 1.0
-            phi = -scale * growth
-            w1 = -scale * (growth / h - s_t)  # sigma_t ((e^h - 1) / h - 1)
-            w2 = -(((growth - s_t * h) / h**2) - 0.5 * s_t)  # sigma_t ((e^h - 1 - h) / h^2 - 1/2)
-            midpoint = -0.5 * scale * growth
-            if self.is_sde:
-                noise = math.sqrt(sig_eh**2 - s_t**2)
-        weights = [phi, 0.0, 0.0]
+        w = step_weights(self.estimate, a_s, s_s, a_t, s_t, self.eta, self.is_sde)
+        weights = [w.phi, 0.0, 0.0]
         if order >= 2:
             r0 = (lam[k] - lam[k - 1]) / h
             r1 = (lam[k - 1] - lam[k - 2]) / h if order == 3 else None
             d1, d2 = divided_differences(r0, r1)
-            w = w1 if order == 3 or self.config.solver_type == "heun" else midpoint
-            weights = [wi + w * p + w2 * q for wi, p, q in zip(weights, d1, d2, strict=True)]
-        return StepRule(sample=carry, weights=tuple(weights[:order]), noise=noise, brownian=interval)
+            w1 = w.heun if order == 3 or self.config.solver_type == "heun" else w.midpoint
+            weights = [wi + w1 * p + w.chi * q for wi, p, q in zip(weights, d1, d2, strict=True)]
+        return StepRule(sample=w.carry, weights=tuple(weights[:order]), noise=w.noise, brownian=interval)
 
 
 class DPMSolver3MScheduler(DPMSolverMultistepScheduler):
