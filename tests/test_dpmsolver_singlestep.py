@@ -190,8 +190,9 @@ def test_bad_config_is_a_clear_error(config, match):
 def test_begin_index_regroups_from_there():
     s = samplers.get("dpmpp_singlestep", solver_order=3, solver_type="heun")
     s.set_timesteps(12)
-    s.set_begin_index(4)  # mid-group in the full list: diffusers lowers the orders, so the groups restart
-    assert s.plan.use[4] == () and set(s.plan.use[5]) == {"x4", "m4"} and set(s.plan.use[6]) == {"x4", "m4", "m5"}
+    s.set_begin_index(4)  # mid-group in the full list [1,2,3, 1,2,3, ..]: diffusers lowers the orders there
+    assert s.plan.use[4] == () and set(s.plan.use[5]) == {"x4", "m4"} and s.plan.use[6] == ()
+    assert set(s.plan.use[8]) == {"x6", "m6", "m7"}  # from the next group on, the full list again
 
 
 # ---- parity with diffusers --------------------------------------------------------------------------
