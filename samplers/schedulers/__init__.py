@@ -3,6 +3,7 @@
 from samplers.hookspecs import hookimpl
 from samplers.schedulers.ddim import DDIMScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
+from samplers.schedulers.dpm_fast import DPMSolverFastScheduler
 from samplers.schedulers.dpmsolver import (
     DPMSolver3MScheduler,
     DPMSolver3MSDEScheduler,
@@ -41,6 +42,7 @@ BUILTIN_SCHEDULERS = [
     # DPM-Solver family (samp-dpm helper)
     DPMSolverSinglestepScheduler,
     DPMSolverSinglestepNoisePredictionScheduler,
+    DPMSolverFastScheduler,
 ]
 
 
