@@ -67,6 +67,7 @@ from samplers.schedulers import (
     FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
 )
+from samplers.schedulers.dpmpp_sde import DPMSolverSDEScheduler
 from samplers.schedulers.dpmsolver import (
     DPMSolver3MScheduler,
     DPMSolver3MSDEScheduler,
@@ -450,6 +451,83 @@ _PICK["DPMSolverSinglestepScheduler"] = lambda c: (
 )
 _DIFFUSERS_VALUES["DPMSolverSinglestepScheduler"] = _dpm_values
 _ALSO_OURS[DPMSolverSinglestepNoisePredictionScheduler] = "DPMSolverSinglestepScheduler"
+
+# DPMSolverSDEScheduler: dpmpp_sde. diffusers draws its noise from a torchsde Brownian tree seeded by
+# noise_sampler_seed, not from the generator: the drop-in's noise="diffusers" mode asks the same tree for the
+# same intervals (the increments of one step's two calls are correlated), so given the seed the images match.
+_DIFFUSERS_NOISE: dict[type[Scheduler], Callable[[Any, Scheduler, torch.Tensor], torch.Tensor]] = {}
+_RULES["DPMSolverSDEScheduler"] = {
+    **_VP,
+    **_SPACING,
+    "prediction_type": _same("epsilon", "v_prediction", why="diffusers' DPMSolverSDEScheduler refuses 'sample'"),
+    "use_karras_sigmas": _same(),
+    "use_exponential_sigmas": _same(),
+    "use_beta_sigmas": _same(),
+    "noise_sampler_seed": _same(),
+}
+_OURS["DPMSolverSDEScheduler"] = DPMSolverSDEScheduler
+SUPPORTED_CLASSES["DPMSolverSDEScheduler"] = DPMSolverSDEScheduler
+_OURS_ONLY["DPMSolverSDEScheduler"] = {
+    **_DISCRETE,
+    "interpolation_type": "linear",
+    "sigma_min": None,
+    "sigma_max": None,
+    "rho": 7.0,
+    "eta": 1.0,
+    "s_noise": 1.0,
+    "r": 0.5,
+}
+
+
+def _brownian_tree_noise(wrapper: Any, inner: Scheduler, sample: torch.Tensor) -> torch.Tensor:
+    """diffusers' DPMSolverSDEScheduler noise for the current call: its Brownian tree over the call's interval."""
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    plan = inner._require_plan()
+    cached = wrapper.__dict__.get("_brownian_tree")
+    if cached is None or cached[0] is not plan:  # a new tree per set_timesteps, as diffusers builds one
+        sigmas = _diffusers_sde_sigmas(inner, plan)
+        low, high = float(sigmas[sigmas > 0].min()), float(sigmas.max())
+        tree = BrownianTreeNoiseSampler(sample, low, high, inner.config.get("noise_sampler_seed"))
+        cached = (plan, tree, sigmas)
+        wrapper.__dict__["_brownian_tree"] = cached
+    _, tree, sigmas = cached
+    k = inner._state.step_index
+    if float(inner.config.get("r", 0.5)) != 0.5:  # not diffusers' midpoint: the plan's own interval
+        ends = plan.noise_intervals[k]
+        assert ends is not None
+        return tree(torch.tensor(ends[0], dtype=torch.float32), torch.tensor(ends[1], dtype=torch.float32))
+    # diffusers' call k (its step index counts calls) asks for [sigmas[k], sigmas[k + 1]] on a step's first
+    # call with the next level replaced by the midpoint in -log sigma, [sigmas[k - 1], sigmas[k]] on its second
+    first = k % 2 == 0
+    sigma, sigma_next = (sigmas[k], sigmas[k + 1]) if first else (sigmas[k - 1], sigmas[k])
+    t, t_next = -sigma.log(), -sigma_next.log()
+    if first:
+        t_next = t + (t_next - t) * 0.5
+    return tree(t.neg().exp(), t_next.neg().exp())
+
+
+def _diffusers_sde_sigmas(inner: Scheduler, plan: Any) -> torch.Tensor:
+    """diffusers' own float32 ``sigmas`` for this run where it has the same grid, else the plan's.
+
+    A Brownian path is only 1/2-Hoelder: an ulp of difference in a queried level (or in the tree's ends) moves
+    an increment by ~1e-3, so the tree must see diffusers' bits, not a float32 rounding of ours.
+    """
+    ours = plan.sigmas
+    assert ours is not None
+    try:
+        _, config = samplers_config_to_diffusers(inner)
+        native = diffusers.DPMSolverSDEScheduler(**config)
+        native.set_timesteps(int(inner.num_inference_steps or 0))
+    except (UnsupportedConfigError, ValueError, TypeError):
+        return ours
+    theirs = native.sigmas.to(torch.float32)
+    if theirs.shape == ours.shape and bool(torch.allclose(theirs, ours, rtol=1e-3, atol=0)):  # same grid
+        return theirs
+    return ours
+
+
+_DIFFUSERS_NOISE[DPMSolverSDEScheduler] = _brownian_tree_noise
 # ---- end of the DPM-Solver family block ------------------------------------------------------------
 
 
@@ -882,8 +960,16 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
             if self._noise == "diffusers":
                 if self._uses_noise(inner, timestep, sample, overrides):
                     # exactly diffusers' draw, so a shared generator gives the same images
-                    noise = randn_tensor(
-                        tuple(sample.shape), generator=generator, device=model_output.device, dtype=model_output.dtype
+                    draw = _DIFFUSERS_NOISE.get(type(inner))
+                    noise = (
+                        draw(self, inner, sample)
+                        if draw is not None
+                        else randn_tensor(
+                            tuple(sample.shape),
+                            generator=generator,
+                            device=model_output.device,
+                            dtype=model_output.dtype,
+                        )
                     )
                 generator = None
             elif isinstance(generator, (list, tuple)):

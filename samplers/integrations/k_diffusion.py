@@ -529,6 +529,7 @@ __all__ += [
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m_sde",
+    "sample_dpmpp_sde",
 ]
 
 
@@ -673,4 +674,38 @@ def sample_dpm_fast(
     sigmas = log_sigmas.exp().to(torch.float32)
     return sample_scheduler(
         model, x, sigmas, "dpm_fast", extra_args, callback, disable, s_noise, noise_sampler, orders=orders, eta=eta
+    )
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    r: float = 1 / 2,
+) -> torch.Tensor:
+    """DPM++ SDE: DPM-Solver++(2S) with an ancestral step at each of its two stages (our ``dpmpp_sde``).
+
+    The two draws of a step are increments of one Brownian path over ``[sigma_mid, sigma]`` and
+    ``[sigma_next, sigma]``: ``noise_sampler(sigma, sigma_mid)`` then ``noise_sampler(sigma, sigma_next)``, by
+    default our Brownian tree (:func:`brownian_noise_sampler`), which correlates them as k-diffusion's does.
+    """
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "dpmpp_sde",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        _sde_noise(x, noise_sampler),
+        eta=eta,
+        r=r,
     )

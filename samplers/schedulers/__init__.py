@@ -4,6 +4,7 @@ from samplers.hookspecs import hookimpl
 from samplers.schedulers.ddim import DDIMScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
 from samplers.schedulers.dpm_fast import DPMSolverFastScheduler
+from samplers.schedulers.dpmpp_sde import DPMSolverSDEScheduler
 from samplers.schedulers.dpmsolver import (
     DPMSolver3MScheduler,
     DPMSolver3MSDEScheduler,
@@ -43,6 +44,7 @@ BUILTIN_SCHEDULERS = [
     DPMSolverSinglestepScheduler,
     DPMSolverSinglestepNoisePredictionScheduler,
     DPMSolverFastScheduler,
+    DPMSolverSDEScheduler,
 ]
 
 
