@@ -136,7 +136,7 @@ def test_k_diffusion_parity(K, grid, eta, r, s_noise):
 
 def test_k_diffusion_default_noise_correlates_the_two_draws():
     """Our default noise sampler is one Brownian path: the two draws of a step have correlation sqrt(L1 / L)."""
-    x = torch.zeros(4000, 1)
+    x = torch.zeros(1, 4000)  # one sample, 4000 independent elements: one Philox key
     sampler = kd.brownian_noise_sampler(x, seed=3)
     z1 = sampler(torch.tensor(10.0), torch.tensor(6.0))
     z2 = sampler(torch.tensor(10.0), torch.tensor(4.0))
