@@ -177,10 +177,16 @@ class GaussianOracle:
         x0 = self.denoise(x64, alpha, sigma)
         return parameterization.model_output_from_x0(prediction_type, x0, x64, alpha, sigma).to(x_in.dtype)
 
-    def ode_solution(self, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """Probability-flow ODE endpoint (clean data) from model-space ``x_t`` at ``(alpha, sigma)``."""
+    def ode_solution(
+        self, x_t: torch.Tensor, alpha: float, sigma: float, to: tuple[float, float] = (1.0, 0.0)
+    ) -> torch.Tensor:
+        """Probability-flow ODE solution at ``to = (alpha', sigma')`` (default: clean data) from model-space
+        ``x_t`` at ``(alpha, sigma)``: ``alpha' mu + sqrt(alpha'^2 s^2 + sigma'^2) (x_t - alpha mu) / sqrt(alpha^2
+        s^2 + sigma^2)``, in either direction (an inversion runs it toward noise)."""
         mu, s = self._to(x_t)
-        return mu + s * (x_t.to(F64) - alpha * mu) / torch.sqrt(alpha * alpha * s * s + sigma * sigma)
+        a1, s1 = to
+        radius = torch.sqrt(a1 * a1 * s * s + s1 * s1)
+        return a1 * mu + radius * (x_t.to(F64) - alpha * mu) / torch.sqrt(alpha * alpha * s * s + sigma * sigma)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` for samples [n, *shape]: standard normal for exact samples, float64."""
@@ -220,7 +226,9 @@ def run_oracle(
             scheduler.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i])
         )
         x = scheduler.step(out, t, x, generator=generator, seeds=seeds, backend=backend).prev_sample
-    exact = oracle.ode_solution((noise * plan.init_noise_sigma).to(F64) * start[0], start[1], start[2])
+    # where the run ends in the sample's space: clean data, unless the plan says otherwise (an inversion)
+    end = plan.extras.get("ends_at", (1.0, 0.0))
+    exact = oracle.ode_solution((noise * plan.init_noise_sigma).to(F64) * start[0], start[1], start[2], to=end)
     return x, exact
 
 

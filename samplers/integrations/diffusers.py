@@ -75,6 +75,7 @@ from samplers.schedulers.dpmsolver import (
     DPMSolverNoisePredictionScheduler,
     DPMSolverSDEMultistepScheduler,
 )
+from samplers.schedulers.dpmsolver_inverse import DPMSolverMultistepInverseScheduler
 from samplers.schedulers.dpmsolver_singlestep import (
     DPMSolverSinglestepNoisePredictionScheduler,
     DPMSolverSinglestepScheduler,
@@ -528,6 +529,42 @@ def _diffusers_sde_sigmas(inner: Scheduler, plan: Any) -> torch.Tensor:
 
 
 _DIFFUSERS_NOISE[DPMSolverSDEScheduler] = _brownian_tree_noise
+
+# DPMSolverMultistepInverseScheduler: dpmpp_2m_inverse (data to noise; ODE algorithms only)
+_MULTISTEP = _RULES["DPMSolverMultistepScheduler"]
+_RULES["DPMSolverMultistepInverseScheduler"] = {
+    **_VP,
+    **_SPACING,
+    **{
+        k: _MULTISTEP[k]
+        for k in (
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "sample_max_value",
+            "solver_type",
+            "lower_order_final",
+            "euler_at_final",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "lambda_min_clipped",
+            "variance_type",
+        )
+    },
+    "solver_order": _same(),
+    "prediction_type": _same("epsilon", "sample", "v_prediction"),
+    "algorithm_type": _same(
+        "dpmsolver++", "dpmsolver", why="an SDE cannot be run backwards (diffusers' inverse SDE variants give NaN)"
+    ),
+    "use_flow_sigmas": _fixed(
+        False, "diffusers' inverse scheduler lays flow sigmas out descending: it samples instead of inverting"
+    ),
+    "flow_shift": _inert("read only with use_flow_sigmas=True"),
+}
+_OURS["DPMSolverMultistepInverseScheduler"] = DPMSolverMultistepInverseScheduler
+SUPPORTED_CLASSES["DPMSolverMultistepInverseScheduler"] = DPMSolverMultistepInverseScheduler
+_OURS_ONLY["DPMSolverMultistepInverseScheduler"] = {**_DISCRETE, "sigma_min": None, "sigma_max": None, "rho": 7.0}
+_DIFFUSERS_VALUES["DPMSolverMultistepInverseScheduler"] = _dpm_values
 # ---- end of the DPM-Solver family block ------------------------------------------------------------
 
 

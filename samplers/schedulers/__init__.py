@@ -12,6 +12,7 @@ from samplers.schedulers.dpmsolver import (
     DPMSolverNoisePredictionScheduler,
     DPMSolverSDEMultistepScheduler,
 )
+from samplers.schedulers.dpmsolver_inverse import DPMSolverMultistepInverseScheduler
 from samplers.schedulers.dpmsolver_singlestep import (
     DPMSolverSinglestepNoisePredictionScheduler,
     DPMSolverSinglestepScheduler,
@@ -45,6 +46,7 @@ BUILTIN_SCHEDULERS = [
     DPMSolverSinglestepNoisePredictionScheduler,
     DPMSolverFastScheduler,
     DPMSolverSDEScheduler,
+    DPMSolverMultistepInverseScheduler,
 ]
 
 

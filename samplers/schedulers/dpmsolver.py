@@ -158,6 +158,13 @@ class StepWeights:
 def step_weights(estimate: str, a_s: float, s_s: float, a_t: float, s_t: float, eta: float, sde: bool) -> StepWeights:
     """:class:`StepWeights` of DPM-Solver++ (``estimate="x0"``, noise fraction ``eta``) or DPM-Solver (``"eps"``,
     ``sde``: SDE-DPM-Solver). The eps form needs ``sigma_t > 0`` and ``alpha_s > 0`` (the caller reads x0 there)."""
+    if a_t == 0.0 and a_s > 0 and not sde:  # into pure noise (an inversion's end at a flow's t = 1): x_t = s_t eps_hat
+        carry = s_t / s_s
+        return (
+            StepWeights(carry, -a_s * carry, 0.0, 0.0, 0.0, 0.0)
+            if estimate == "x0"
+            else StepWeights(0.0, s_t, 0.0, 0.0, 0.0, 0.0)
+        )
     h = math.log(a_t / s_t) - math.log(a_s / s_s) if s_t > 0 and a_s > 0 else math.inf
     if estimate == "x0":
         carry, phi_1, phi_2, chi, noise = data_prediction_weights(h, eta)
@@ -389,7 +396,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         orders = []
         for k in range(n):
             o = 1 if k <= start else min(self.solver_order, k - start + 1)
-            if k == n - 1 and (c.euler_at_final or short or c.final_sigmas_type == "zero"):
+            if k == n - 1 and (c.euler_at_final or short or float(grid.sigma[-1]) == 0.0):
                 o = 1
             elif k == n - 2 and short:
                 o = min(o, 2)
@@ -412,6 +419,8 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             x0_weight, eps_weight = a_t, s_t
             return StepRule(sample=0.0, weights=(eps_weight,), extra={"x0": x0_weight})
         h = lam[k + 1] - lam[k]
+        if h == 0.0:  # a repeated level (diffusers' inverse grids end so): the call changes nothing
+            return StepRule(sample=1.0, weights=(0.0,))
         w = step_weights(self.estimate, a_s, s_s, a_t, s_t, self.eta, self.is_sde)
         weights = [w.phi, 0.0, 0.0]
         if order >= 2:
