@@ -128,3 +128,23 @@ def gaussian_denoiser(shape: tuple[int, ...] = SHAPE[1:], seed: int = 3) -> Call
         return (mu + std**2 / (std**2 + s**2) * (x.to(F64) - mu)).to(x.dtype)
 
     return denoise
+
+
+def edm_model(prediction_type: str, sigma_data: float = 0.5) -> Callable[..., torch.Tensor]:
+    """An EDM-preconditioned network (Karras et al. 2022, Table 1) for the Gaussian data of :func:`gaussian_model`:
+    ``model(c_in x, c_noise) -> F`` with ``D = c_skip x + c_out F`` ("epsilon", diffusers' name) or ``- c_out F``
+    ("v_prediction"); ``sigma = exp(4 c_noise)``."""
+    gen = torch.Generator().manual_seed(7)
+    mu = 0.5 * torch.tanh(torch.randn(SHAPE[1:], generator=gen, dtype=F64))
+    std = 0.3
+    sign = {"epsilon": 1.0, "v_prediction": -1.0}[prediction_type]
+
+    def model(x_in: torch.Tensor, t: Any) -> torch.Tensor:
+        sigma = math.exp(4 * float(t))
+        norm = sigma * sigma + sigma_data * sigma_data
+        x = x_in.to(F64) * math.sqrt(norm)  # c_in = 1 / sqrt(norm)
+        x0 = mu + std**2 / (std**2 + sigma**2) * (x - mu)
+        c_skip, c_out = sigma_data**2 / norm, sigma * sigma_data / math.sqrt(norm)
+        return (sign * (x0 - c_skip * x) / c_out).to(torch.float32)
+
+    return model

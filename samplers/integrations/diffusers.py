@@ -80,6 +80,7 @@ from samplers.schedulers.dpmsolver_singlestep import (
     DPMSolverSinglestepNoisePredictionScheduler,
     DPMSolverSinglestepScheduler,
 )
+from samplers.schedulers.edm_dpmsolver import EDMDPMSolverMultistepScheduler
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 __all__ = [
@@ -565,6 +566,44 @@ _OURS["DPMSolverMultistepInverseScheduler"] = DPMSolverMultistepInverseScheduler
 SUPPORTED_CLASSES["DPMSolverMultistepInverseScheduler"] = DPMSolverMultistepInverseScheduler
 _OURS_ONLY["DPMSolverMultistepInverseScheduler"] = {**_DISCRETE, "sigma_min": None, "sigma_max": None, "rho": 7.0}
 _DIFFUSERS_VALUES["DPMSolverMultistepInverseScheduler"] = _dpm_values
+
+# EDMDPMSolverMultistepScheduler: edm_dpmpp_2m with EDM's preconditioned network, as diffusers' EDM classes assume
+_FROM_DIFFUSERS: dict[str, dict[str, Any]] = {}  # our options a diffusers class implies (set when mapping from it)
+_RULES["EDMDPMSolverMultistepScheduler"] = {
+    "sigma_min": _same(),
+    "sigma_max": _same(),
+    "sigma_data": _same(),
+    "sigma_schedule": _same("karras", "exponential"),
+    "num_train_timesteps": _same(),
+    "prediction_type": _same("epsilon", "v_prediction", why="diffusers' EDM readout refuses 'sample'"),
+    "rho": _same(),
+    "solver_order": _same(
+        1,
+        2,
+        why="diffusers' EDM sde-dpmsolver++ of order 3 fails (UnboundLocalError); samplers' dpmpp_3m_sde on "
+        "schedule='edm' is the consistent one",
+        applies=lambda c: c.get("algorithm_type") == "sde-dpmsolver++",
+    ),
+    "thresholding": _same(),
+    "dynamic_thresholding_ratio": _same(),
+    "sample_max_value": _same(),
+    "algorithm_type": _same("dpmsolver++", "sde-dpmsolver++"),
+    "solver_type": _same("midpoint", "heun"),
+    "lower_order_final": _same(),
+    "euler_at_final": _same(),
+    "final_sigmas_type": _same("zero", "sigma_min"),
+}
+_OURS["EDMDPMSolverMultistepScheduler"] = EDMDPMSolverMultistepScheduler
+SUPPORTED_CLASSES["EDMDPMSolverMultistepScheduler"] = EDMDPMSolverMultistepScheduler
+_FROM_DIFFUSERS["EDMDPMSolverMultistepScheduler"] = {"edm_preconditioning": True}
+_OURS_ONLY["EDMDPMSolverMultistepScheduler"] = {
+    **_COMMON,
+    "schedule": "edm",
+    "schedule_kwargs": None,
+    "edm_preconditioning": True,
+    "eta": None,
+}
+_DIFFUSERS_VALUES["EDMDPMSolverMultistepScheduler"] = _dpm_values
 # ---- end of the DPM-Solver family block ------------------------------------------------------------
 
 
@@ -619,6 +658,7 @@ def diffusers_config_to_samplers(class_name: str, config: Mapping[str, Any]) -> 
             "option(s):\n  " + "\n  ".join(problems)
         )
     pick = _PICK.get(class_name)
+    options.update(_FROM_DIFFUSERS.get(class_name, {}))
     return (pick(full) if pick else _OURS[class_name]), options
 
 

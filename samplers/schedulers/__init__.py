@@ -17,6 +17,7 @@ from samplers.schedulers.dpmsolver_singlestep import (
     DPMSolverSinglestepNoisePredictionScheduler,
     DPMSolverSinglestepScheduler,
 )
+from samplers.schedulers.edm_dpmsolver import EDMDPMSolverMultistepScheduler
 from samplers.schedulers.euler import EulerDiscreteScheduler
 from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from samplers.schedulers.flow_euler import FlowMatchEulerDiscreteScheduler
@@ -47,6 +48,7 @@ BUILTIN_SCHEDULERS = [
     DPMSolverFastScheduler,
     DPMSolverSDEScheduler,
     DPMSolverMultistepInverseScheduler,
+    EDMDPMSolverMultistepScheduler,
 ]
 
 
