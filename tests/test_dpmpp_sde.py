@@ -43,25 +43,29 @@ def test_deterministic_limit_is_dpm_solver_pp_2s():
 
 def test_philox_mode_rebuilds_the_correlated_second_draw():
     """Per-call Philox: the second call's row turns its independent draw z' into z2 = sqrt(L1/L) z1 + sqrt(L2/L) z'
-    by rebuilding z1 from its input; the same two calls with that z2 given explicitly agree to float32."""
-    s = samplers.get("dpmpp_sde", schedule="edm", prediction_type="sample")
-    s.set_timesteps(timesteps=[10.0, 4.0, 1.0])
+    by rebuilding z1 from its input. The seeded run equals the run of the plain rows (Brownian mode) given z1 and
+    that z2 explicitly, to float32."""
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * 10.0
     outputs = [torch.randn(64, 3, generator=torch.Generator().manual_seed(k)) for k in (1, 2)]
     seeds = batch_seeds(5, 64)
-    state, y = s.init_state(), x
-    for k in range(2):
-        out, state = s.step_functional(state, outputs[k], s.timesteps[k], y, seeds=seeds, backend="torch")
-        y = out.prev_sample
+
+    def two_calls(noise_mode: str, noises=None) -> torch.Tensor:
+        s = samplers.get("dpmpp_sde", schedule="edm", prediction_type="sample", noise=noise_mode)
+        s.set_timesteps(timesteps=[10.0, 4.0, 1.0])
+        state, y = s.init_state(), x
+        for k in range(2):
+            given = {"noise": noises[k]} if noises is not None else {"seeds": seeds}
+            out, state = s.step_functional(state, outputs[k], s.timesteps[k], y, backend="torch", **given)
+            y = out.prev_sample
+        return y
+
     z1, z_prime = (philox_normal(seeds, k, 3) for k in (0, 1))
     b = [brownian_time(v) for v in (10.0, math.sqrt(40.0), 4.0)]
     frac = (b[0] - b[1]) / (b[0] - b[2])
     z2 = math.sqrt(frac) * z1 + math.sqrt(1 - frac) * z_prime
-    state, y_given = s.init_state(), x
-    for k, z in enumerate((z1, z2)):
-        out, state = s.step_functional(state, outputs[k], s.timesteps[k], y_given, noise=z, backend="torch")
-        y_given = out.prev_sample
-    torch.testing.assert_close(y, y_given, rtol=1e-5, atol=1e-5)
+    seeded = two_calls("philox")
+    torch.testing.assert_close(seeded, two_calls("brownian", (z1, z2)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seeded, two_calls("philox", (z1, z_prime)), rtol=1e-6, atol=1e-6)  # the draws
 
 
 @pytest.mark.parametrize("noise", ["philox", pytest.param("brownian", marks=pytest.mark.slow)])
@@ -180,7 +184,7 @@ def test_diffusers_parity(case, steps):
     recorder = ReplayNoise(SHAPE, count=4 * steps)
     expected = _diffusers_run(reference, model, x, steps, recorder)
     ours = from_diffusers(reference)
-    assert type(ours).__name__ == "DPMSolverSDEScheduler"
+    assert type(ours).__name__ == "DPMSolverSDEScheduler" and ours.config.noise == "brownian"  # diffusers' tree
     ours.set_timesteps(steps)
     y, drawn = x * float(ours.init_noise_sigma), 0
     for i, t in enumerate(ours.timesteps):
@@ -212,12 +216,14 @@ def test_wrapper_reproduces_diffusers_seeded_tree(case):
 def test_mapping_round_trip_and_refusals():
     from samplers.integrations.diffusers import UnsupportedConfigError, from_diffusers, samplers_config_to_diffusers
 
-    ours = samplers.get("dpmpp_sde", use_karras_sigmas=True, noise_sampler_seed=3)
+    ours = samplers.get("dpmpp_sde", use_karras_sigmas=True, noise_sampler_seed=3, noise="brownian")
     name, config = samplers_config_to_diffusers(ours)
     assert name == "DPMSolverSDEScheduler" and config["noise_sampler_seed"] == 3
     back = from_diffusers(getattr(diffusers, name)(**config))
     assert dict(back.config) == dict(ours.config)
     with pytest.raises(UnsupportedConfigError, match="r=0.3"):
-        samplers_config_to_diffusers(samplers.get("dpmpp_sde", r=0.3))
+        samplers_config_to_diffusers(samplers.get("dpmpp_sde", r=0.3, noise="brownian"))
+    with pytest.raises(UnsupportedConfigError, match="noise='philox'"):
+        samplers_config_to_diffusers(samplers.get("dpmpp_sde"))
     with pytest.raises(UnsupportedConfigError, match="prediction_type"):
         from_diffusers(diffusers.DPMSolverSDEScheduler(prediction_type="sample"))

@@ -319,6 +319,7 @@ _OURS_ONLY: dict[str, dict[str, Any]] = {
 _PICK: dict[str, Callable[[Mapping[str, Any]], type[Scheduler]]] = {}
 _ALSO_OURS: dict[type[Scheduler], str] = {}
 _DIFFUSERS_VALUES: dict[str, Callable[[Scheduler], dict[str, Any]]] = {}
+_FROM_DIFFUSERS: dict[str, dict[str, Any]] = {}  # our options a diffusers class implies (set when mapping from it)
 
 
 @dataclass(frozen=True)
@@ -468,9 +469,11 @@ _RULES["DPMSolverSDEScheduler"] = {
     "noise_sampler_seed": _same(),
 }
 _OURS["DPMSolverSDEScheduler"] = DPMSolverSDEScheduler
+_FROM_DIFFUSERS["DPMSolverSDEScheduler"] = {"noise": "brownian"}
 SUPPORTED_CLASSES["DPMSolverSDEScheduler"] = DPMSolverSDEScheduler
 _OURS_ONLY["DPMSolverSDEScheduler"] = {
     **_DISCRETE,
+    "noise": "brownian",  # diffusers' noise is a Brownian tree: each call's increment, correlated within a step
     "interpolation_type": "linear",
     "sigma_min": None,
     "sigma_max": None,
@@ -568,7 +571,6 @@ _OURS_ONLY["DPMSolverMultistepInverseScheduler"] = {**_DISCRETE, "sigma_min": No
 _DIFFUSERS_VALUES["DPMSolverMultistepInverseScheduler"] = _dpm_values
 
 # EDMDPMSolverMultistepScheduler: edm_dpmpp_2m with EDM's preconditioned network, as diffusers' EDM classes assume
-_FROM_DIFFUSERS: dict[str, dict[str, Any]] = {}  # our options a diffusers class implies (set when mapping from it)
 _RULES["EDMDPMSolverMultistepScheduler"] = {
     "sigma_min": _same(),
     "sigma_max": _same(),

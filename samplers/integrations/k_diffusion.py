@@ -708,4 +708,5 @@ def sample_dpmpp_sde(
         _sde_noise(x, noise_sampler),
         eta=eta,
         r=r,
+        noise="brownian",  # the noise sampler's draws are each call's own Brownian increment
     )

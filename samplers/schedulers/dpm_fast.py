@@ -37,8 +37,15 @@ from samplers import levels as lv
 from samplers import schedules
 from samplers.plan import ESTIMATE, SAMPLE, Call, Update
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
+from samplers.schedules import DiscreteVPSchedule
 
 F64 = torch.float64
+
+
+def check_discrete_steps(schedule: object, n: int | None) -> None:
+    """On a discrete table of T training steps a run takes at most T model evaluations (as every sampler here)."""
+    if isinstance(schedule, DiscreteVPSchedule) and n is not None and n > schedule.num_train_timesteps:
+        raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={schedule.num_train_timesteps}")
 
 
 def fast_orders(nfe: int) -> list[int]:
@@ -96,6 +103,7 @@ class DPMSolverFastScheduler(SigmaSpaceScheduler):
     def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:
         """``m + 1`` step boundaries for ``n`` evaluations (custom grids: as given); the step orders go with them."""
         self._budget = n if timesteps is None and sigmas is None else None  # read by plan_calls right after
+        check_discrete_steps(self.schedule, n)
         if self._budget is not None:
             n = len(self._orders(self._budget, None)) + 1
         return super().run_levels(n, timesteps, sigmas, mu)

@@ -18,20 +18,23 @@ intervals and the tree gives the correlation. With per-call Philox noise the sec
 independent ``z'`` and rebuilds ``z1 = (u - a1 y - b1 D_1) / c1`` from its own input and the kept ``y``,
 ``D_1``: ``z2 = sqrt(L1 / L) z1 + sqrt(L2 / L) z'``, with ``L1, L2, L`` the Brownian-time lengths of
 ``[s_m, s]``, ``[s', s_m]`` and ``[s', s]`` (our tree's time ``s / (1 + s)``, so both modes sample the same
-path law; k-diffusion's tree runs in ``s`` itself). Given explicit noise (``noise=`` in ``step``, e.g. from
-k-diffusion's ``noise_sampler``) each call takes its own increment as given.
+path law; k-diffusion's tree runs in ``s`` itself). Explicit noise (``noise=`` in ``step``) stands in for what the
+mode draws: with ``noise="brownian"`` each call's own increment (what k-diffusion's ``noise_sampler`` and
+diffusers' tree return: the k-diffusion wrapper and ``from_diffusers`` use this mode), with Philox the
+independent per-call draws.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from samplers import levels as lv
-from samplers.ops.reference import COEFF
-from samplers.plan import ESTIMATE, SAMPLE, Call, Plan, Update, brownian_time, build_plan
+from samplers import schedules
+from samplers.plan import ESTIMATE, SAMPLE, Call, Update, brownian_time
 from samplers.schedulers.dpm_fast import ancestral_down_up
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
@@ -83,40 +86,15 @@ class DPMSolverSDEScheduler(SigmaSpaceScheduler):
             raise ValueError("use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas are exclusive")
 
     def plan_calls(self, levels: lv.Levels) -> list[Call]:
-        return [call for call, _ in self._calls_and_plain_rows(levels)]
-
-    def make_plan(self, levels: lv.Levels, mu: float | None = None) -> Plan:
-        """The plan, with each second call's row for explicit noise kept aside (``extras["given_noise_rows"]``)."""
-        pairs = self._calls_and_plain_rows(levels)
-        plan = build_plan(
-            [call for call, _ in pairs],
-            self.prediction_type,
-            init_noise_sigma=self.initial_sigma(levels),
-            brownian=self.config.get("noise") == "brownian",
-            sigmas=self.run_sigmas(levels),
-        )
-        rows = {}
-        for k, (_, plain) in enumerate(pairs):
-            if plain is None:
-                continue
-            row = plan.rows[k].clone()  # an x0-estimate row: a, b, c and the history weights are the update's own
-            row[COEFF["a"]], row[COEFF["b"]], row[COEFF["c"]] = plain.sample, plain.x0, plain.noise
-            for slot, name in enumerate(plan.use[k]):
-                row[COEFF[f"h{slot}"]] = plain.history.get(name, 0.0)
-            rows[k] = row
-        plan.extras["given_noise_rows"] = rows
-        return plan
-
-    def _calls_and_plain_rows(self, levels: lv.Levels) -> list[tuple[Call, Update | None]]:
-        """Every call, and for the second calls whose Philox row rebuilds ``z1``, the row for explicit noise."""
+        """Two calls per step (one into sigma = 0); in Philox mode the second rebuilds ``z1`` (module docstring)."""
         c = self.config
         s = levels.level.tolist()
         n = len(s)
         reform = c.get("noise") != "brownian"
-        out: list[tuple[Call, Update | None]] = []
+        out: list[Call] = []
         for i in range(n):
             if i == n - 1:  # Euler into sigma = 0: y' = D
-                out.append((self.call_at(levels, i, Update(x0=1.0)), None))
+                out.append(self.call_at(levels, i, Update(x0=1.0)))
                 continue
             s_i, s_next = s[i], s[i + 1]
             s_m = s_i * math.exp(-c.r * math.log(s_i / s_next))
@@ -125,17 +103,16 @@ class DPMSolverSDEScheduler(SigmaSpaceScheduler):
             a1, b1, c1 = d1 / s_i, 1 - d1 / s_i, u1 * c.s_noise
             first = Update(sample=a1, x0=b1, noise=c1)
             keep = {f"y{i}": SAMPLE, f"d{i}": ESTIMATE}
-            out.append((self.call_at(levels, i, first, keep=keep, brownian=(s_i, s_m) if c1 else None), None))
+            out.append(self.call_at(levels, i, first, keep=keep, brownian=(s_i, s_m) if c1 else None))
             fac = 1 / (2 * c.r)
             c2 = u2 * c.s_noise
             weights = {f"y{i}": d2 / s_i, f"d{i}": (1 - d2 / s_i) * (1 - fac)}  # D_1's part of D_d: 0 for r = 1/2
             plain = Update(x0=(1 - d2 / s_i) * fac, history={k: v for k, v in weights.items() if v != 0.0}, noise=c2)
-            second, given = plain, None
+            second = plain
             if reform and c1 > 0 and c2 > 0:
-                second, given = self._rebuild_first_noise(plain, (a1, b1, c1), (s_i, s_m, s_next), i), plain
+                second = self._rebuild_first_noise(plain, (a1, b1, c1), (s_i, s_m, s_next), i)
             t_m = float(self.schedule.time_at_level(torch.tensor(s_m, dtype=F64)))
-            call = self.call_at_level(t_m, s_m, second, brownian=(s_i, s_next) if c2 else None)
-            out.append((call, given))
+            out.append(self.call_at_level(t_m, s_m, second, brownian=(s_i, s_next) if c2 else None))
         return out
 
     @staticmethod
@@ -149,16 +126,26 @@ class DPMSolverSDEScheduler(SigmaSpaceScheduler):
         history = {y: plain.history.get(y, 0.0) - k * a1, d: plain.history.get(d, 0.0) - k * b1}
         return Update(sample=k, x0=plain.x0, history=history, noise=plain.noise * math.sqrt(1 - span_1 / span))
 
-    def _adjust_coeffs(self, coeffs, sample, model_output, uncond, index, state, noise=None):
-        """Explicit noise is each call's own increment: the second call then uses its plain row."""
-        rows = self._require_plan().extras.get("given_noise_rows", {})
-        if noise is None or index is None or index not in rows:
-            return coeffs
-        row = rows[index].to(dtype=coeffs.dtype, device=coeffs.device).view(1, -1).clone()
-        row[:, COEFF["w"]] = coeffs[:, COEFF["w"]]  # keep the guidance weight
-        return row
-
     def run_sigmas(self, levels: lv.Levels) -> torch.Tensor:
         """diffusers' ``sigmas``: ``[s_0, s_1, s_1, .., s_{n-1}, s_{n-1}, 0]`` (each level but the first twice)."""
         s = levels.level
         return torch.cat([s[:1], s[1:].repeat_interleave(2), torch.zeros(1, dtype=F64)]).to(torch.float32)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """Forward noising to the level the plan's call at each timestep works at (a stage's level is not the
+        table's interpolation at its model time, which diffusers maps with log-sigma interpolation); other
+        timesteps as in sigma space generally."""
+        plan = self.plan
+        t = torch.as_tensor(timesteps).detach().cpu().to(F64).reshape(-1)
+        if plan is None or t.numel() == 0:
+            return super().add_noise(original_samples, noise, timesteps)
+        gap = (t[:, None] - plan.timesteps[None, :]).abs()
+        best, index = gap.min(dim=1)
+        if not bool((best <= 1e-6 * plan.timesteps.abs().clamp(min=1.0)[index]).all()):
+            return super().add_noise(original_samples, noise, timesteps)
+        level = (plan.model_sigma / plan.model_alpha)[index]
+        if level.numel() == 1:
+            level = level.expand(original_samples.shape[0])
+        view = (-1,) + (1,) * (original_samples.dim() - 1)
+        sigma = level.to(original_samples.device, original_samples.dtype).view(view)
+        return schedules.q_sample(original_samples, noise, 1.0, sigma)

@@ -27,6 +27,7 @@ import torch
 from samplers import levels as lv
 from samplers.ops.reference import COEFF
 from samplers.plan import Call, Plan
+from samplers.schedulers.dpm_fast import check_discrete_steps
 from samplers.schedulers.dpmsolver import DPMSolverMultistepScheduler
 from samplers.schedulers.multistep import Grid
 
@@ -109,6 +110,10 @@ class EDMDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
         if name == "karras":
             params.setdefault("rho", float(self.config.rho))
         return name, params
+
+    def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:
+        check_discrete_steps(self.schedule, n)
+        return super().run_levels(n, timesteps, sigmas, mu)
 
     def named_level_span(self, n: int) -> tuple[float, float]:
         """EDM's ``[sigma_min, sigma_max]``, within the levels the schedule reaches."""
