@@ -26,8 +26,8 @@ def test_order_schedule_spends_the_budget_exactly():
     assert fast_orders(10) == [3, 3, 3, 1]
     assert fast_orders(12) == [3, 3, 3, 2, 1]
     assert fast_orders(2) == [2] and fast_orders(3) == [2, 1]
-    for n in range(1, 40):
-        assert sum(fast_orders(n)) == n
+    assert all(sum(fast_orders(n)) == n for n in range(1, 100))
+    for n in (1, 2, 3, 4, 5, 6, 10, 31):
         s = samplers.get("dpm_fast")
         s.set_timesteps(n)
         assert len(s.timesteps) == n and s.num_inference_steps == n
@@ -87,7 +87,7 @@ def test_converges_on_flow_shift3():
 
 
 @pytest.mark.parametrize("family", list(battery.FAMILIES))
-@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("eta", [0.0, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_every_prediction_type_on_every_family(family, eta):
     """A sigma-space sampler: a flow grid's t = 1 is moved to the capped level 4096 (alpha > 0), so every
     prediction type reads there too (their float32 readouts there differ by up to 1/alpha ulps: 1e-3)."""

@@ -118,7 +118,7 @@ def test_convergence_on_flow_shift3(name, config, order):
     [
         ("dpmpp_singlestep", {"solver_order": 3}),
         ("dpm_singlestep", {}),
-        ("dpmpp_singlestep", {"algorithm_type": "sde-dpmsolver++"}),
+        pytest.param("dpmpp_singlestep", {"algorithm_type": "sde-dpmsolver++"}, marks=pytest.mark.slow),
     ],
 )
 def test_every_prediction_type_on_every_family(name, config, family):
