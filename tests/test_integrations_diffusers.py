@@ -828,8 +828,8 @@ def test_unknown_options_and_classes_are_errors(monkeypatch):
     with pytest.raises(UnsupportedConfigError, match=r"set_alpha_to_one=True: an option of diffusers' DDIMScheduler"):
         from_diffusers(diffusers.DDIMScheduler())
     monkeypatch.undo()
-    with pytest.raises(UnsupportedConfigError, match="DPMSolverMultistepScheduler"):
-        from_diffusers(diffusers.DPMSolverMultistepScheduler())
+    with pytest.raises(UnsupportedConfigError, match="ScoreSdeVeScheduler"):  # a class no mapping covers
+        from_diffusers(diffusers.ScoreSdeVeScheduler())
 
     class Custom(diffusers.DDIMScheduler):  # may change the numerics: refuse rather than guess
         pass

@@ -59,7 +59,7 @@ TIMESTEP_CUSTOM = (
     "predictor_corrector",
 )
 # Inversions run from data to noise: timesteps ascend, and each call reads its output at the previous level.
-INVERSIONS = ("ddim_inverse",)
+INVERSIONS = ("ddim_inverse", "dpmpp_2m_inverse")
 # Every scheduler takes custom sigma-space levels (flow_euler: flow times, diffusers' FlowMatch convention).
 SIGMA_CUSTOM = BUILTINS
 
@@ -80,7 +80,7 @@ def model_out(s, call: int, x: torch.Tensor, oracle) -> torch.Tensor:
 
 
 def calls_for(name: str, steps: int) -> int:
-    two_call = dict.fromkeys(("dpm2", "dpm2_ancestral", "dpmpp_2s_ancestral", "flow_heun"), 2 * steps - 1)
+    two_call = dict.fromkeys(("dpm2", "dpm2_ancestral", "dpmpp_2s_ancestral", "flow_heun", "dpmpp_sde"), 2 * steps - 1)
     more = {"pndm": steps + 9, **two_call}  # PNDM (steps >= 4): three 4-call Runge-Kutta steps first
     return {"heun": 2 * steps - 1, "langevin": 5 * steps, "predictor_corrector": steps + (steps - 1), **more}.get(
         name, steps
@@ -198,9 +198,14 @@ def test_step_shapes_and_dtypes(name, shape, oracle):
             assert bool(torch.isfinite(step.prev_sample.float()).all())
             x = step.prev_sample
         results[dtype] = x.double()
-    reference, start_size = results[torch.float64], float(start(make_planned(name), shape).abs().max())
+    planned = make_planned(name)
+    reference, start_size = results[torch.float64], float(start(planned, shape).abs().max())
+    # noise-prediction DPM-Solver steps carry eps differences times sigma_t (e^h - 1) ~ 1 / alpha_T: the x0 reading's
+    # amplification of the random runs below bounds theirs too (dpm_singlestep)
+    amplification = float((planned.plan.input_scale / planned.plan.model_alpha).max())
     for dtype, unit in ((torch.float32, 2.0**-23), (torch.bfloat16, 2.0**-8)):
-        assert float((results[dtype] - reference).abs().max()) <= _rounding_tolerance(unit, start_size, reference)
+        error = float((results[dtype] - reference).abs().max())
+        assert error <= _rounding_tolerance(unit, start_size, reference, amplification)
 
 
 def make_planned(name: str, steps: int = N) -> samplers.Scheduler:

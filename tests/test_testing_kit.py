@@ -6,6 +6,7 @@ broken on purpose must fail exactly the property they break.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -99,7 +100,9 @@ def test_deterministic_sampler_converges_to_the_oracle_ode_solution():
 
 @pytest.mark.parametrize("name", [cls.name for cls in BUILTIN_SCHEDULERS])
 def test_builtin_conforms(name):
-    results = assert_conforms(name, settings=QUICK)
+    # 6 shape steps (`samplers check`'s own): a 4-step bfloat16 run of an epsilon model at EDM's sigma = 80 reads
+    # x0 with 80 times the rounding of its output, more than the check's tolerance (edm_dpmpp_2m's default)
+    results = assert_conforms(name, settings=dataclasses.replace(QUICK, shape_steps=6))
     assert [r.name for r in results] == list(CHECKS)
     marginals = by_name(results)["marginals"]
     assert marginals.skipped == (not samplers.get(name).is_stochastic or samplers.get(name).kind == "consistency")

@@ -80,6 +80,20 @@ from samplers.schedulers import (
     TCDScheduler,
     UniPCMultistepScheduler,
 )
+from samplers.schedulers.dpmpp_sde import DPMSolverSDEScheduler
+from samplers.schedulers.dpmsolver import (
+    DPMSolver3MScheduler,
+    DPMSolver3MSDEScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverNoisePredictionScheduler,
+    DPMSolverSDEMultistepScheduler,
+)
+from samplers.schedulers.dpmsolver_inverse import DPMSolverMultistepInverseScheduler
+from samplers.schedulers.dpmsolver_singlestep import (
+    DPMSolverSinglestepNoisePredictionScheduler,
+    DPMSolverSinglestepScheduler,
+)
+from samplers.schedulers.edm_dpmsolver import EDMDPMSolverMultistepScheduler
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 __all__ = [
@@ -578,6 +592,301 @@ _OURS_ONLY.update(
         "FlowMatchHeunDiscreteScheduler": dict(_KD_FLOW_ONLY),
     }
 )
+# ---- DPM-Solver family (samp-dpm): DPMSolverMultistep ---------------------------------------------
+# Generic hooks, used by this block first: _PICK chooses our class from a diffusers config (one diffusers
+# class, several registry names); _ALSO_OURS names the diffusers class of our classes beyond _OURS; and
+# _DIFFUSERS_VALUES gives diffusers' values for options our config leaves at None (a class default).
+_PICK: dict[str, Callable[[Mapping[str, Any]], type[Scheduler]]] = {}
+_ALSO_OURS: dict[type[Scheduler], str] = {}
+_DIFFUSERS_VALUES: dict[str, Callable[[Scheduler], dict[str, Any]]] = {}
+_FROM_DIFFUSERS: dict[str, dict[str, Any]] = {}  # our options a diffusers class implies (set when mapping from it)
+
+
+@dataclass(frozen=True)
+class _Unless(_Rule):
+    """Forwarded, but refused in each listed combination: ``(predicate on the whole config, why)``."""
+
+    refuse: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...] = ()
+
+    def problem(self, name: str, value: Any, config: Mapping[str, Any]) -> str | None:
+        reasons = [why for bad, why in self.refuse if bad(config)]
+        return f"{name}={value!r}: {'; '.join(reasons)}" if reasons else None
+
+
+_SDE3_SIGN = (
+    "diffusers' sde-dpmsolver++ of order 3 has the wrong sign on the 1/2 of its D2 weight (an inconsistent "
+    "update); samplers' dpmpp_3m_sde uses the consistent weight (k-diffusion's sample_dpmpp_3m_sde)"
+)
+_DPM_FLAGS = {
+    "use_karras_sigmas": _same(),
+    "use_exponential_sigmas": _same(),
+    "use_beta_sigmas": _same(),
+    "use_flow_sigmas": _same(),
+    "flow_shift": _same(),
+}
+_RULES["DPMSolverMultistepScheduler"] = {
+    **_VP,
+    **_SPACING,
+    **_DPM_FLAGS,
+    "solver_order": _same(1, 2, why=_SDE3_SIGN, applies=lambda c: c.get("algorithm_type") == "sde-dpmsolver++"),
+    "prediction_type": _Unless(
+        refuse=(
+            (
+                lambda c: c.get("prediction_type") == "v_prediction" and bool(c.get("use_flow_sigmas")),
+                "with use_flow_sigmas diffusers reads v as x0 = alpha x - sigma v, which holds only where "
+                "alpha^2 + sigma^2 = 1 (not on a flow schedule)",
+            ),
+            (
+                lambda c: c.get("prediction_type") == "flow_prediction" and not c.get("use_flow_sigmas"),
+                "without use_flow_sigmas diffusers reads a velocity as x0 = x - sigma v, which holds only on a "
+                "flow schedule",
+            ),
+        )
+    ),
+    "thresholding": _same(
+        False,
+        why="thresholding with a noise-prediction algorithm is not implemented here",
+        applies=lambda c: c.get("algorithm_type") in ("dpmsolver", "sde-dpmsolver"),
+    ),
+    "dynamic_thresholding_ratio": _same(),
+    "sample_max_value": _same(),
+    "algorithm_type": _same(),
+    "solver_type": _same(),
+    "lower_order_final": _same(),
+    "euler_at_final": _same(),
+    "use_lu_lambdas": _same(),
+    "use_dynamic_shifting": _same(),
+    "time_shift_type": _same("exponential"),
+    "final_sigmas_type": _same(
+        "zero",
+        why="with use_flow_sigmas diffusers ends at the VP table's first level used as a flow time",
+        applies=lambda c: bool(c.get("use_flow_sigmas")),
+    ),
+    "lambda_min_clipped": _same(),
+    "variance_type": _fixed(None, "learned variance channels are not read here (diffusers keeps the first 3)"),
+    "rescale_betas_zero_snr": _same(),
+}
+_OURS["DPMSolverMultistepScheduler"] = DPMSolverMultistepScheduler
+SUPPORTED_CLASSES["DPMSolverMultistepScheduler"] = DPMSolverMultistepScheduler
+_OURS_ONLY["DPMSolverMultistepScheduler"] = {
+    **_DISCRETE,
+    "sigma_min": None,
+    "sigma_max": None,
+    "rho": 7.0,
+    "eta": None,
+}
+
+
+def _pick_dpm_multistep(config: Mapping[str, Any]) -> type[Scheduler]:
+    """dpmpp_2m / dpmpp_3m / dpmpp_2m_sde / dpmpp_3m_sde / dpm_multistep by algorithm type and order."""
+    algorithm, third = config.get("algorithm_type", "dpmsolver++"), config.get("solver_order", 2) == 3
+    if algorithm == "dpmsolver++":
+        return DPMSolver3MScheduler if third else DPMSolverMultistepScheduler
+    if algorithm == "sde-dpmsolver++":
+        return DPMSolver3MSDEScheduler if third else DPMSolverSDEMultistepScheduler
+    return DPMSolverNoisePredictionScheduler
+
+
+def _dpm_values(scheduler: Scheduler) -> dict[str, Any]:
+    return {"solver_order": scheduler.solver_order, "algorithm_type": scheduler.algorithm}  # type: ignore[attr-defined]
+
+
+_PICK["DPMSolverMultistepScheduler"] = _pick_dpm_multistep
+_DIFFUSERS_VALUES["DPMSolverMultistepScheduler"] = _dpm_values
+for _cls in (DPMSolver3MScheduler, DPMSolverSDEMultistepScheduler, DPMSolver3MSDEScheduler):
+    _ALSO_OURS[_cls] = "DPMSolverMultistepScheduler"
+_ALSO_OURS[DPMSolverNoisePredictionScheduler] = "DPMSolverMultistepScheduler"
+
+# DPMSolverSinglestepScheduler: dpmpp_singlestep / dpm_singlestep by algorithm type
+_RULES["DPMSolverSinglestepScheduler"] = {
+    **{k: v for k, v in _RULES["DPMSolverMultistepScheduler"].items() if k in _VP or k in _DPM_FLAGS},
+    **{
+        k: _RULES["DPMSolverMultistepScheduler"][k]
+        for k in (
+            "prediction_type",
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "sample_max_value",
+            "algorithm_type",
+            "solver_type",
+            "lower_order_final",
+            "use_dynamic_shifting",
+            "time_shift_type",
+            "final_sigmas_type",
+            "lambda_min_clipped",
+            "variance_type",
+        )
+    },
+    "solver_order": _same(
+        1,
+        2,
+        why=_SDE3_SIGN.replace("dpmsolver++ of order 3", "dpmsolver++ of order 3 (heun)"),
+        applies=lambda c: c.get("algorithm_type") == "sde-dpmsolver++" and c.get("solver_type") == "heun",
+    ),
+}
+_OURS["DPMSolverSinglestepScheduler"] = DPMSolverSinglestepScheduler
+SUPPORTED_CLASSES["DPMSolverSinglestepScheduler"] = DPMSolverSinglestepScheduler
+_OURS_ONLY["DPMSolverSinglestepScheduler"] = dict(_OURS_ONLY["DPMSolverMultistepScheduler"])
+_PICK["DPMSolverSinglestepScheduler"] = lambda c: (
+    DPMSolverSinglestepNoisePredictionScheduler
+    if c.get("algorithm_type") == "dpmsolver"
+    else DPMSolverSinglestepScheduler
+)
+_DIFFUSERS_VALUES["DPMSolverSinglestepScheduler"] = _dpm_values
+_ALSO_OURS[DPMSolverSinglestepNoisePredictionScheduler] = "DPMSolverSinglestepScheduler"
+
+# DPMSolverSDEScheduler: dpmpp_sde. diffusers draws its noise from a torchsde Brownian tree seeded by
+# noise_sampler_seed, not from the generator: the drop-in's noise="diffusers" mode asks the same tree for the
+# same intervals (the increments of one step's two calls are correlated), so given the seed the images match.
+_DIFFUSERS_NOISE: dict[type[Scheduler], Callable[[Any, Scheduler, torch.Tensor], torch.Tensor]] = {}
+_RULES["DPMSolverSDEScheduler"] = {
+    **_VP,
+    **_SPACING,
+    "prediction_type": _same("epsilon", "v_prediction", why="diffusers' DPMSolverSDEScheduler refuses 'sample'"),
+    "use_karras_sigmas": _same(),
+    "use_exponential_sigmas": _same(),
+    "use_beta_sigmas": _same(),
+    "noise_sampler_seed": _same(),
+}
+_OURS["DPMSolverSDEScheduler"] = DPMSolverSDEScheduler
+_FROM_DIFFUSERS["DPMSolverSDEScheduler"] = {"noise": "brownian"}
+SUPPORTED_CLASSES["DPMSolverSDEScheduler"] = DPMSolverSDEScheduler
+_OURS_ONLY["DPMSolverSDEScheduler"] = {
+    **_DISCRETE,
+    "noise": "brownian",  # diffusers' noise is a Brownian tree: each call's increment, correlated within a step
+    "interpolation_type": "linear",
+    "sigma_min": None,
+    "sigma_max": None,
+    "rho": 7.0,
+    "eta": 1.0,
+    "s_noise": 1.0,
+    "r": 0.5,
+}
+
+
+def _brownian_tree_noise(wrapper: Any, inner: Scheduler, sample: torch.Tensor) -> torch.Tensor:
+    """diffusers' DPMSolverSDEScheduler noise for the current call: its Brownian tree over the call's interval."""
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    plan = inner._require_plan()
+    cached = wrapper.__dict__.get("_brownian_tree")
+    if cached is None or cached[0] is not plan:  # a new tree per set_timesteps, as diffusers builds one
+        sigmas = _diffusers_sde_sigmas(inner, plan)
+        low, high = float(sigmas[sigmas > 0].min()), float(sigmas.max())
+        tree = BrownianTreeNoiseSampler(sample, low, high, inner.config.get("noise_sampler_seed"))
+        cached = (plan, tree, sigmas)
+        wrapper.__dict__["_brownian_tree"] = cached
+    _, tree, sigmas = cached
+    k = inner._state.step_index
+    if float(inner.config.get("r", 0.5)) != 0.5:  # not diffusers' midpoint: the plan's own interval
+        ends = plan.noise_intervals[k]
+        assert ends is not None
+        return tree(torch.tensor(ends[0], dtype=torch.float32), torch.tensor(ends[1], dtype=torch.float32))
+    # diffusers' call k (its step index counts calls) asks for [sigmas[k], sigmas[k + 1]] on a step's first
+    # call with the next level replaced by the midpoint in -log sigma, [sigmas[k - 1], sigmas[k]] on its second
+    first = k % 2 == 0
+    sigma, sigma_next = (sigmas[k], sigmas[k + 1]) if first else (sigmas[k - 1], sigmas[k])
+    t, t_next = -sigma.log(), -sigma_next.log()
+    if first:
+        t_next = t + (t_next - t) * 0.5
+    return tree(t.neg().exp(), t_next.neg().exp())
+
+
+def _diffusers_sde_sigmas(inner: Scheduler, plan: Any) -> torch.Tensor:
+    """diffusers' own float32 ``sigmas`` for this run where it has the same grid, else the plan's.
+
+    A Brownian path is only 1/2-Hoelder: an ulp of difference in a queried level (or in the tree's ends) moves
+    an increment by ~1e-3, so the tree must see diffusers' bits, not a float32 rounding of ours.
+    """
+    ours = plan.sigmas
+    assert ours is not None
+    try:
+        _, config = samplers_config_to_diffusers(inner)
+        native = diffusers.DPMSolverSDEScheduler(**config)
+        native.set_timesteps(int(inner.num_inference_steps or 0))
+    except (UnsupportedConfigError, ValueError, TypeError):
+        return ours
+    theirs = native.sigmas.to(torch.float32)
+    if theirs.shape == ours.shape and bool(torch.allclose(theirs, ours, rtol=1e-3, atol=0)):  # same grid
+        return theirs
+    return ours
+
+
+_DIFFUSERS_NOISE[DPMSolverSDEScheduler] = _brownian_tree_noise
+
+# DPMSolverMultistepInverseScheduler: dpmpp_2m_inverse (data to noise; ODE algorithms only)
+_MULTISTEP = _RULES["DPMSolverMultistepScheduler"]
+_RULES["DPMSolverMultistepInverseScheduler"] = {
+    **_VP,
+    **_SPACING,
+    **{
+        k: _MULTISTEP[k]
+        for k in (
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "sample_max_value",
+            "solver_type",
+            "lower_order_final",
+            "euler_at_final",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "lambda_min_clipped",
+            "variance_type",
+        )
+    },
+    "solver_order": _same(),
+    "prediction_type": _same("epsilon", "sample", "v_prediction"),
+    "algorithm_type": _same(
+        "dpmsolver++", "dpmsolver", why="an SDE cannot be run backwards (diffusers' inverse SDE variants give NaN)"
+    ),
+    "use_flow_sigmas": _fixed(
+        False, "diffusers' inverse scheduler lays flow sigmas out descending: it samples instead of inverting"
+    ),
+    "flow_shift": _inert("read only with use_flow_sigmas=True"),
+}
+_OURS["DPMSolverMultistepInverseScheduler"] = DPMSolverMultistepInverseScheduler
+SUPPORTED_CLASSES["DPMSolverMultistepInverseScheduler"] = DPMSolverMultistepInverseScheduler
+_OURS_ONLY["DPMSolverMultistepInverseScheduler"] = {**_DISCRETE, "sigma_min": None, "sigma_max": None, "rho": 7.0}
+_DIFFUSERS_VALUES["DPMSolverMultistepInverseScheduler"] = _dpm_values
+
+# EDMDPMSolverMultistepScheduler: edm_dpmpp_2m with EDM's preconditioned network, as diffusers' EDM classes assume
+_RULES["EDMDPMSolverMultistepScheduler"] = {
+    "sigma_min": _same(),
+    "sigma_max": _same(),
+    "sigma_data": _same(),
+    "sigma_schedule": _same("karras", "exponential"),
+    "num_train_timesteps": _same(),
+    "prediction_type": _same("epsilon", "v_prediction", why="diffusers' EDM readout refuses 'sample'"),
+    "rho": _same(),
+    "solver_order": _same(
+        1,
+        2,
+        why="diffusers' EDM sde-dpmsolver++ of order 3 fails (UnboundLocalError); samplers' dpmpp_3m_sde on "
+        "schedule='edm' is the consistent one",
+        applies=lambda c: c.get("algorithm_type") == "sde-dpmsolver++",
+    ),
+    "thresholding": _same(),
+    "dynamic_thresholding_ratio": _same(),
+    "sample_max_value": _same(),
+    "algorithm_type": _same("dpmsolver++", "sde-dpmsolver++"),
+    "solver_type": _same("midpoint", "heun"),
+    "lower_order_final": _same(),
+    "euler_at_final": _same(),
+    "final_sigmas_type": _same("zero", "sigma_min"),
+}
+_OURS["EDMDPMSolverMultistepScheduler"] = EDMDPMSolverMultistepScheduler
+SUPPORTED_CLASSES["EDMDPMSolverMultistepScheduler"] = EDMDPMSolverMultistepScheduler
+_FROM_DIFFUSERS["EDMDPMSolverMultistepScheduler"] = {"edm_preconditioning": True}
+_OURS_ONLY["EDMDPMSolverMultistepScheduler"] = {
+    **_COMMON,
+    "schedule": "edm",
+    "schedule_kwargs": None,
+    "edm_preconditioning": True,
+    "eta": None,
+}
+_DIFFUSERS_VALUES["EDMDPMSolverMultistepScheduler"] = _dpm_values
+# ---- end of the DPM-Solver family block ------------------------------------------------------------
 
 
 def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -636,7 +945,9 @@ def diffusers_config_to_samplers(class_name: str, config: Mapping[str, Any]) -> 
     for key, value in _OURS_ONLY[class_name].items():  # our options at diffusers' behaviour, where not our default
         if not callable(value) and not _value_in(ours_defaults.get(key), (value,)):
             options.setdefault(key, value)
-    return _OURS[class_name], options
+    pick = _PICK.get(class_name)
+    options.update(_FROM_DIFFUSERS.get(class_name, {}))
+    return (pick(full) if pick else _OURS[class_name]), options
 
 
 def samplers_config_to_diffusers(scheduler: Scheduler) -> tuple[str, dict[str, Any]]:
@@ -645,13 +956,15 @@ def samplers_config_to_diffusers(scheduler: Scheduler) -> tuple[str, dict[str, A
     Raises :class:`UnsupportedConfigError` naming each of our options that diffusers' class cannot
     express (for example DDIM's configured ``eta``, Heun's ``s_churn``, a continuous ``schedule``).
     """
-    class_name = next((n for n, c in _OURS.items() if type(scheduler) is c), None)
+    class_name = next((n for n, c in _OURS.items() if type(scheduler) is c), _ALSO_OURS.get(type(scheduler)))
     if class_name is None:
         raise UnsupportedConfigError(
             f"{type(scheduler).__name__} ({scheduler.name!r}) has no diffusers counterpart; mapped: "
             f"{', '.join(c.__name__ for c in _OURS.values())}"
         )
     ours = dict(scheduler.config)
+    if class_name in _DIFFUSERS_VALUES:  # options our config leaves at None (the class default), made explicit
+        ours.update(_DIFFUSERS_VALUES[class_name](scheduler))
     rules = _RULES[class_name]
     ours_only = {k: (v(ours) if callable(v) else v) for k, v in _OURS_ONLY[class_name].items()}
     init = _init_parameters(getattr(diffusers, class_name))
@@ -1077,8 +1390,16 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
             if self._noise == "diffusers":
                 if type(inner) in _DRAWS_EVERY_CALL or self._uses_noise(inner, timestep, sample, overrides):
                     # exactly diffusers' draw, so a shared generator gives the same images
-                    noise = randn_tensor(
-                        tuple(sample.shape), generator=generator, device=model_output.device, dtype=model_output.dtype
+                    draw = _DIFFUSERS_NOISE.get(type(inner))
+                    noise = (
+                        draw(self, inner, sample)
+                        if draw is not None
+                        else randn_tensor(
+                            tuple(sample.shape),
+                            generator=generator,
+                            device=model_output.device,
+                            dtype=model_output.dtype,
+                        )
                     )
                 generator = None
             elif isinstance(generator, (list, tuple)):

@@ -627,3 +627,197 @@ def sample_dpmpp_2s_ancestral(
         noise_sampler,
         eta=eta,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# DPM-Solver family (samp-dpm): multistep DPM-Solver++ (ODE and SDE), DPM-Solver-fast, DPM++ SDE
+# --------------------------------------------------------------------------------------------
+
+
+__all__ += [
+    "brownian_noise_sampler",
+    "sample_dpm_fast",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m_sde",
+    "sample_dpmpp_sde",
+]
+
+
+def brownian_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSampler:
+    """Our counter-based Brownian tree as a k-diffusion ``noise_sampler(sigma, sigma_next)``.
+
+    It returns ``(W(b(sigma_next)) - W(b(sigma))) / sqrt|b(sigma_next) - b(sigma)|`` of one Brownian path per
+    sample (``samplers.ops.brownian_normal``, Brownian time ``b = sigma / (1 + sigma)``): the draws our
+    schedulers' ``noise="brownian"`` mode makes, so overlapping intervals are correlated (DPM++ SDE) and runs
+    with different step counts share one path, as with k-diffusion's ``BrownianTreeNoiseSampler`` (whose
+    Brownian time is sigma itself, so its numbers differ). ``seed=None`` draws one from torch's global RNG.
+    """
+    from samplers import ops
+    from samplers.plan import brownian_time
+
+    seeds = ops.batch_seeds(ops.seed_from_generator(None) if seed is None else int(seed), x.shape[0], device=x.device)
+    numel = x[0].numel()
+
+    def sample(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        ends = [torch.full((x.shape[0],), brownian_time(float(v)), device=x.device) for v in (sigma, sigma_next)]
+        return ops.brownian_normal(seeds, 0, ends[0], ends[1], numel).view_as(x).to(x.dtype)
+
+    return sample
+
+
+def _sde_noise(x: torch.Tensor, noise_sampler: NoiseSampler | None) -> NoiseSampler:
+    return noise_sampler if noise_sampler is not None else brownian_noise_sampler(x)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), midpoint form, first order on the first step and into 0.
+
+    Our ``dpmpp_2m`` without diffusers' lower-order final steps (k-diffusion has none).
+    """
+    return sample_scheduler(model, x, sigmas, "dpmpp_2m", extra_args, callback, disable, lower_order_final=False)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    solver_type: str = "midpoint",
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) with noise fraction ``eta`` (``eta = 0``: the 2M ODE), midpoint or heun.
+
+    Noise: ``noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise`` per step (none into 0); by default our
+    Brownian tree (:func:`brownian_noise_sampler`) seeded from torch's global RNG.
+    """
+    if solver_type not in ("heun", "midpoint"):
+        raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "dpmpp_2m_sde",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        _sde_noise(x, noise_sampler),
+        eta=float(eta),
+        solver_type=solver_type,
+        lower_order_final=False,
+    )
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(3M) with noise fraction ``eta``: our ``dpmpp_3m_sde`` with the heun D1 weight (also on
+    its second-order warm-up step) and no lower-order final steps, as k-diffusion's. Noise as
+    :func:`sample_dpmpp_2m_sde`. Second order as n grows (see ``samplers.schedulers.dpmsolver``)."""
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "dpmpp_3m_sde",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        _sde_noise(x, noise_sampler),
+        eta=float(eta),
+        solver_type="heun",
+        lower_order_final=False,
+    )
+
+
+@torch.no_grad()
+def sample_dpm_fast(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigma_min: float,
+    sigma_max: float,
+    n: int,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """DPM-Solver-fast (Lu et al. 2022, sec. 3.4): ``n`` model evaluations in steps of order 3 (then 2, 1)
+    evenly in log sigma from ``sigma_max`` down to ``sigma_min``, where the run ends (no final denoising).
+
+    Our ``dpm_fast`` scheduler on those step boundaries. ``eta > 0``: ancestral steps with
+    ``noise_sampler(sigma, sigma_next) * s_noise`` per step (default ``randn_like``, as k-diffusion's).
+    ``callback`` gets ``{x, i, sigma, sigma_hat, denoised}`` at every model evaluation.
+    """
+    from samplers.schedulers.dpm_fast import fast_orders
+
+    if not (float(sigma_min) > 0 and float(sigma_max) > 0):
+        raise ValueError(f"sigma_min and sigma_max must be > 0, got {sigma_min!r}, {sigma_max!r}")
+    if not float(sigma_max) > float(sigma_min):
+        raise ValueError(f"sigma_max must exceed sigma_min (reverse sampling is not supported), got {sigma_max!r}")
+    orders = fast_orders(int(n))
+    log_sigmas = torch.linspace(math.log(float(sigma_max)), math.log(float(sigma_min)), len(orders) + 1, dtype=F64)
+    sigmas = log_sigmas.exp().to(torch.float32)
+    return sample_scheduler(
+        model, x, sigmas, "dpm_fast", extra_args, callback, disable, s_noise, noise_sampler, orders=orders, eta=eta
+    )
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    r: float = 1 / 2,
+) -> torch.Tensor:
+    """DPM++ SDE: DPM-Solver++(2S) with an ancestral step at each of its two stages (our ``dpmpp_sde``).
+
+    The two draws of a step are increments of one Brownian path over ``[sigma_mid, sigma]`` and
+    ``[sigma_next, sigma]``: ``noise_sampler(sigma, sigma_mid)`` then ``noise_sampler(sigma, sigma_next)``, by
+    default our Brownian tree (:func:`brownian_noise_sampler`), which correlates them as k-diffusion's does.
+    """
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "dpmpp_sde",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        _sde_noise(x, noise_sampler),
+        eta=eta,
+        r=r,
+        noise="brownian",  # the noise sampler's draws are each call's own Brownian increment
+    )

@@ -5,7 +5,9 @@ from samplers.schedulers.ddim import DDIMScheduler
 from samplers.schedulers.ddim_inverse import DDIMInverseScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
 from samplers.schedulers.deis import DEISMultistepScheduler
+from samplers.schedulers.dpm_fast import DPMSolverFastScheduler
 from samplers.schedulers.dpmpp_2s_ancestral import DPMSolverPlusPlus2SAncestralScheduler
+from samplers.schedulers.dpmpp_sde import DPMSolverSDEScheduler
 from samplers.schedulers.dpmsolver import (
     DPMSolver3MScheduler,
     DPMSolver3MSDEScheduler,
@@ -13,6 +15,12 @@ from samplers.schedulers.dpmsolver import (
     DPMSolverNoisePredictionScheduler,
     DPMSolverSDEMultistepScheduler,
 )
+from samplers.schedulers.dpmsolver_inverse import DPMSolverMultistepInverseScheduler
+from samplers.schedulers.dpmsolver_singlestep import (
+    DPMSolverSinglestepNoisePredictionScheduler,
+    DPMSolverSinglestepScheduler,
+)
+from samplers.schedulers.edm_dpmsolver import EDMDPMSolverMultistepScheduler
 from samplers.schedulers.edm_euler import EDMEulerScheduler
 from samplers.schedulers.euler import EulerDiscreteScheduler
 from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
@@ -61,6 +69,13 @@ BUILTIN_SCHEDULERS = [
     IPNDMScheduler,
     LCMScheduler,
     TCDScheduler,
+    # DPM-Solver family (samp-dpm helper)
+    DPMSolverSinglestepScheduler,
+    DPMSolverSinglestepNoisePredictionScheduler,
+    DPMSolverFastScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverMultistepInverseScheduler,
+    EDMDPMSolverMultistepScheduler,
 ]
 
 
