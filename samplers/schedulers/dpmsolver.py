@@ -89,6 +89,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         self.algorithm = algorithm
         self.solver_order = solver_order or self.default_solver_order
         self.estimate = "x0" if algorithm.endswith("++") else "eps"
+        self.solver_type = solver_type
 
     @property
     def is_sde(self) -> bool:
@@ -156,7 +157,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             r0 = (lam[k] - lam[k - 1]) / h
             d1_0 = (1 / r0, -1 / r0, 0.0)  # D1 on (m_k, m_{k-1}, m_{k-2})
             if order == 2:
-                w = w1 if self.config.solver_type == "heun" else midpoint
+                w = w1 if self.solver_type == "heun" else midpoint
                 weights = [wi + w * di for wi, di in zip(weights, d1_0, strict=True)]
             else:
                 r1 = (lam[k - 1] - lam[k - 2]) / h
