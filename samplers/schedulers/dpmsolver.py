@@ -121,7 +121,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         """Call ``k``'s update at the given order."""
         lam, alpha, sigma = grid.lam.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
         a_s, s_s, a_t, s_t = alpha[k], sigma[k], alpha[k + 1], sigma[k + 1]
-        interval = (s_s / a_s, s_t / a_t) if self.is_sde else None
+        interval = (s_s / a_s if a_s > 0 else math.inf, s_t / a_t) if self.is_sde else None  # alpha = 0: pure noise
         if self.estimate == "eps" and (s_t == 0.0 or a_s == 0.0):
             # into clean data (x0_hat: the h -> inf limit) or out of pure noise (DDIM, the eps form's alpha_s = 0
             # limit): read x0_hat from the output rather than dividing by a zero alpha or sigma
