@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 
-import battery
 import pytest
 import torch
 
 import samplers
 from samplers import parameterization
+
+import battery
 
 F64 = torch.float64
 MU_UNCOND = battery.MU + torch.tensor([0.5, -0.4, 0.3, 0.2], dtype=F64)

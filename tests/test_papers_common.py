@@ -4,13 +4,14 @@ in the per-sampler files (tests/test_papers_*.py)."""
 
 from __future__ import annotations
 
-import battery
 import pytest
 import torch
 
 import samplers
 from samplers.integrations import k_diffusion as kd
 from samplers.testing import KitSettings, assert_conforms
+
+import battery
 
 F64 = torch.float64
 QUICK = KitSettings.quick(backend="torch")

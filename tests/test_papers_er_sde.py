@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import battery
 import numpy as np
 import pytest
 import torch
@@ -16,6 +15,8 @@ import torch
 import samplers
 from samplers.ops.reference import COEFF
 from samplers.schedulers.er_sde import NOISE_SCALES, er_sde_integrals
+
+import battery
 
 F64 = torch.float64
 # The order grid: log-uniform levels (uniform in lambda), EDM 80 -> 1e-4. On the Karras grid the long

@@ -3,12 +3,13 @@ order on the exact Gaussian oracle, and the edges (pure noise, clean data)."""
 
 from __future__ import annotations
 
-import battery
 import pytest
 import torch
 
 import samplers
 from samplers.ops.reference import COEFF
+
+import battery
 
 F64 = torch.float64
 FLOW = {**battery.FAMILIES["flow_shift3"], "prediction_type": "flow"}

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 
-import battery
 import pytest
 import torch
 
 import samplers
 from samplers.ops.reference import COEFF
 from samplers.schedulers.exponential import exponential_weights
+
+import battery
 
 F64 = torch.float64
 # 80 -> 1e-4 in 8-16 Karras steps makes lambda-steps of 1-3; from 32 steps the error is in its asymptotic

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
-import battery
 import pytest
 import torch
 
 import samplers
 from samplers.ops.reference import COEFF, brownian_normal, philox_normal
 from samplers.schedulers.restart import MAX_REPEATS, RESTART_STREAM
+
+import battery
 
 F64 = torch.float64
 FLOW = {**battery.FAMILIES["flow_shift3"], "prediction_type": "flow"}
@@ -104,7 +105,7 @@ def _composed_exact(start: torch.Tensor, plan, kicks: dict[str, torch.Tensor]) -
     return flow(x, level, 0.0)
 
 
-@pytest.mark.parametrize("noise", ["philox", "brownian"])
+@pytest.mark.parametrize("noise", ["philox", pytest.param("brownian", marks=pytest.mark.slow)])  # slow: W(1) twice
 @pytest.mark.parametrize("family", [EDM, FLOW], ids=["edm", "flow_shift3"])
 def test_second_order_with_kicks_keyed_by_restart(family, noise: str) -> None:
     """With a fixed seed the kicks are the same at every step count, so the run converges (at order 2) to the

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import battery
 import pytest
 import torch
 
@@ -19,6 +18,8 @@ from samplers import parameterization
 from samplers.bench.problems import GaussianMixtureProblem
 from samplers.ops.reference import COEFF
 from samplers.schedulers.seeds import SEEDSScheduler, sde_weights
+
+import battery
 
 F64 = torch.float64
 # A 1-D two-component mixture: D is not linear in x, so the DDPM-type mean map is not exact (on Gaussian

@@ -71,7 +71,7 @@ def er_sde_integrals(psi: Callable[[np.ndarray], np.ndarray], sigma: float, sigm
     u = 0.5 * (u_hi + u_lo) + half * _NODES
     s = np.exp(u)
     # rho - 1 = phi(sigma') / phi(s) - 1 with phi(x) = x e^{psi(x)}
-    rho_m1 = np.expm1(math.log(sigma_next) - u + float(psi(np.float64(sigma_next))) - psi(s))
+    rho_m1 = np.expm1(math.log(sigma_next) - u + float(psi(np.asarray(sigma_next))) - psi(s))
     jac = half * _WEIGHTS * s  # ds = s du
     return float(np.sum(jac * rho_m1)), float(np.sum(jac * (s - sigma) * rho_m1))
 
@@ -131,7 +131,7 @@ class ERSDEScheduler(SigmaSpaceMultistep):
             if s_next == 0.0:  # phi(0) = 0: r = 0, x' = x0
                 r, noise, weights = 0.0, 0.0, [1.0]
             else:
-                dpsi = float(psi(np.float64(s_next)) - psi(np.float64(s)))  # <= 0 for an admissible phi
+                dpsi = float(psi(np.asarray(s_next)) - psi(np.asarray(s)))  # <= 0 for an admissible phi
                 r = s_next / s * math.exp(dpsi)
                 noise = s_next * math.sqrt(max(0.0, -math.expm1(2 * dpsi)))
                 weights = self._weights(psi, sigma, i, order, r)

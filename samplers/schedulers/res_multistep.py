@@ -157,8 +157,8 @@ class RESMultistepAncestralScheduler(RESMultistepScheduler):
         lam, alpha, sigma = grid.lam.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
         a_s, s_s, a_t, s_t = alpha[k], sigma[k], alpha[k + 1], sigma[k + 1]
         # (R4) in model space: x' = alpha' D + down (x - alpha D) / sigma + std z, down = alpha' sigma_down
-        _, down, std = schedules.ddim_transition(a_t, s_t, a_s, s_s, eta)
-        noise = s_noise * std
+        _, direction, std = schedules.ddim_transition(a_t, s_t, a_s, s_s, eta)
+        down, noise = float(direction), s_noise * float(std)
         interval = (s_s / a_s if a_s > 0 else math.inf, s_t / a_t) if noise else None
         if down == 0.0:  # into clean data: x = D
             return StepRule(sample=0.0, weights=(a_t,), noise=noise, brownian=interval)

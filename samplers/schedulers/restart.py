@@ -180,6 +180,7 @@ class RestartScheduler(SigmaSpaceScheduler):
         calls = []
         for a, b in zip(grid[:-1], grid[1:], strict=True):
             first, second = heun_updates(a, b)
+            assert second is not None  # a backward pass ends at t_min > 0: every step has its corrector
             calls.append(self._call_at(a, first, keep=HEUN_KEEP))
             last = b == grid[-1]
             calls.append(self.call_at(levels, j, second) if last else self._call_at(b, second))
