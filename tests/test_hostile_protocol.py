@@ -25,7 +25,9 @@ def _noisy_batch(s, batch=3, seed=0):
 # ---- classifier-free guidance: every call of every scheduler ---------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+# CFG++ renoises with the unconditional output alone: its guided step is not the step of the guided output
+# (its identities are tested in tests/test_papers_cfgpp.py)
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.endswith("_cfgpp")])
 @pytest.mark.parametrize("w", [0.0, 1.0, 3.5])
 def test_guided_step_equals_stepping_the_guided_output(name, w):
     """step(cond, uncond=u, guidance_scale=w) == step(u + w (cond - u)), call by call (correctors included)."""
@@ -35,6 +37,7 @@ def test_guided_step_equals_stepping_the_guided_output(name, w):
     seeds = ops.batch_seeds(3, x.shape[0])
     state_a, state_b = s.init_state(), s.init_state()
     xa = xb = x
+    peak = float(x.abs().max())
     for i, t in enumerate(s.timesteps):
         cond = exact_output(s, i, xa * float(s.plan.input_scale[i]))
         uncond = 0.7 * cond + 0.1
@@ -43,9 +46,11 @@ def test_guided_step_equals_stepping_the_guided_output(name, w):
         )
         guided = uncond + w * (cond - uncond)
         b, state_b = s.step_functional(state_b, guided, t, xb, seeds=seeds, backend="torch")
-        # the op computes in float32 (guidance inside it, here outside in float64): float32 rounding apart
-        scale = 1 + float(b.prev_sample.abs().max())  # rounding carried by multistep history scales with |x|
-        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-5 * scale, msg=f"{name} call {i}")
+        # the op computes in float32 (guidance inside it, here outside in float64): float32 rounding apart, of
+        # the largest sample carried so far (w = 3.5 drives sigma-space samples to |x| ~ 1e3 in some samplers)
+        peak = max(peak, float(b.prev_sample.abs().max()))
+        atol = max(1e-5, 2e-6 * peak)
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-5, atol=atol, msg=f"{name} call {i}")
         xa, xb = a.prev_sample, b.prev_sample
 
 

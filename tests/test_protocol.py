@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import samplers
 from samplers import ops, schedules
+from samplers.ops.reference import COEFF
 from samplers.protocol import SamplerState, StepOutput
 from samplers.schedules import DiscreteVPSchedule
 
@@ -81,10 +82,15 @@ def model_out(s, call: int, x: torch.Tensor, oracle) -> torch.Tensor:
 
 def calls_for(name: str, steps: int) -> int:
     two_call = dict.fromkeys(("dpm2", "dpm2_ancestral", "dpmpp_2s_ancestral", "flow_heun", "dpmpp_sde"), 2 * steps - 1)
-    more = {"pndm": steps + 9, **two_call}  # PNDM (steps >= 4): three 4-call Runge-Kutta steps first
-    return {"heun": 2 * steps - 1, "langevin": 5 * steps, "predictor_corrector": steps + (steps - 1), **more}.get(
-        name, steps
-    )
+    counts = {"heun": 2 * steps - 1, "langevin": 5 * steps, "predictor_corrector": steps + (steps - 1), **two_call}
+    counts["pndm"] = steps + 9  # PNDM (steps >= 4): three 4-call Runge-Kutta steps first
+    # papers-only samplers: stages per step, the last step one call; Restart adds 2 calls per backward Heun
+    # step of each cycle it makes
+    counts.update(seeds_2=2 * steps - 1, seeds_3=3 * steps - 2)
+    if name == "restart":
+        cycles = make_planned(name, steps).plan.extras["restarts"]
+        counts[name] = 2 * steps - 1 + sum(2 * r["steps"] * r["repeats"] for r in cycles)
+    return counts.get(name, steps)
 
 
 def test_every_builtin_is_registered():
@@ -117,7 +123,7 @@ def test_set_timesteps_surface(name):
     assert len(ts) == calls_for(name, N) == len(s.plan.timesteps)
     if name in INVERSIONS:
         assert bool((ts[1:] >= ts[:-1]).all())  # cleanest first
-    else:
+    elif name != "restart":  # Restart's cycles go back up to t_max (noisiest first within each pass)
         assert bool((ts[1:] <= ts[:-1]).all())  # noisiest first
     assert isinstance(s.init_noise_sigma, float) and math.isfinite(s.init_noise_sigma) and s.init_noise_sigma > 0
     assert s.step_index is None
@@ -521,7 +527,8 @@ def test_explicit_noise_reproduces_the_seeded_run(name, oracle):
     seeded = _object_run(name, x, oracle, seeds=seeds)
     y = x
     for i, t in enumerate(s.timesteps):
-        z = ops.philox_normal(seeds, i, y[0].numel()).view_as(y).to(y.dtype)
+        stream = int(s.plan.rows[i, COEFF["stream"]])  # the call index (Restart keys its kicks by restart)
+        z = ops.philox_normal(seeds, stream, y[0].numel()).view_as(y).to(y.dtype)
         y = s.step(model_out(s, i, y, oracle), t, y, noise=z).prev_sample
     torch.testing.assert_close(y, seeded, rtol=1e-6, atol=1e-6)
     # and other explicit noise changes a noisy run

@@ -821,3 +821,156 @@ def sample_dpmpp_sde(
         r=r,
         noise="brownian",  # the noise sampler's draws are each call's own Brownian increment
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Papers-only samplers (issue 13, group samp-papers): our schedulers on the caller's sigmas, with
+# k-diffusion's calling convention. No k-diffusion function exists for them, except that RES 2M and its
+# ancestral variant at eta = 1 are sample_dpmpp_2m_sde(solver_type="heun") at eta = 0 and 1.
+# --------------------------------------------------------------------------------------------
+
+__all__ += [
+    "sample_er_sde",
+    "sample_gradient_estimation",
+    "sample_res_multistep",
+    "sample_res_multistep_ancestral",
+    "sample_restart",
+    "sample_seeds_2",
+    "sample_seeds_3",
+]
+
+
+@torch.no_grad()
+def sample_res_multistep(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+) -> torch.Tensor:
+    """RES 2M (Zhang et al. 2023): our ``res_multistep`` (DPM-Solver++(2M) with the phi_2 weight)."""
+    return sample_scheduler(model, x, sigmas, "res_multistep", extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """RES 2M to ``sigma_down`` plus ``noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up``."""
+    return sample_scheduler(
+        model, x, sigmas, "res_multistep_ancestral", extra_args, callback, disable, s_noise, noise_sampler, eta=eta
+    )
+
+
+@torch.no_grad()
+def sample_er_sde(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    solver_order: int = 3,
+    noise_scale: str = "recommended",
+) -> torch.Tensor:
+    """ER-SDE-Solver-``solver_order`` (Cui et al. 2023) with the noise-scale function ``noise_scale``."""
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "er_sde",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        noise_sampler,
+        solver_order=solver_order,
+        noise_scale=noise_scale,
+    )
+
+
+@torch.no_grad()
+def sample_seeds_2(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    r: float = 0.5,
+) -> torch.Tensor:
+    """SEEDS-2 (Gonzalez et al. 2023); ``noise_sampler`` is asked for each call's own sub-interval."""
+    return sample_scheduler(model, x, sigmas, "seeds_2", extra_args, callback, disable, s_noise, noise_sampler, r=r)
+
+
+@torch.no_grad()
+def sample_seeds_3(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """SEEDS-3 (Gonzalez et al. 2023); three calls per step, each with noise over its own sub-interval."""
+    return sample_scheduler(model, x, sigmas, "seeds_3", extra_args, callback, disable, s_noise, noise_sampler)
+
+
+@torch.no_grad()
+def sample_gradient_estimation(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    ge_gamma: float = 2.0,
+) -> torch.Tensor:
+    """Gradient estimation (Permenter & Yuan 2024) with weight ``ge_gamma`` on the current eps estimate."""
+    return sample_scheduler(model, x, sigmas, "gradient_estimation", extra_args, callback, disable, gamma=ge_gamma)
+
+
+@torch.no_grad()
+def sample_restart(
+    model: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    restart_intervals: list | None = None,
+) -> torch.Tensor:
+    """Restart sampling (Xu et al. 2023): Heun on ``sigmas`` plus the restart cycles of ``restart_intervals``
+    (``[[steps, repeats, t_min, t_max], ...]``; None: our default). ``sigmas`` must end at 0: the cycles
+    are part of the run, which has no stopping point in the middle."""
+    if float(_check_inputs(x, sigmas)[-1]) != 0.0:
+        raise ValueError("sample_restart needs sigmas ending at 0 (the restart cycles belong to the whole run)")
+    return sample_scheduler(
+        model,
+        x,
+        sigmas,
+        "restart",
+        extra_args,
+        callback,
+        disable,
+        s_noise,
+        noise_sampler,
+        restart_intervals=restart_intervals,
+    )

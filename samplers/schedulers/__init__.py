@@ -1,6 +1,7 @@
 """Built-in schedulers, registered through the same hook a third-party plugin implements."""
 
 from samplers.hookspecs import hookimpl
+from samplers.schedulers.cfgpp import DPMSolverCFGPPScheduler, EulerCFGPPScheduler
 from samplers.schedulers.ddim import DDIMScheduler
 from samplers.schedulers.ddim_inverse import DDIMInverseScheduler
 from samplers.schedulers.ddpm import DDPMScheduler
@@ -22,10 +23,12 @@ from samplers.schedulers.dpmsolver_singlestep import (
 )
 from samplers.schedulers.edm_dpmsolver import EDMDPMSolverMultistepScheduler
 from samplers.schedulers.edm_euler import EDMEulerScheduler
+from samplers.schedulers.er_sde import ERSDEScheduler
 from samplers.schedulers.euler import EulerDiscreteScheduler
 from samplers.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from samplers.schedulers.flow_euler import FlowMatchEulerDiscreteScheduler
 from samplers.schedulers.flow_heun import FlowMatchHeunDiscreteScheduler
+from samplers.schedulers.gradient_estimation import GradientEstimationScheduler
 from samplers.schedulers.heun import HeunDiscreteScheduler
 from samplers.schedulers.kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from samplers.schedulers.langevin import AnnealedLangevinScheduler
@@ -34,7 +37,10 @@ from samplers.schedulers.lms import LMSDiscreteScheduler
 from samplers.schedulers.pndm import IPNDMScheduler, PNDMScheduler
 from samplers.schedulers.posterior import PosteriorSamplingScheduler
 from samplers.schedulers.predictor_corrector import PredictorCorrectorScheduler
+from samplers.schedulers.res_multistep import RESMultistepAncestralScheduler, RESMultistepScheduler
+from samplers.schedulers.restart import RestartScheduler
 from samplers.schedulers.sa_solver import SASolverScheduler
+from samplers.schedulers.seeds import SEEDS2Scheduler, SEEDS3Scheduler
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 from samplers.schedulers.unipc import UniPCMultistepScheduler
 
@@ -76,6 +82,16 @@ BUILTIN_SCHEDULERS = [
     DPMSolverSDEScheduler,
     DPMSolverMultistepInverseScheduler,
     EDMDPMSolverMultistepScheduler,
+    # papers-only samplers (issue 13, group samp-papers)
+    RESMultistepScheduler,
+    RESMultistepAncestralScheduler,
+    ERSDEScheduler,
+    SEEDS2Scheduler,
+    SEEDS3Scheduler,
+    GradientEstimationScheduler,
+    EulerCFGPPScheduler,
+    DPMSolverCFGPPScheduler,
+    RestartScheduler,
 ]
 
 

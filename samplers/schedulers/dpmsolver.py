@@ -266,6 +266,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         self.algorithm = algorithm
         self.solver_order = solver_order or self.default_solver_order
         self.estimate = "x0" if algorithm.endswith("++") else "eps"
+        self.solver_type = solver_type
 
     @property
     def is_sde(self) -> bool:
@@ -422,7 +423,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             r0 = (lam[k] - lam[k - 1]) / h
             r1 = (lam[k - 1] - lam[k - 2]) / h if order == 3 else None
             d1, d2 = divided_differences(r0, r1)
-            w1 = w.heun if order == 3 or self.config.solver_type == "heun" else w.midpoint
+            w1 = w.heun if order == 3 or self.solver_type == "heun" else w.midpoint
             weights = [wi + w1 * p + w.chi * q for wi, p, q in zip(weights, d1, d2, strict=True)]
         return StepRule(sample=w.carry, weights=tuple(weights[:order]), noise=w.noise, brownian=interval)
 

@@ -25,6 +25,29 @@ from samplers.levels import Levels
 from samplers.plan import ESTIMATE, SAMPLE, Call, Update
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
+# What the predictor call of a Heun step keeps for its corrector.
+HEUN_KEEP = {"x_hat": SAMPLE, "x0_1": ESTIMATE}
+
+
+def heun_updates(sigma_hat: float, sigma_next: float, noise: float = 0.0) -> tuple[Update, Update | None]:
+    """One Heun step ``sigma_hat -> sigma_next`` in sigma space as the updates of its two calls.
+
+    The predictor (line 8, ``x_pred = x_hat + h (x_hat - x0_1) / sigma_hat``, its call keeps :data:`HEUN_KEEP`)
+    and the corrector at ``sigma_next`` (line 11, ``noise`` added after it); into ``sigma_next = 0`` the
+    predictor is the whole step (Euler: ``x_next = x0_hat``) and the corrector is ``None``.
+    """
+    if sigma_next == 0.0:
+        return Update(x0=1.0), None
+    h = sigma_next - sigma_hat
+    first = Update(sample=1 + h / sigma_hat, x0=-h / sigma_hat)
+    second = Update(
+        sample=h / (2 * sigma_next),
+        x0=-h / (2 * sigma_next),
+        history={"x_hat": 1 + h / (2 * sigma_hat), "x0_1": -h / (2 * sigma_hat)},
+        noise=noise,
+    )
+    return first, second
+
 
 def churn_levels(
     sigma: list[float], s_churn: float, s_tmin: float, s_tmax: float, s_noise: float
@@ -94,27 +117,16 @@ class HeunDiscreteScheduler(SigmaSpaceScheduler):
         for i in range(n):
             s_hat = sigma_hat[i]
             s_next = float(sigma[i + 1]) if i + 1 < n else 0.0
-            h = s_next - s_hat
-            first_options = {}
-            if s_next == 0.0:  # Euler into sigma = 0: x_next = x0_hat
-                first = Update(x0=1.0)
-            else:  # x_pred = x_hat + h (x_hat - x0_1) / s_hat  (line 8)
-                first = Update(sample=1 + h / s_hat, x0=-h / s_hat)
-                first_options["keep"] = {"x_hat": SAMPLE, "x0_1": ESTIMATE}
+            first, second = heun_updates(s_hat, s_next, churn[i + 1] if i + 1 < n else 0.0)
+            first_options = {"keep": HEUN_KEEP} if second is not None else {}
             if s_hat == float(sigma[i]):
                 calls.append(self.call_at(levels, i, first, **first_options))
             else:
                 t_hat = float(self.schedule.time_at_level(torch.tensor(s_hat, dtype=torch.float64)))
                 calls.append(self.call_at_level(t_hat, s_hat, first, **first_options))
-            if s_next == 0.0:
+            if second is None:
                 continue
-            # second call at s_next on x_pred, with (x_hat, x0_1) (line 11), then the next step's churn (line 6)
-            second = Update(
-                sample=h / (2 * s_next),
-                x0=-h / (2 * s_next),
-                history={"x_hat": 1 + h / (2 * s_hat), "x0_1": -h / (2 * s_hat)},
-                noise=churn[i + 1],
-            )
+            # the second call at s_next on x_pred (line 11), then the next step's churn (line 6)
             interval = (s_next, sigma_hat[i + 1]) if churn[i + 1] else None
             calls.append(self.call_at(levels, i + 1, second, brownian=interval))
         return calls

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from samplers import levels as lv
@@ -83,6 +84,15 @@ class SigmaSpaceScheduler(Scheduler):
     def call_at(self, levels: lv.Levels, i: int, update: Update, **options: Any) -> Call:
         """A sigma-space call at level ``i`` (the model sees ``alpha * x``)."""
         return levels.call(i, update, sigma_space=True, **options)
+
+    def time_at_level(self, level: float) -> float:
+        """The model time whose level, read as :meth:`levels_at_times` reads it, is ``level`` (for calls
+        between grid levels: the ``linear`` interpolation of a discrete table inverts linearly)."""
+        schedule = self.schedule
+        if isinstance(schedule, DiscreteVPSchedule) and self.config.get("interpolation_type") == "linear":
+            table = lv.capped_levels(schedule.sigmas).numpy()
+            return float(np.interp(level, table, np.arange(len(table))))
+        return float(schedule.time_at_level(torch.tensor(level, dtype=F64)))
 
     def call_at_level(self, t: float, level: float, update: Update, **options: Any) -> Call:
         """A sigma-space call at an arbitrary level (e.g. a churned one) with model time ``t``."""
