@@ -182,14 +182,6 @@ PARITY_CASES = {
     "v_trailing": {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
     "sd_betas": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
 }
-# RES runs on DPMSolverMultistepScheduler's grid; with these flags that grid keeps fractional timesteps
-# where diffusers rounds them to integers (dpmpp_2m differs from diffusers by the same 3e-4 / 1.3e-5).
-GRID_FLAG_GAP = pytest.mark.xfail(
-    reason="DPM-Solver's karras/lu grid: diffusers rounds the timesteps (fixed with dpmpp_2m's flag parity)",
-    strict=True,
-)
-
-
 def _diffusers_loop(scheduler, model, x_start: torch.Tensor, steps: int, noises: list[torch.Tensor] | None):
     scheduler.set_timesteps(steps)
     x = x_start * scheduler.init_noise_sigma
@@ -199,9 +191,7 @@ def _diffusers_loop(scheduler, model, x_start: torch.Tensor, steps: int, noises:
     return x
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=GRID_FLAG_GAP) if c in ("karras", "lu") else c for c in PARITY_CASES]
-)
+@pytest.mark.parametrize("case", list(PARITY_CASES))
 @pytest.mark.parametrize("name", ["res_multistep", "res_multistep_ancestral"])
 def test_parity_with_diffusers_dpmsolver_heun(name: str, case: str) -> None:
     diffusers = pytest.importorskip("diffusers")
