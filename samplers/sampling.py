@@ -10,6 +10,7 @@ result does not depend on the batch split or on whether the graph is used.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,6 +101,9 @@ def sample(
     return static_out.clone()
 
 
+_LOOP_CODES: list[types.CodeType] = []  # code objects of the compiled loops made so far (names stay unique)
+
+
 def _compiled_loop(model: Model, scheduler: Scheduler, backend: str, options: dict[str, Any]) -> Callable:
     """``torch.compile(fullgraph=True)`` of the whole sampling loop, cached on the scheduler per (model, backend,
     options): dynamo's guards recompile it only for a new plan, shape or dtype."""
@@ -119,7 +123,13 @@ def _compiled_loop(model: Model, scheduler: Scheduler, backend: str, options: di
             x = result.prev_sample
         return x
 
-    compiled = torch.compile(loop, fullgraph=True, **options)
+    # dynamo keeps its compiled graphs per code object, at most 8 (recompile_limit): one code object shared by
+    # every scheduler would hit that limit after 8 plans. A copy of the code per cached loop keeps each
+    # (scheduler, model) to its own plans, shapes and dtypes.
+    code = loop.__code__.replace(co_name=f"sample_loop_{len(_LOOP_CODES)}")
+    _LOOP_CODES.append(code)
+    own_loop = types.FunctionType(code, loop.__globals__, code.co_name, loop.__defaults__, loop.__closure__)
+    compiled = torch.compile(own_loop, fullgraph=True, **options)
     cache[key] = (model, compiled)
     return compiled
 

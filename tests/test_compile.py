@@ -25,6 +25,14 @@ REPRESENTATIVE = ["ddpm", "ddim", "euler_ancestral", "heun", "flow_euler", "pred
 CASES = [(name, "fused") for name in NAMES] + [(name, "torch") for name in REPRESENTATIVE]
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from scratch: the test loops share code objects, whose caches would otherwise fill."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 class CountingBackend:
     """A torch.compile backend that runs the captured graph as is and counts the graphs it was given."""
 
@@ -105,6 +113,15 @@ def test_sample_compile_reuses_one_compiled_loop(name, backend, monkeypatch):
     assert torch.equal(first, again)
     samplers.sample(model, s, noise.double(), num_inference_steps=STEPS, seeds=seeds, backend=backend, compile=True)
     assert counter.graphs == 2, "a new dtype compiles once more"
+
+
+def test_sample_compile_keeps_each_scheduler_to_its_own_cache():
+    """More schedulers than dynamo's recompile limit (8) compile without hitting it: each has its own loop."""
+    noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(6))
+    for name in ["ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp_2m", "unipc", "lms", "deis", "pndm"]:
+        s = samplers.get(name)
+        out = samplers.sample(model, s, noise, num_inference_steps=3, compile={"backend": CountingBackend()})
+        assert out.shape == noise.shape and bool(torch.isfinite(out).all()), name
 
 
 @pytest.mark.parametrize("name", ["ddim", "heun"])

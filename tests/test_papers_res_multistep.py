@@ -182,6 +182,8 @@ PARITY_CASES = {
     "v_trailing": {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
     "sd_betas": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
 }
+
+
 def _diffusers_loop(scheduler, model, x_start: torch.Tensor, steps: int, noises: list[torch.Tensor] | None):
     scheduler.set_timesteps(steps)
     x = x_start * scheduler.init_noise_sigma
