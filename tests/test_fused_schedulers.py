@@ -73,8 +73,11 @@ BUILTINS = builtin_schedulers()
 
 
 def prediction_types(name: str) -> tuple[str, ...]:
+    """The outputs a model trained on the scheduler's default schedule has: on a flow schedule the
+    run starts at alpha=0, where an epsilon output cannot be inverted (and is refused)."""
     cls = registry().scheduler_class(name)
-    wanted = ("flow", "v_prediction") if cls.family == "flow" else ("epsilon", "v_prediction")
+    on_flow = samplers.get(name).config["schedule"] == "flow"
+    wanted = ("flow", "v_prediction") if on_flow else ("epsilon", "v_prediction")
     return tuple(p for p in wanted if p in cls.prediction_types)
 
 

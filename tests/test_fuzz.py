@@ -116,9 +116,13 @@ def _check_case(case) -> None:
         amplification = float((s.plan.input_scale / s.plan.model_alpha).max())
         bound = 64 * unit * (1 + float(x64.abs().max())) * amplification * max(1.0, s.init_noise_sigma)
         assert float((x - x64).abs().max()) <= bound, f"{case}: {dtype} run drifts from float64"
-    last_level = float(s.plan.model_sigma[-1] / s.plan.model_alpha[-1])
+    levels = (s.plan.model_sigma / s.plan.model_alpha).tolist()
     on_default_grid = case["grid"] in ("steps", "named") and (s.num_inference_steps or 0) >= 10
-    if not s.is_stochastic and on_default_grid and last_level <= 0.05:  # random custom grids may be coarse
+    # Random custom grids may be coarse, and so are some named grids at 10 steps by design: diffusers'
+    # beta grid is linear in sigma, so on a VP table (sigma_max 157) its last step jumps from 7.4 to
+    # 0.01, far coarser than the data (std <= 1.3). The endpoint is checked where the grid resolves it.
+    resolves_data = len(levels) >= 2 and levels[-2] <= 1.5 and levels[-1] <= 0.05
+    if not s.is_stochastic and on_default_grid and resolves_data:
         # the exact ODE endpoint from the same start (model space), per coordinate
         alpha0, sigma0 = float(s.plan.model_alpha[0]), float(s.plan.model_sigma[0])
         start = _start(s, shape).reshape(-1, 4) * s.plan.scales[0]

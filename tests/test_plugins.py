@@ -42,7 +42,11 @@ def test_api_version_mismatch_is_a_load_error_not_a_crash():
     reg = Registry(autoload=False)
     old = types.ModuleType("old_plugin")
     old.SAMPLERS_API_VERSION = hookspecs.API_VERSION + 1
-    old.samplers_register_schedulers = hookspecs.hookimpl(list)
+
+    def samplers_register_schedulers() -> list:
+        return []
+
+    old.samplers_register_schedulers = hookspecs.hookimpl(samplers_register_schedulers)
     reg.register(old, "old_plugin", Source("old_plugin", "old-samplers-plugin", "1.0"))
     assert [(e.plugin, e.distribution) for e in reg.load_errors] == [("old_plugin", "old-samplers-plugin")]
     assert f"targets samplers plugin API {hookspecs.API_VERSION + 1}" in reg.load_errors[0].error
@@ -165,7 +169,7 @@ def _broken_plugins(dst: Path) -> tuple[Path, Path]:
     (old / "old_samplers_plugin.py").write_text(
         textwrap.dedent("""\
         from samplers.hookspecs import hookimpl
-        SAMPLERS_API_VERSION = 3  # a future API this samplers does not speak
+        SAMPLERS_API_VERSION = 99  # a future API this samplers does not speak
         @hookimpl
         def samplers_register_schedulers():
             return []
@@ -331,7 +335,9 @@ def test_broken_plugin_is_reported_and_the_rest_works(venv_with_broken):
     errors = {e["plugin"]: e for e in listing["load_errors"]}
     assert errors["broken"]["distribution"] == "broken-samplers-plugin"
     assert "ImportError: this plugin is broken on purpose" in errors["broken"]["error"]
-    assert errors["old_plugin"]["error"] == f"targets samplers plugin API 2, this samplers has {hookspecs.API_VERSION}"
+    assert (
+        errors["old_plugin"]["error"] == f"targets samplers plugin API 99, this samplers has {hookspecs.API_VERSION}"
+    )
     names = {row["name"] for row in listing["schedulers"]}
     assert {"ddim", "euler", "heun"} <= names and set(PLUGIN_NAMES) <= names
     text = v.cli("list")

@@ -89,7 +89,9 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
 
     def make_plan(self, levels: Levels, mu: float | None = None) -> Plan:
         plan = super().make_plan(levels, mu)
-        plan.extras["levels"] = plan.model_sigma / plan.model_alpha
+        # Python floats, so that a compiled loop reads them as constants (a tensor read would be .item()).
+        plan.extras["levels"] = (plan.model_sigma / plan.model_alpha).tolist()
+        plan.extras["streams"] = [int(s) for s in plan.rows[:, COEFF["stream"]].tolist()]
         return plan
 
     def step_functional(
@@ -102,7 +104,7 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         if plan.tags[index] == CORRECTOR and kwargs.get("noise") is None:
             # Algorithm 4 needs the noise's norm before the update: draw the call's Philox noise here.
             seeds, state = self.resolve_seeds(state, kwargs.pop("seeds", None), kwargs.pop("generator", None), sample)
-            stream = int(plan.rows[index, COEFF["stream"]])
+            stream = plan.extras["streams"][index]
             kwargs["noise"] = ops.philox_normal(seeds, stream, sample[0].numel()).view(sample.shape).to(sample.dtype)
         return super().step_functional(state, model_output, timestep, sample, **kwargs)
 
@@ -120,7 +122,7 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
         if uncond is not None:
             out = uncond.float() + w * (out - uncond.float())
         x0 = row[:, COEFF["p"]].view(view) * sample.float() + row[:, COEFF["q"]].view(view) * out
-        level_sq = float(plan.extras["levels"][index]) ** 2
+        level_sq = plan.extras["levels"][index] ** 2
         score = (x0 - sample.float()) / level_sq
         noise_norm = noise.float().reshape(batch, -1).norm(dim=1)
         score_norm = score.reshape(batch, -1).norm(dim=1)
