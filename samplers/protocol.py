@@ -146,7 +146,7 @@ class Scheduler:
             else:
                 init(self, *args, **options)
 
-        cls.__init__ = bound_init  # type: ignore[method-assign]
+        cls.__init__ = bound_init  # type: ignore[method-assign]  # the wrapper is the point: it binds the config
 
     def __init__(self, **config: Any) -> None:
         if "config" not in self.__dict__:

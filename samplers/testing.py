@@ -47,7 +47,6 @@ returns the exact output for the scheduler's prediction type.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -63,6 +62,7 @@ import torch
 import typer
 
 from samplers import parameterization
+from samplers.errors import did_you_mean
 from samplers.ops.update import Backend, is_backend
 from samplers.plan import Plan
 from samplers.protocol import SamplerState, Scheduler, StepOutput
@@ -1042,8 +1042,7 @@ def check(
 
     reg = registry()
     if name not in reg.available():
-        close = difflib.get_close_matches(name, reg.available(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, reg.available())
         raise fail(f"unknown scheduler {name!r}{hint} (`samplers list` shows all {len(reg.available())})")
     if not is_backend(backend):
         raise fail(f"--backend must be auto, fused or torch, got {backend!r}")

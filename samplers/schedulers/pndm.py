@@ -199,7 +199,8 @@ class PNDMScheduler(_PseudoNumerical):
         self.nfe_per_step = 1 if skip_prk_steps else 4  # a pseudo Runge-Kutta step costs 4 calls
 
     def final_alpha_sigma(self) -> tuple[float, float]:
-        return DDIMScheduler.final_alpha_sigma(self)  # type: ignore[arg-type]  # set_alpha_to_one, as DDIM
+        # DDIM's rule (it reads only config.set_alpha_to_one and the schedule), borrowed unbound: not a DDIM self
+        return DDIMScheduler.final_alpha_sigma(self)  # type: ignore[arg-type]
 
     def plan_calls(self, levels: lv.Levels, start: int = 0) -> list[Call]:
         t = levels.t.tolist()
