@@ -112,9 +112,9 @@ def _list_grids(as_json: bool) -> None:
     )
     for col in ("name", "description", "parameters", "space", "source"):
         table.add_column(col, no_wrap=col == "name")
-    for r in rows:
-        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        table.add_row(*map(_text, (r["name"], r["description"], params, r["space"], r["source"])))
+    for info in grids.GRIDS.values():
+        params = ", ".join(f"{k}={v!r}" for k, v in info.params.items())
+        table.add_row(*map(_text, (info.name, info.description, params, info.space, info.source)))
     console.print(table)
     console.print("Also: sigma_schedule='file:PATH' reads a schedule file (samplers tune writes them).")
 

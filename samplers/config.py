@@ -56,6 +56,7 @@ class SchedulerConfig(dict):
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
 
+    # dict's mutators, each replaced by the one refusal (their signatures differ, hence the ignore)
     __setitem__ = __delitem__ = update = pop = setdefault = clear = popitem = _readonly  # type: ignore[assignment]
 
     def __deepcopy__(self, memo: dict) -> SchedulerConfig:

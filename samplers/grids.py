@@ -21,7 +21,6 @@ See docs/grids.md for one paragraph per grid.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import math
@@ -34,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from samplers import schedules
+from samplers import errors, schedules
 
 F64 = torch.float64
 Space = Literal["sigma", "table", "flow"]
@@ -252,7 +251,7 @@ def ays(n: int, *, model: str) -> torch.Tensor:
     """
     n = _check_n(n)
     if model not in AYS_TABLES:
-        raise _unknown("ays model", model, AYS_TABLES)
+        raise errors.unknown("ays model", model, AYS_TABLES)
     table = AYS_TABLES[model]
     m = len(table) - 1
     out = []
@@ -399,7 +398,7 @@ def time_shift(
     if kind == "linear":
         mu = _check_number("mu", mu, low=0.0)
         return mu / (mu + (1 / t - 1) ** sigma)
-    raise _unknown("kind", kind, ("exponential", "linear"))
+    raise errors.unknown("kind", kind, ("exponential", "linear"))
 
 
 def stretch_to_terminal(t: torch.Tensor | Sequence[float], shift_terminal: float) -> torch.Tensor:
@@ -423,7 +422,7 @@ def _flow_base(n: int, spacing: str, num_train_timesteps: int, lowest: float) ->
         return torch.linspace(1.0 - inv_t, 0.0, n + 1, dtype=F64)[:-1]
     if spacing == "unipc":  # n + 1 levels from 1 to 1/T, the last dropped
         return torch.linspace(1.0, inv_t, n + 1, dtype=F64)[:-1]
-    raise _unknown("spacing", spacing, ("flow_match", "dpm", "unipc"))
+    raise errors.unknown("spacing", spacing, ("flow_match", "dpm", "unipc"))
 
 
 def flow(
@@ -638,13 +637,6 @@ GRIDS: dict[str, GridInfo] = {row[0]: _info(*row) for row in _ROWS}
 """Every named grid, by name."""
 
 
-def _unknown(kind: str, value: object, choices: Mapping[str, Any] | Sequence[str]) -> ValueError:
-    names = list(choices)
-    close = difflib.get_close_matches(str(value), names, n=3)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return ValueError(f"unknown {kind} {value!r}: expected one of {tuple(names)}{hint}")
-
-
 def make(
     name: str,
     n: int,
@@ -669,11 +661,11 @@ def make(
             raise ValueError(f"schedule file {name[5:]!r} has {len(levels)} levels, asked for n={n}")
         return levels
     if name not in GRIDS:
-        raise _unknown("grid", name, GRIDS)
+        raise errors.unknown("grid", name, GRIDS)
     info = GRIDS[name]
     for key in params:
         if key not in info.params:
-            raise _unknown(f"parameter of grid {name!r}", key, info.params)
+            raise errors.unknown(f"parameter of grid {name!r}", key, info.params)
     kwargs: dict[str, Any] = dict(params)
     if "table" in info.inputs:
         if table is None:
@@ -796,7 +788,7 @@ class ScheduleFile:
             raise ValueError(f"sampler must be a non-empty string, got {self.sampler!r}")
         _check_n(self.nfe, "nfe")
         if self.space not in ("sigma", "flow"):
-            raise _unknown("space", self.space, ("sigma", "flow"))
+            raise errors.unknown("space", self.space, ("sigma", "flow"))
         object.__setattr__(self, "sigmas", _check_levels(self.sigmas, self.space))
         if self.timesteps is not None:
             steps = tuple(_check_number("timesteps", v) for v in _as_list("timesteps", self.timesteps))

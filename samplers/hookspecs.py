@@ -23,14 +23,19 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 class SamplersHookSpec:
+    """The hooks' signatures; pluggy calls the plugins' implementations, never these bodies."""
+
     @hookspec
     def samplers_register_schedulers(self) -> list[type]:
         """Return scheduler classes (subclasses of ``samplers.protocol.Scheduler`` with a ``name``)."""
+        raise NotImplementedError
 
     @hookspec
     def samplers_register_schedules(self) -> dict[str, type]:
         """Return ``{name: NoiseSchedule subclass}`` for continuous noise schedules."""
+        raise NotImplementedError
 
     @hookspec
     def samplers_register_problems(self) -> dict[str, Any]:
         """Return ``{name: factory}`` of oracle problems for ``samplers bench``."""
+        raise NotImplementedError

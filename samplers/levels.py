@@ -262,6 +262,7 @@ def named_grid(name: str, n: int, schedule: NoiseSchedule, level_span: tuple[flo
     from samplers import grids
 
     table = capped_levels(schedule.sigmas) if isinstance(schedule, DiscreteVPSchedule) else None
+    space: grids.Space
     if name.startswith("file:"):
         values = grids.make(name, n)
         space = grids.load(name[len("file:") :]).space

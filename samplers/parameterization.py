@@ -23,9 +23,9 @@ tensors or tensors shaped ``[B, 1, ..., 1]``; coefficient math runs in the dtype
 
 from __future__ import annotations
 
-import difflib
-
 import torch
+
+from samplers.errors import did_you_mean
 
 Scalar = float | torch.Tensor
 
@@ -37,8 +37,7 @@ def canonical_prediction_type(prediction_type: str) -> str:
     """Return the canonical name; raise ``ValueError`` naming close matches for an unknown one."""
     name = _ALIASES.get(prediction_type, prediction_type)
     if name not in PREDICTION_TYPES:
-        close = difflib.get_close_matches(str(prediction_type), list(PREDICTION_TYPES) + list(_ALIASES), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(prediction_type, PREDICTION_TYPES + tuple(_ALIASES))
         raise ValueError(f"unknown prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}{hint}")
     return name
 

@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 
@@ -109,8 +109,10 @@ class Scheduler:
     name: ClassVar[str] = ""
     family: ClassVar[str] = "any"
     kind: ClassVar[str] = "ode-single-step"
-    order: ClassVar[int] = 1
-    nfe_per_step: ClassVar[int] = 1
+    # order and nfe_per_step: the class's value, which an instance may refine for its config (LMS's solver_order,
+    # PNDM's skip_prk_steps, Langevin's steps_per_level), so they are not ClassVars.
+    order: int = 1
+    nfe_per_step: int = 1
     stochastic: ClassVar[bool] = False
     # The config under which the scheduler draws noise when that depends on it (e.g. "eta > 0").
     stochastic_when: ClassVar[str] = ""
@@ -144,7 +146,7 @@ class Scheduler:
             else:
                 init(self, *args, **options)
 
-        cls.__init__ = bound_init  # type: ignore[method-assign]
+        cls.__init__ = bound_init  # type: ignore[method-assign]  # the wrapper is the point: it binds the config
 
     def __init__(self, **config: Any) -> None:
         if "config" not in self.__dict__:
@@ -162,6 +164,7 @@ class Scheduler:
         self.prediction_type = canonical
         self.schedule: NoiseSchedule = self._make_schedule()
         self.plan: Plan | None = None
+        self._plan_key: tuple | None = None  # the set_timesteps arguments the plan was built for
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
         self._state = SamplerState()
@@ -287,7 +290,7 @@ class Scheduler:
                 raise ValueError(f"mu must be a finite number, got {mu!r}")
         target = torch.device(device) if device is not None else torch.device("cpu")
         key = (num_inference_steps, _grid_key(grid_t), _grid_key(grid_sigma), mu)
-        if self.plan is not None and key == self.__dict__.get("_plan_key"):
+        if self.plan is not None and key == self._plan_key:
             # the same grid again: keep the plan (a compiled loop guarded on it stays valid), reset the run
             self._reset_run(target)
             return
@@ -610,8 +613,9 @@ class Scheduler:
 
     def working_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha, sigma)`` at model times ``t`` in the space this scheduler's samples live in."""
-        if isinstance(self.schedule, DiscreteVPSchedule) and not t.is_floating_point():
-            abar = self._on_device(("abar", t.device), lambda: self.schedule.alphas_cumprod.to(t.device))[t]
+        table = self.schedule
+        if isinstance(table, DiscreteVPSchedule) and not t.is_floating_point():
+            abar = self._on_device(("abar", t.device), lambda: table.alphas_cumprod.to(t.device))[t]
             return abar.sqrt(), (1 - abar).sqrt()
         host = t.detach().cpu().to(torch.float64)
         self.schedule.check_times(host, "add_noise timesteps")
@@ -623,6 +627,64 @@ class Scheduler:
     def init_state(self) -> SamplerState:
         """A fresh run state (at the begin index if one was set)."""
         return SamplerState(step_index=self._begin_index or 0)
+
+    # The overloads tell a type checker what a call returns: StepOutput unless return_dict=False is given.
+    @overload
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: Literal[True] = True,
+        *,
+        noise: torch.Tensor | None = None,
+        variance_noise: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
+        uncond: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        backend: ops.update.Backend = "auto",
+        check_finite: bool = False,
+        **kwargs: Any,
+    ) -> StepOutput: ...
+
+    @overload
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        return_dict: Literal[False],
+        noise: torch.Tensor | None = None,
+        variance_noise: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
+        uncond: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        backend: ops.update.Backend = "auto",
+        check_finite: bool = False,
+        **kwargs: Any,
+    ) -> tuple: ...
+
+    @overload
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        *,
+        noise: torch.Tensor | None = None,
+        variance_noise: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
+        uncond: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        backend: ops.update.Backend = "auto",
+        check_finite: bool = False,
+        **kwargs: Any,
+    ) -> StepOutput | tuple: ...
 
     def step(
         self,

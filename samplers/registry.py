@@ -16,12 +16,12 @@ gets a :class:`RegistryReentryError`, which makes it a load error of that plugin
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
 import threading
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import pluggy
 
 from samplers import hookspecs
+from samplers.errors import did_you_mean
 from samplers.protocol import Scheduler
 
 ENTRY_POINT_GROUP = "samplers"
@@ -188,7 +189,12 @@ class Registry:
         for impl in reversed(self.pm.hook.samplers_register_schedulers.get_hookimpls()):
             source = self._sources.get(impl.plugin_name, Source(impl.plugin_name, "?", "?"))
             try:
-                classes = list(impl.function() or [])
+                returned = impl.function() or []
+                if not isinstance(returned, Iterable):
+                    raise TypeError(
+                        f"samplers_register_schedulers returned a {type(returned).__name__}, not a list of classes"
+                    )
+                classes = list(returned)
                 for cls in classes:
                     problem = _class_problem(cls)
                     if problem:
@@ -266,10 +272,9 @@ class Registry:
         try:
             return self.entries[name].cls
         except KeyError:
-            close = difflib.get_close_matches(name, self.available(), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownSchedulerError(
-                f"unknown scheduler {name!r}{hint} (available: {', '.join(self.available())})"
+                f"unknown scheduler {name!r}{did_you_mean(name, self.available())} "
+                f"(available: {', '.join(self.available())})"
             ) from None
 
     def get(self, name: str, **config: Any) -> Scheduler:

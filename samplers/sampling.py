@@ -104,7 +104,9 @@ def sample(
 _LOOP_CODES: list[types.CodeType] = []  # code objects of the compiled loops made so far (names stay unique)
 
 
-def _compiled_loop(model: Model, scheduler: Scheduler, backend: str, options: dict[str, Any]) -> Callable:
+def _compiled_loop(
+    model: Model, scheduler: Scheduler, backend: ops.update.Backend, options: dict[str, Any]
+) -> Callable:
     """``torch.compile(fullgraph=True)`` of the whole sampling loop, cached on the scheduler per (model, backend,
     options): dynamo's guards recompile it only for a new plan, shape or dtype."""
     cache = scheduler.__dict__.setdefault("_compiled_loops", {})

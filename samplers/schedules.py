@@ -20,6 +20,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar, overload
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ import torch
 from samplers import errors
 
 Scalar = float | torch.Tensor
+# The algebra below takes all floats (plan building, on the host) or all tensors (whole tables at once) and
+# returns the same kind: a constrained type variable says so, where ``Scalar`` would lose it.
+ScalarT = TypeVar("ScalarT", float, torch.Tensor)
 F64 = torch.float64
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
@@ -101,6 +105,12 @@ def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+@overload
+def log_snr_of(alpha: float, sigma: float) -> float: ...
+@overload
+def log_snr_of(alpha: torch.Tensor, sigma: Scalar) -> torch.Tensor: ...
+@overload
+def log_snr_of(alpha: float, sigma: torch.Tensor) -> torch.Tensor: ...
 def log_snr_of(alpha: Scalar, sigma: Scalar) -> Scalar:
     """``lambda = log(alpha^2 / sigma^2)``."""
     if isinstance(alpha, torch.Tensor) or isinstance(sigma, torch.Tensor):
@@ -113,7 +123,7 @@ def q_sample(x0: torch.Tensor, noise: torch.Tensor, alpha: Scalar, sigma: Scalar
     return alpha * x0 + sigma * noise
 
 
-def transition(alpha_s: Scalar, sigma_s: Scalar, alpha_t: Scalar, sigma_t: Scalar) -> tuple[Scalar, Scalar]:
+def transition(alpha_s: ScalarT, sigma_s: ScalarT, alpha_t: ScalarT, sigma_t: ScalarT) -> tuple[ScalarT, ScalarT]:
     """``q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I)`` for ``s < t``: returns ``(alpha_{t|s}, sigma_{t|s}^2)``.
 
     ``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``
@@ -124,15 +134,15 @@ def transition(alpha_s: Scalar, sigma_s: Scalar, alpha_t: Scalar, sigma_t: Scala
 
 
 @dataclass(frozen=True)
-class Posterior:
+class Posterior(Generic[ScalarT]):
     """``q(x_s | x_t, x_0) = N(coef_xt x_t + coef_x0 x_0, variance I)``."""
 
-    coef_xt: Scalar
-    coef_x0: Scalar
-    variance: Scalar
+    coef_xt: ScalarT
+    coef_x0: ScalarT
+    variance: ScalarT
 
 
-def posterior(alpha_s: Scalar, sigma_s: Scalar, alpha_t: Scalar, sigma_t: Scalar) -> Posterior:
+def posterior(alpha_s: ScalarT, sigma_s: ScalarT, alpha_t: ScalarT, sigma_t: ScalarT) -> Posterior[ScalarT]:
     """The Gaussian posterior ``q(x_s | x_t, x_0)`` for any ``s < t`` (VDM eq. 11-12; DDPM eq. 6-7 when s = t-1).
 
     ``mu = alpha_{t|s} sigma_s^2 / sigma_t^2 x_t + alpha_s sigma_{t|s}^2 / sigma_t^2 x_0`` and
@@ -148,8 +158,8 @@ def posterior(alpha_s: Scalar, sigma_s: Scalar, alpha_t: Scalar, sigma_t: Scalar
 
 
 def ddim_transition(
-    alpha_s: Scalar, sigma_s: Scalar, alpha_t: Scalar, sigma_t: Scalar, eta: Scalar = 0.0
-) -> tuple[Scalar, Scalar, Scalar]:
+    alpha_s: ScalarT, sigma_s: ScalarT, alpha_t: ScalarT, sigma_t: ScalarT, eta: float = 0.0
+) -> tuple[ScalarT, ScalarT, ScalarT]:
     """DDIM's family of reverse steps (Song et al. 2021, eq. 12 with sigma_t(eta) from eq. 16).
 
     ``x_s = alpha_s x0 + dir * eps + std * z`` with ``std = eta * sqrt(posterior variance)`` and
@@ -163,11 +173,11 @@ def ddim_transition(
     return alpha_s, direction, std
 
 
-def _sqrt(v: Scalar) -> Scalar:
+def _sqrt(v: ScalarT) -> ScalarT:
     return torch.sqrt(v) if isinstance(v, torch.Tensor) else math.sqrt(v)
 
 
-def _clamp_min(v: Scalar, lo: float) -> Scalar:
+def _clamp_min(v: ScalarT, lo: float) -> ScalarT:
     return torch.clamp(v, min=lo) if isinstance(v, torch.Tensor) else max(v, lo)
 
 
@@ -514,8 +524,8 @@ def spaced_timesteps(
         )
     n, t_count = num_inference_steps, num_train_timesteps
     if spacing == "leading":
-        ratio = t_count // n
-        steps = (np.arange(n) * ratio).round()[::-1].astype(np.int64) + steps_offset
+        stride = t_count // n
+        steps = (np.arange(n) * stride).round()[::-1].astype(np.int64) + steps_offset
     elif spacing == "trailing":
         ratio = t_count / n
         steps = np.round(np.arange(t_count, 0, -ratio))[:n].astype(np.int64) - 1

@@ -47,7 +47,6 @@ returns the exact output for the scheduler's prediction type.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -63,6 +62,8 @@ import torch
 import typer
 
 from samplers import parameterization
+from samplers.errors import did_you_mean
+from samplers.ops.update import Backend, is_backend
 from samplers.plan import Plan
 from samplers.protocol import SamplerState, Scheduler, StepOutput
 
@@ -117,7 +118,7 @@ class KitSettings:
     bias_shrink: float = 0.6  # stochastic: a moment bias beyond sampling noise must shrink at least this much
     shape_steps: int = 6
     seed: int = 0
-    backend: str = "auto"
+    backend: Backend = "auto"
     cpu_threads: int | None = 1  # the runs are small: one intra-op thread avoids oversubscription on busy machines
 
     @classmethod
@@ -228,7 +229,7 @@ def run_oracle(
     *,
     seeds: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    backend: str = "auto",
+    backend: Backend = "auto",
     device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample from standard-normal ``noise`` [B, *shape] with the exact oracle as the model.
@@ -237,7 +238,7 @@ def run_oracle(
     second is only meaningful for deterministic runs.
     """
     scheduler.set_timesteps(steps, device=device if device is not None else noise.device)
-    plan = scheduler.plan
+    plan = scheduler._require_plan()
     x = start_x = oracle_start(plan, oracle, noise)
     start = (float(plan.input_scale[0]), float(plan.model_alpha[0]), float(plan.model_sigma[0]))
     for i, t in enumerate(scheduler.timesteps):
@@ -294,7 +295,7 @@ class _Context:
 
 
 def _plan_is_noisy(scheduler: Scheduler) -> bool:
-    return any(scheduler.plan.stochastic_calls)
+    return any(scheduler._require_plan().stochastic_calls)
 
 
 def _finite(x: torch.Tensor) -> bool:
@@ -305,7 +306,7 @@ def _finite(x: torch.Tensor) -> bool:
 
 def _nonfinite_plan_fields(scheduler: Scheduler) -> list[str]:
     """Plan tables holding NaN/Inf (Plan itself validates the update rows, where ``lim`` may be inf)."""
-    plan = scheduler.plan
+    plan = scheduler._require_plan()
     fields = ("timesteps", "input_scale", "model_alpha", "model_sigma")
     bad = [f for f in fields if not _finite(torch.as_tensor(getattr(plan, f)).double())]
     if not math.isfinite(float(plan.init_noise_sigma)):
@@ -314,12 +315,45 @@ def _nonfinite_plan_fields(scheduler: Scheduler) -> list[str]:
 
 
 def _check_protocol(ctx: _Context) -> tuple[bool, str]:
+    problems = _metadata_problems(ctx.cls, ctx.registry_name)
+    s = ctx.make()
+    problems += _misuse_problems(ctx, s)
+    n = 6
+    s.set_timesteps(n, device=ctx.device)
+    calls = len(s._require_plan().timesteps)
+    nfe = getattr(s, "nfe_per_step", ctx.cls.nfe_per_step)
+    problems += _planned_surface_problems(ctx, s, n, calls, nfe)
+    problems += _first_steps_problems(ctx, s, calls)
+    if problems:
+        return False, "; ".join(problems)
     cls = ctx.cls
+    return (
+        True,
+        f"metadata ok ({cls.family}, order {cls.order}, {nfe} NFE/step); {calls} calls for {n} steps; misuse raises",
+    )
+
+
+_PROTOCOL_METHODS = (
+    "set_timesteps",
+    "step",
+    "step_functional",
+    "scale_model_input",
+    "add_noise",
+    "init_state",
+    "save_config",
+    "from_config",
+    "from_pretrained",
+    "set_begin_index",
+)
+
+
+def _metadata_problems(cls: type[Scheduler], registry_name: str | None) -> list[str]:
+    """The class metadata (name, family, order, NFE, stochastic, prediction types) and the methods exist."""
     problems: list[str] = []
     if not isinstance(cls.name, str) or not cls.name:
         problems.append("class attribute `name` must be a non-empty str")
-    if ctx.registry_name is not None and cls.name != ctx.registry_name:
-        problems.append(f"registered as {ctx.registry_name!r} but `name` is {cls.name!r}")
+    if registry_name is not None and cls.name != registry_name:
+        problems.append(f"registered as {registry_name!r} but `name` is {cls.name!r}")
     if cls.family not in FAMILIES:
         problems.append(f"`family` must be one of {FAMILIES}, got {cls.family!r}")
     for attr in ("order", "nfe_per_step"):
@@ -341,22 +375,14 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
             problems.append(f"metadata() lacks {sorted(missing)}")
     except Exception as exc:
         problems.append(f"metadata() is not JSON-serializable: {exc}")
-    for method in (
-        "set_timesteps",
-        "step",
-        "step_functional",
-        "scale_model_input",
-        "add_noise",
-        "init_state",
-        "save_config",
-        "from_config",
-        "from_pretrained",
-        "set_begin_index",
-    ):
-        if not callable(getattr(cls, method, None)):
-            problems.append(f"missing method {method}()")
+    problems += [f"missing method {m}()" for m in _PROTOCOL_METHODS if not callable(getattr(cls, m, None))]
+    return problems
 
-    s = ctx.make()
+
+def _misuse_problems(ctx: _Context, s: Scheduler) -> list[str]:
+    """A fresh scheduler ``s``: its default prediction type is declared, and misuse raises a clear error."""
+    problems: list[str] = []
+    types = tuple(ctx.cls.prediction_types)
     if s.prediction_type not in types:
         problems.append(f"default prediction_type {s.prediction_type!r} is not in prediction_types {types}")
     try:
@@ -374,12 +400,13 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
         problems.append("from_config with an unknown option did not raise")
     except TypeError:
         pass
+    return problems
 
-    n = 6
-    s.set_timesteps(n, device=ctx.device)
+
+def _planned_surface_problems(ctx: _Context, s: Scheduler, n: int, calls: int, nfe: int) -> list[str]:
+    """After ``set_timesteps(n)``: timesteps, init_noise_sigma, step_index and the plan's tables are sound."""
+    problems: list[str] = []
     ts = s.timesteps
-    calls = len(s.plan.timesteps)
-    nfe = getattr(s, "nfe_per_step", cls.nfe_per_step)
     if not isinstance(ts, torch.Tensor) or ts.dim() != 1 or len(ts) != calls:
         problems.append(f"timesteps must be a 1-D tensor with one entry per model call ({calls})")
     elif ts.device.type != ctx.device.type:
@@ -394,9 +421,17 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
     bad_fields = _nonfinite_plan_fields(s)
     if bad_fields:
         problems.append(f"non-finite values in the plan for {n} steps: {', '.join(bad_fields)}")
+    return problems
+
+
+def _first_steps_problems(ctx: _Context, s: Scheduler, calls: int) -> list[str]:
+    """The first one or two steps of a planned ``s``: scale_model_input, step (object and tuple forms),
+    unknown keywords, step_index, add_noise and init_state."""
+    problems: list[str] = []
+    plan = s._require_plan()
+    ts = s.timesteps
     oracle = GaussianOracle.for_shape([3])
-    x = ctx.noise([2, 3], 1).float() * init
-    plan = s.plan
+    x = ctx.noise([2, 3], 1).float() * s.init_noise_sigma
     t = ts[0]
     x_in = s.scale_model_input(x, t)
     if x_in.shape != x.shape:
@@ -431,12 +466,7 @@ def _check_protocol(ctx: _Context) -> tuple[bool, str]:
     state = s.init_state()
     if not isinstance(state, SamplerState):
         problems.append(f"init_state() must return a SamplerState, got {type(state).__name__}")
-    if problems:
-        return False, "; ".join(problems)
-    return (
-        True,
-        f"metadata ok ({cls.family}, order {cls.order}, {nfe} NFE/step); {calls} calls for {n} steps; misuse raises",
-    )
+    return problems
 
 
 def _check_roundtrip(ctx: _Context) -> tuple[bool, str]:
@@ -462,11 +492,13 @@ def _check_roundtrip(ctx: _Context) -> tuple[bool, str]:
         if bad_fields:  # NaN != NaN: the comparisons below would blame the round trip
             problems.append(f"non-finite values in the plan for {n} steps: {', '.join(bad_fields)}")
             continue
+        plan = s._require_plan()
         for label, other in (("from_pretrained", loaded), ("from_config", again)):
+            copy = other._require_plan()
             same = (
-                torch.equal(s.plan.rows, other.plan.rows)
-                and torch.equal(s.plan.timesteps, other.plan.timesteps)
-                and s.plan.init_noise_sigma == other.plan.init_noise_sigma
+                torch.equal(plan.rows, copy.rows)
+                and torch.equal(plan.timesteps, copy.timesteps)
+                and plan.init_noise_sigma == copy.init_noise_sigma
             )
             if not same:
                 problems.append(f"the {label} copy builds a different plan for {n} steps")
@@ -476,82 +508,21 @@ def _check_roundtrip(ctx: _Context) -> tuple[bool, str]:
 
 
 def _check_shapes(ctx: _Context) -> tuple[bool, str]:
-    st = ctx.settings
     problems: list[str] = []
     shapes = [(3, 5), (2, 3, 4, 4)]
     dtypes = [torch.float32, torch.float64, torch.bfloat16]
-    finals: dict[tuple, torch.Tensor] = {}
     for shape in shapes:
         oracle = GaussianOracle.for_shape(shape[1:])
         noise = ctx.noise(shape, 7)
         seeds = ctx.seeds(shape[0], 11)
+        finals: dict[torch.dtype, torch.Tensor] = {}
         for dtype in dtypes:
-            s = ctx.make()
-            s.set_timesteps(st.shape_steps, device=ctx.device)
-            plan = s.plan
-            x = (noise * plan.init_noise_sigma).to(dtype)
-            for i, t in enumerate(s.timesteps):
-                x_in = s.scale_model_input(x, t)
-                out = oracle.model_output(
-                    s.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i])
-                )
-                before = (x.clone(), out.clone())
-                res = s.step(out, t, x, seeds=seeds, backend=st.backend)
-                if not (torch.equal(before[0], x) and torch.equal(before[1], out)):
-                    problems.append(f"step() modified its inputs in place ({dtype}, {shape})")
-                y, x0 = res.prev_sample, res.pred_original_sample
-                if y.shape != x.shape or y.dtype != dtype or y.device != x.device:
-                    problems.append(
-                        f"prev_sample is {tuple(y.shape)} {y.dtype} on {y.device}; "
-                        f"sample was {tuple(x.shape)} {dtype} on {x.device}"
-                    )
-                    break
-                if x0 is not None and (x0.shape != x.shape or x0.dtype != dtype):
-                    problems.append(
-                        f"pred_original_sample is {tuple(x0.shape)} {x0.dtype}; sample was {tuple(x.shape)} {dtype}"
-                    )
-                    break
-                x = y
-            if not _finite(x):
-                problems.append(f"non-finite output for {shape} {dtype}")
-            finals[(shape, dtype)] = x.to(F64)
-        ref = finals[(shape, torch.float32)]
-        if not _finite(ref):
-            continue  # reported above; comparisons with NaN/Inf mean nothing
-        scale = max(1.0, float(ref.abs().max()))
-        # Every tensor a call reads from an earlier one (multistep history) is stored in the sample's dtype and
-        # carries that dtype's rounding into the update: the bfloat16 allowance grows with the history depth.
-        depth = max((len(u) for u in ctx.make_planned(st.shape_steps).plan.use), default=0)
-        for dtype, tol in ((torch.float64, 1e-3), (torch.bfloat16, 0.1 * max(1, depth))):
-            err = float((finals[(shape, dtype)] - ref).abs().max())
-            if not err <= tol * scale:
-                problems.append(f"{dtype} differs from float32 by {err:.3g} (allowed {tol * scale:.3g}) for {shape}")
+            finals[dtype] = _shapes_run(ctx, oracle, noise, seeds, dtype, problems).to(F64)
+        problems += _dtype_agreement_problems(ctx, shape, finals)
     devices = "this device"
     if torch.cuda.is_available() and ctx.device.type == "cpu":
         devices = "CPU and CUDA"
-        shape = shapes[0]
-        oracle = GaussianOracle.for_shape(shape[1:])
-        out_dev = {}
-        for dev in ("cpu", "cuda"):
-            s = ctx.make()
-            from samplers.ops import batch_seeds
-
-            noise = ctx.noise(shape, 7).to(dev).float()
-            x, _ = run_oracle(
-                s,
-                oracle,
-                noise,
-                st.shape_steps,
-                seeds=batch_seeds(11, shape[0], device=dev),
-                backend=st.backend,
-                device=dev,
-            )
-            out_dev[dev] = x.to("cpu", F64)
-        if not (_finite(out_dev["cpu"]) and _finite(out_dev["cuda"])):
-            problems.append("non-finite output on CPU or CUDA")
-        err = float((out_dev["cpu"] - out_dev["cuda"]).abs().max())
-        if not err <= 1e-3 * max(1.0, float(out_dev["cpu"].abs().max())):
-            problems.append(f"CPU and CUDA results differ by {err:.3g}")
+        problems += _cpu_cuda_problems(ctx, shapes[0])
     if problems:
         return False, "; ".join(dict.fromkeys(problems))
     return (
@@ -559,6 +530,87 @@ def _check_shapes(ctx: _Context) -> tuple[bool, str]:
         f"{len(shapes)} shapes x float32/float64/bfloat16 on {devices}: "
         "shapes, dtypes, finite, dtypes agree, inputs untouched",
     )
+
+
+def _shapes_run(
+    ctx: _Context,
+    oracle: GaussianOracle,
+    noise: torch.Tensor,
+    seeds: torch.Tensor,
+    dtype: torch.dtype,
+    problems: list[str],
+) -> torch.Tensor:
+    """One oracle run from ``noise`` [B, ...] in ``dtype``, checking every step's output shape, dtype and device
+    and that step() leaves its inputs alone; appends what fails to ``problems`` and returns the final sample."""
+    shape = tuple(noise.shape)
+    s = ctx.make()
+    s.set_timesteps(ctx.settings.shape_steps, device=ctx.device)
+    plan = s._require_plan()
+    x = (noise * plan.init_noise_sigma).to(dtype)
+    for i, t in enumerate(s.timesteps):
+        x_in = s.scale_model_input(x, t)
+        out = oracle.model_output(s.prediction_type, x_in, float(plan.model_alpha[i]), float(plan.model_sigma[i]))
+        before = (x.clone(), out.clone())
+        res = s.step(out, t, x, seeds=seeds, backend=ctx.settings.backend)
+        if not (torch.equal(before[0], x) and torch.equal(before[1], out)):
+            problems.append(f"step() modified its inputs in place ({dtype}, {shape})")
+        y, x0 = res.prev_sample, res.pred_original_sample
+        if y.shape != x.shape or y.dtype != dtype or y.device != x.device:
+            problems.append(
+                f"prev_sample is {tuple(y.shape)} {y.dtype} on {y.device}; "
+                f"sample was {tuple(x.shape)} {dtype} on {x.device}"
+            )
+            break
+        if x0 is not None and (x0.shape != x.shape or x0.dtype != dtype):
+            problems.append(
+                f"pred_original_sample is {tuple(x0.shape)} {x0.dtype}; sample was {tuple(x.shape)} {dtype}"
+            )
+            break
+        x = y
+    if not _finite(x):
+        problems.append(f"non-finite output for {shape} {dtype}")
+    return x
+
+
+def _dtype_agreement_problems(
+    ctx: _Context, shape: tuple[int, ...], finals: dict[torch.dtype, torch.Tensor]
+) -> list[str]:
+    """float64 and bfloat16 final samples (float64 copies in ``finals``) against the float32 one."""
+    ref = finals[torch.float32]
+    if not _finite(ref):
+        return []  # reported by the run; comparisons with NaN/Inf mean nothing
+    problems = []
+    scale = max(1.0, float(ref.abs().max()))
+    # Every tensor a call reads from an earlier one (multistep history) is stored in the sample's dtype and
+    # carries that dtype's rounding into the update: the bfloat16 allowance grows with the history depth.
+    depth = max((len(u) for u in ctx.make_planned(ctx.settings.shape_steps)._require_plan().use), default=0)
+    for dtype, tol in ((torch.float64, 1e-3), (torch.bfloat16, 0.1 * max(1, depth))):
+        err = float((finals[dtype] - ref).abs().max())
+        if not err <= tol * scale:
+            problems.append(f"{dtype} differs from float32 by {err:.3g} (allowed {tol * scale:.3g}) for {shape}")
+    return problems
+
+
+def _cpu_cuda_problems(ctx: _Context, shape: tuple[int, ...]) -> list[str]:
+    """The same seeded float32 run on the CPU and on CUDA agrees to 1e-3 (relative to the sample's scale)."""
+    from samplers.ops import batch_seeds
+
+    oracle = GaussianOracle.for_shape(shape[1:])
+    out_dev = {}
+    for dev in ("cpu", "cuda"):
+        noise = ctx.noise(shape, 7).to(dev).float()
+        seeds = batch_seeds(11, shape[0], device=dev)
+        x, _ = run_oracle(
+            ctx.make(), oracle, noise, ctx.settings.shape_steps, seeds=seeds, backend=ctx.settings.backend, device=dev
+        )
+        out_dev[dev] = x.to("cpu", F64)
+    problems = []
+    if not (_finite(out_dev["cpu"]) and _finite(out_dev["cuda"])):
+        problems.append("non-finite output on CPU or CUDA")
+    err = float((out_dev["cpu"] - out_dev["cuda"]).abs().max())
+    if not err <= 1e-3 * max(1.0, float(out_dev["cpu"].abs().max())):
+        problems.append(f"CPU and CUDA results differ by {err:.3g}")
+    return problems
 
 
 def _check_determinism(ctx: _Context) -> tuple[bool, str]:
@@ -602,7 +654,7 @@ def _check_determinism(ctx: _Context) -> tuple[bool, str]:
     # stateless form: two runs interleaved through step_functional equal the runs made one at a time
     s = ctx.make()
     s.set_timesteps(steps, device=ctx.device)
-    plan = s.plan
+    plan = s._require_plan()
     seeds1, seeds2 = ctx.seeds(shape[0], 5), ctx.seeds(shape[0], 6)
     x1, x2 = oracle_start(plan, oracle, noise), oracle_start(plan, oracle, noise.flip(0))
     st1, st2 = s.init_state(), s.init_state()
@@ -730,7 +782,7 @@ def _check_no_sync(ctx: _Context) -> tuple[bool, str, bool]:
     device = ctx.device if ctx.device.type == "cuda" else torch.device("cuda")
     s = ctx.make()
     s.set_timesteps(8, device=device)
-    plan = s.plan
+    plan = s._require_plan()
     shape = (4, 3, 8, 8)
     oracle = GaussianOracle.for_shape(shape[1:])
     from samplers.ops import batch_seeds
@@ -990,10 +1042,9 @@ def check(
 
     reg = registry()
     if name not in reg.available():
-        close = difflib.get_close_matches(name, reg.available(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, reg.available())
         raise fail(f"unknown scheduler {name!r}{hint} (`samplers list` shows all {len(reg.available())})")
-    if backend not in ("auto", "fused", "torch"):
+    if not is_backend(backend):
         raise fail(f"--backend must be auto, fused or torch, got {backend!r}")
     selected = [c.strip() for c in only.split(",") if c.strip()] or None
     try:

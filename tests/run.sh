@@ -16,8 +16,10 @@ fi
 # k-diffusion parity tests load its sampling module only: --no-deps keeps torch at the CPU build
 # (k-diffusion's own requirements would pull torchvision and a CUDA torch).
 .venv/bin/python -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
-# The house style is checked before the tests: lint and format (ruff), C++/CUDA format (clang-format).
+# The house style is checked before the tests: lint and format (ruff), C++/CUDA format (clang-format),
+# types (mypy over samplers/, configured in pyproject.toml).
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 find csrc \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 .venv/bin/clang-format --dry-run --Werror
+.venv/bin/mypy samplers
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

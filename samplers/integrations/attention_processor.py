@@ -75,9 +75,9 @@ class SamplersAttnProcessor:
     """
 
     def __init__(self, backend: str = "auto") -> None:
-        if backend not in attention_ops.BACKENDS:
+        if not attention_ops.is_backend(backend):
             raise ValueError(f"backend must be one of {', '.join(attention_ops.BACKENDS)}; got {backend!r}")
-        self.backend = backend
+        self.backend: attention_ops.Backend = backend
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend!r})"
@@ -108,7 +108,7 @@ class SamplersAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         self_attention = encoder_hidden_states is None
-        context = hidden_states if self_attention else encoder_hidden_states
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if not self_attention and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         query, key, value = self._project(attn, hidden_states, context, self_attention)

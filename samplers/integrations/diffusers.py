@@ -688,7 +688,9 @@ def _pick_dpm_multistep(config: Mapping[str, Any]) -> type[Scheduler]:
 
 
 def _dpm_values(scheduler: Scheduler) -> dict[str, Any]:
-    return {"solver_order": scheduler.solver_order, "algorithm_type": scheduler.algorithm}  # type: ignore[attr-defined]
+    if not isinstance(scheduler, DPMSolverMultistepScheduler):  # every DPM-Solver class derives from it
+        raise TypeError(f"expected a DPM-Solver scheduler, got {type(scheduler).__name__}")
+    return {"solver_order": scheduler.solver_order, "algorithm_type": scheduler.algorithm}
 
 
 _PICK["DPMSolverMultistepScheduler"] = _pick_dpm_multistep
@@ -801,8 +803,11 @@ def _diffusers_sde_sigmas(inner: Scheduler, plan: Any) -> torch.Tensor:
     ours = plan.sigmas
     assert ours is not None
     try:
+        # from its module: the package attribute is typed as the stand-in diffusers exports without torchsde
+        from diffusers.schedulers.scheduling_dpmsolver_sde import DPMSolverSDEScheduler as NativeSDE
+
         _, config = samplers_config_to_diffusers(inner)
-        native = diffusers.DPMSolverSDEScheduler(**config)
+        native = NativeSDE(**config)
         native.set_timesteps(int(inner.num_inference_steps or 0))
     except (UnsupportedConfigError, ValueError, TypeError):
         return ours
@@ -890,7 +895,7 @@ _DIFFUSERS_VALUES["EDMDPMSolverMultistepScheduler"] = _dpm_values
 
 
 def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters  # the constructor's, without self
     return {k: p for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
@@ -1026,8 +1031,11 @@ def from_diffusers(scheduler: Any, *, class_name: str | None = None) -> Schedule
                 f"{cls.__module__}.{name} is not one of diffusers' own scheduler classes; a subclass may change "
                 "the numerics, so map its config explicitly: from_diffusers(dict(s.config), class_name=...)"
             )
+        assert isinstance(scheduler, ConfigMixin)  # every diffusers scheduler class is one
         config = dict(scheduler.config)
-        if name == "FlowMatchEulerDiscreteScheduler" and float(scheduler.shift) != float(config["shift"]):
+        if isinstance(scheduler, diffusers.FlowMatchEulerDiscreteScheduler) and float(scheduler.shift) != float(
+            config["shift"]
+        ):
             # set_shift() changed the live shift but not the grid's lower end (fixed at construction), a
             # combination no config describes
             raise UnsupportedConfigError(
@@ -1169,7 +1177,8 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
         **options: the scheduler's options, with a registry name only.
     """
 
-    config_name = "scheduler_config.json"
+    # diffusers' ConfigMixin declares config_name = None (so typed None); each of its subclasses sets a file name
+    config_name = "scheduler_config.json"  # type: ignore[assignment]
     # diffusers classes whose from_config reads this config (the option names are theirs); UIs list these
     _compatibles: list = sorted(_RULES)
 
@@ -1203,7 +1212,9 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
         Unknown kwargs are an error unless ``return_unused_kwargs`` (then they come back, as in diffusers).
         """
         if isinstance(config, (str, os.PathLike)):
-            config = cls.load_config(config)
+            # diffusers annotates load_config as returning (config, unused); with its default flags it is the config
+            loaded: dict[str, Any] = cls.load_config(config)  # type: ignore[assignment]
+            config = loaded
         cfg = dict(config or {})
         noise = kwargs.pop("noise", cfg.get("_samplers_noise", "diffusers"))
         name = cfg.get("_samplers_name")
@@ -1365,14 +1376,15 @@ class SamplersScheduler(SchedulerMixin, ConfigMixin):
         takes them): pipelines decide from it which arguments to pass. Shapes: model_output and
         sample [B, ...]; returns :class:`SamplersSchedulerOutput` or ``(prev_sample, pred_original_sample)``.
         """
-        per_call = _per_call_options(type(self._scheduler))
+        # mypy reads type(x) as not Hashable (its object.__hash__ is unbound); a class is hashable
+        per_call = _per_call_options(type(self._scheduler))  # type: ignore[arg-type]
         signature = _step_signature(per_call)
 
         def step(*args: Any, **kwargs: Any) -> SamplersSchedulerOutput | tuple:
             bound = signature.bind(*args, **kwargs)  # a TypeError for unknown arguments, as a plain call gives
             return self._step(per_call, bound.arguments)
 
-        step.__signature__ = signature  # type: ignore[attr-defined]
+        step.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect.signature; no typed slot
         step.__doc__ = SamplersScheduler.step.__doc__
         return step
 

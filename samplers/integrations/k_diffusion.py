@@ -209,6 +209,8 @@ class DiscreteVPDenoiser(Denoiser):
     ``CompVisVDenoiser``.
     """
 
+    schedule: DiscreteVPSchedule  # built from alphas_cumprod below
+
     def __init__(
         self,
         model: Callable[..., torch.Tensor],

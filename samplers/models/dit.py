@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
 
+from samplers.errors import did_you_mean
 from samplers.ops import attention as attention_ops
 
 Init = Literal["random", "adaln_zero"]
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,14 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, device: torch.device
     return torch.cat([timestep_embedding(gy.reshape(-1), half), timestep_embedding(gx.reshape(-1), half)], dim=-1)
 
 
+def _as(module: object, kind: type[_M]) -> _M:
+    """``module`` as the ``kind`` it was built as: items of nn.Sequential / nn.ModuleList and submodule
+    attributes are typed as ``nn.Module`` (or ``Tensor | Module``), whatever they hold."""
+    if not isinstance(module, kind):
+        raise TypeError(f"expected a {kind.__name__}, got {type(module).__name__}")
+    return module
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x * (1 + scale) + shift`` per sample: x ``[B, L, N]``, shift/scale ``[B, N]``."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -176,13 +186,13 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         # Features in float32 (t up to ~1000 times frequencies near 1 would lose the phase in fp16).
         feats = timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+        return self.mlp(feats.to(_as(self.mlp[0], nn.Linear).weight.dtype))
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over tokens ``[B, L, hidden]`` through :func:`samplers.ops.attention`."""
 
-    def __init__(self, hidden_size: int, num_heads: int, backend: str = "auto") -> None:
+    def __init__(self, hidden_size: int, num_heads: int, backend: attention_ops.Backend = "auto") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
@@ -202,7 +212,9 @@ class SelfAttention(nn.Module):
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block: tokens ``[B, L, hidden]``, conditioning ``[B, hidden]``."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, backend: str = "auto") -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, backend: attention_ops.Backend = "auto"
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(hidden_size, num_heads, backend)
@@ -247,8 +259,15 @@ class DiT(nn.Module):
     sampler); with random weights it is a fixed random function of (x, t, y), of order-one scale.
     """
 
+    pos_embed: torch.Tensor  # a buffer (register_buffer): declared so that reads are typed as a tensor
+
     def __init__(
-        self, config: DiTConfig | None = None, *, seed: int = 0, init: Init = "random", attention_backend: str = "auto"
+        self,
+        config: DiTConfig | None = None,
+        *,
+        seed: int = 0,
+        init: Init = "random",
+        attention_backend: attention_ops.Backend = "auto",
     ) -> None:
         super().__init__()
         if init not in ("random", "adaln_zero"):
@@ -302,10 +321,11 @@ class DiT(nn.Module):
                     module.bias.zero_()
         if self.y_embedder is not None:
             normal(self.y_embedder.weight, 0.02)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+        for layer in (_as(self.t_embedder.mlp[0], nn.Linear), _as(self.t_embedder.mlp[2], nn.Linear)):
             normal(layer.weight, 0.02)
         zero_init = self.init == "adaln_zero"
-        heads = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
+        modulated = [_as(b, DiTBlock).adaLN_modulation for b in self.blocks] + [self.final_layer.adaLN_modulation]
+        heads = [_as(m[-1], nn.Linear) for m in modulated]
         for layer in heads:
             if zero_init:
                 layer.weight.zero_()
@@ -397,7 +417,7 @@ def build_dit(
     init: Init = "random",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    attention_backend: str = "auto",
+    attention_backend: attention_ops.Backend = "auto",
     **overrides: Any,
 ) -> DiT:
     """A :class:`DiT` from a preset name (:data:`DIT_PRESETS`) or a config, with field overrides.
@@ -411,10 +431,7 @@ def build_dit(
     else:
         key = str(preset).lower().replace("_", "-")
         if key not in DIT_PRESETS:
-            import difflib
-
-            close = difflib.get_close_matches(key, list(DIT_PRESETS), n=2, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(key, DIT_PRESETS)
             raise ValueError(f"unknown DiT preset {preset!r}{hint} (expected one of: {', '.join(DIT_PRESETS)})")
         cfg = DIT_PRESETS[key]
     if overrides:

@@ -26,6 +26,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,7 @@ _LOCK = threading.Lock()
 _MODULES: dict[str, object | None] = {}
 
 
-def load_extension(name: str, cpu_sources: list[str], cuda_sources: list[str] = ()) -> object | None:
+def load_extension(name: str, cpu_sources: Sequence[str], cuda_sources: Sequence[str] = ()) -> object | None:
     """Load extension ``name`` (sources relative to ``csrc/``) or return None with the reason recorded.
 
     Returns the imported module (prebuilt) or the path of the loaded library (JIT); either way its

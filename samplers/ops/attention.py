@@ -34,7 +34,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeGuard, get_args
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ logger = logging.getLogger("samplers.attention")
 
 Backend = Literal["auto", "fused", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "math"]
 Kernel = Literal["auto", "mma", "wgmma", "wgmma_alt", "wgmma_tma", "wgmma_tma_alt"]
-BACKENDS: tuple[str, ...] = ("auto", "fused", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "math")
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 KERNELS: dict[str, int] = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_alt": 3, "wgmma_tma": 4, "wgmma_tma_alt": 5}
 WGMMA_KERNELS = ("wgmma", "wgmma_alt", "wgmma_tma", "wgmma_tma_alt")
 FUSED_DTYPES = (torch.float16, torch.bfloat16)
@@ -66,6 +66,11 @@ _CUDA_SOURCES = [
     "attention/attention_mma.cu",
     "attention/attention_wgmma.cu",
 ]
+
+
+def is_backend(value: object) -> TypeGuard[Backend]:
+    """Whether ``value`` names an attention backend (narrows a user's string to :data:`Backend`)."""
+    return value in BACKENDS
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +480,7 @@ def _measure(q, k, v, attn_mask, key_padding_mask, scale, fused_ok: bool) -> Dis
             for name, fn in fns.items():
                 samples[name].append(_time_batch(fn, batch[name]))
     times = {name: statistics.median(ts) for name, ts in samples.items()}
-    best = min(times, key=times.get) if times else "sdpa"
+    best = min(times, key=times.__getitem__) if times else "sdpa"
     shape = tuple(q.shape) + (k.shape[2],)
     if best.startswith("fused:"):
         return DispatchChoice("fused", best.split(":", 1)[1], times, shape)

@@ -108,7 +108,7 @@ def _box_muller(r_radius: torch.Tensor, r_angle: torch.Tensor) -> tuple[torch.Te
 
 def _normal4(
     seeds: torch.Tensor, groups: torch.Tensor, word1: torch.Tensor | int, stream: torch.Tensor | int, high_tag: int = 0
-):
+) -> torch.Tensor:
     """Four normals per (sample, Philox group): counter ``(group, word1, stream_lo, stream_hi | high_tag)``.
 
     Shapes broadcast: ``seeds`` [B, 1], ``groups`` [1, G] (or [B, G]), ``stream`` int or [B, 1].
@@ -116,6 +116,8 @@ def _normal4(
     """
     key = [seeds & _MASK32, (seeds >> 32) & _MASK32]
     zero = torch.zeros_like(groups)
+    stream_lo: torch.Tensor | int
+    stream_hi: torch.Tensor | int
     if isinstance(stream, torch.Tensor):
         stream_lo, stream_hi = stream & _MASK32, ((stream >> 32) & _MASK32) | high_tag
     else:
@@ -182,10 +184,9 @@ def brownian_value(
     seed = seeds.view(-1, 1)
     stream = _stream_column(path, batch, seeds.device)
     t = t.to(torch.float32).reshape(batch, 1, 1)
-    f32 = dict(dtype=torch.float32, device=seeds.device)
-    lo = torch.zeros(batch, 1, 1, **f32)
-    hi = torch.ones(batch, 1, 1, **f32)
-    w_lo = torch.zeros(batch, groups, 4, **f32)
+    lo = torch.zeros(batch, 1, 1, dtype=torch.float32, device=seeds.device)
+    hi = torch.ones(batch, 1, 1, dtype=torch.float32, device=seeds.device)
+    w_lo = torch.zeros(batch, groups, 4, dtype=torch.float32, device=seeds.device)
     w_hi = _normal4(seed, g, 0, stream, _BROWNIAN_TAG)  # W(1)
     heap = torch.ones(batch, 1, dtype=torch.int64, device=seeds.device)
     for depth in range(BROWNIAN_DEPTH):

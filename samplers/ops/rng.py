@@ -9,6 +9,7 @@ say, ``-1`` and ``2**64 - 1`` the same noise without a word).
 from __future__ import annotations
 
 import operator
+from typing import SupportsIndex
 
 import torch
 
@@ -24,6 +25,8 @@ def check_seed(value: object, name: str = "seed") -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int in [0, 2**64), got the bool {value!r}")
     try:
+        if not isinstance(value, SupportsIndex):
+            raise TypeError
         seed = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}") from None

@@ -6,7 +6,7 @@ See :mod:`samplers.ops.reference` for the exact semantics of the op.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeGuard, get_args
 
 import torch
 
@@ -14,6 +14,14 @@ from samplers.ops import _build, reference
 from samplers.ops.reference import COEFF, COEFF_NAMES, MAX_HISTORY, MAX_NOISE_NUMEL_PER_SAMPLE, NUM_COEFFS
 
 Backend = Literal["auto", "fused", "torch"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+
+def is_backend(value: object) -> TypeGuard[Backend]:
+    """Whether ``value`` names an update backend (narrows a user's string to :data:`Backend`)."""
+    return value in BACKENDS
+
+
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 EXTENSION = "update"

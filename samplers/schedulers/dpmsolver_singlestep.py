@@ -156,12 +156,13 @@ class DPMSolverSinglestepScheduler(DPMSolverMultistepScheduler):
         grid = self.grid(levels)
         orders = self.group_orders(grid, start)
         lam, alpha, sigma = grid.lam.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
-        updates: list[tuple[Update, dict[str, float]]] = []
+        # each call's update and the level interval its noise stands for (SDE variants)
+        updates: list[tuple[Update, tuple[float, float] | None]] = []
         for k, o in enumerate(orders):
             g = k - o + 1
             a_g, s_g, a_t, s_t = alpha[g], sigma[g], alpha[k + 1], sigma[k + 1]
             if self.estimate == "eps" and (s_t == 0.0 or a_g == 0.0):  # x0 read from the output (see dpmsolver.py)
-                updates.append((Update(eps=s_t, x0=a_t), {}))
+                updates.append((Update(eps=s_t, x0=a_t), None))
                 continue
             w = step_weights(self.estimate, a_g, s_g, a_t, s_t, self.eta, self.is_sde)
             h = lam[k + 1] - lam[g]
@@ -171,15 +172,15 @@ class DPMSolverSinglestepScheduler(DPMSolverMultistepScheduler):
             history = {f"m{g + j}": weights[j] for j in range(o - 1) if weights[j] != 0.0}
             if o > 1:
                 history[f"x{g}"] = w.carry
-            terms = {"eps" if self.estimate == "eps" else "x0": weights[-1]}
+            x0, eps = (0.0, weights[-1]) if self.estimate == "eps" else (weights[-1], 0.0)
             interval = (level_of(a_g, s_g), level_of(a_t, s_t)) if self.is_sde else None
             sample = w.carry if o == 1 else 0.0
-            updates.append((Update(sample=sample, noise=w.noise, history=history, **terms), {"brownian": interval}))
+            updates.append((Update(sample=sample, x0=x0, eps=eps, noise=w.noise, history=history), interval))
         needed = {name for update, _ in updates for name in update.history}
         calls = []
-        for k, (update, options) in enumerate(updates):
+        for k, (update, interval) in enumerate(updates):
             keep = {name: what for name, what in ((f"x{k}", SAMPLE), (f"m{k}", ESTIMATE)) if name in needed}
-            calls.append(levels.call(k, update, keep=keep, estimate=self.estimate, **options))
+            calls.append(levels.call(k, update, keep=keep, estimate=self.estimate, brownian=interval))
         return calls
 
 

@@ -97,8 +97,9 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         lo, hi = lv.reachable_level_range(self.schedule)
         lowest, highest = lo / (1 + lo), hi / (1 + hi)
         flow_t = self._shifted(torch.from_numpy(np.linspace(highest, lowest, n)), mu)
-        if c.get("shift_terminal") is not None:
-            flow_t = grids.stretch_to_terminal(flow_t, c.get("shift_terminal"))
+        terminal = c.get("shift_terminal")
+        if terminal is not None:
+            flow_t = grids.stretch_to_terminal(flow_t, terminal)
         return self._flow_levels(flow_t)
 
     def run_levels(self, n, timesteps, sigmas, mu) -> lv.Levels:

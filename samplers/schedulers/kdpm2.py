@@ -30,6 +30,7 @@ import torch
 from samplers import levels as lv
 from samplers import schedules
 from samplers.plan import SAMPLE, Call, Update
+from samplers.protocol import Scheduler
 from samplers.schedulers.heun import HeunDiscreteScheduler
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 from samplers.schedules import DiscreteVPSchedule
@@ -68,18 +69,19 @@ def dpm_solver_2_calls(
     return [head, call_at_sigma(scheduler, sigma_mid, tail, brownian=brownian if noise else None)]
 
 
-class PlanLevelNoising:
+class PlanLevelNoising(Scheduler):
     """``add_noise`` at a timestep of the plan uses that call's level: a midpoint call's level is not the one the
-    table interpolation gives at its (``sigma_to_t``) time. Other timesteps interpolate as usual."""
+    table interpolation gives at its (``sigma_to_t``) time. Other timesteps interpolate as usual. A mixin,
+    listed before the scheduler base it refines."""
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
-        plan = self.plan  # type: ignore[attr-defined]
+        plan = self.plan
         t = torch.as_tensor(timesteps).detach().to("cpu", F64).reshape(-1)
         if plan is None or original_samples.shape != noise.shape or t.numel() not in (1, original_samples.shape[0]):
-            return super().add_noise(original_samples, noise, timesteps)  # type: ignore[misc]
+            return super().add_noise(original_samples, noise, timesteps)
         hits = (plan.timesteps[None, :] - t[:, None]).abs() <= 1e-4 * t.abs().clamp(min=1.0)[:, None]
         if not bool(hits.any(dim=1).all()):
-            return super().add_noise(original_samples, noise, timesteps)  # type: ignore[misc]
+            return super().add_noise(original_samples, noise, timesteps)
         level = (plan.model_sigma / plan.model_alpha)[hits.to(torch.int8).argmax(dim=1)]
         level = level.expand(original_samples.shape[0]).to(original_samples.device, original_samples.dtype)
         return original_samples + noise * level.view(-1, *([1] * (original_samples.dim() - 1)))

@@ -74,8 +74,12 @@ class _ConsistencyScheduler(Scheduler):
     order = 1
     stochastic = True
     default_spacing = "leading"
+    # set_timesteps' (original_inference_steps, strength) for the grid being built; None before the first call
+    _grid_options: tuple[int | None, float] | None = None
 
-    def set_timesteps(
+    # diffusers' LCMScheduler/TCDScheduler.set_timesteps take original_inference_steps third (before timesteps),
+    # so positional calls differ from the base signature on purpose.
+    def set_timesteps(  # type: ignore[override]
         self,
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
@@ -97,7 +101,7 @@ class _ConsistencyScheduler(Scheduler):
             custom = lv.custom_grid(timesteps, "timesteps")
             keep = min(int(len(custom) * strength), len(custom))
             timesteps = custom[len(custom) - keep :]
-        previous = getattr(self, "_grid_options", None)
+        previous = self._grid_options
         self._grid_options = (original_inference_steps, float(strength))
         try:
             super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu)
@@ -109,7 +113,7 @@ class _ConsistencyScheduler(Scheduler):
         schedule = self.schedule
         if not isinstance(schedule, DiscreteVPSchedule):
             return super().default_levels(n, mu)
-        given, strength = getattr(self, "_grid_options", None) or (None, 1.0)
+        given, strength = self._grid_options or (None, 1.0)
         t = self.grid_timesteps(schedule.num_train_timesteps, n, given, strength)
         return lv.levels_at_times(schedule, torch.from_numpy(t.astype(np.float64)))
 

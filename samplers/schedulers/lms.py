@@ -35,6 +35,7 @@ import numpy as np
 
 from samplers.levels import Levels
 from samplers.plan import ESTIMATE, Call, Plan, Update, build_plan
+from samplers.protocol import Scheduler
 from samplers.schedulers.sigma_space import SigmaSpaceScheduler
 
 ORDERS = (1, 2, 3, 4)
@@ -71,18 +72,19 @@ def adams_bashforth_weights(steps: int) -> list[float]:
     return lagrange_integrals([-float(j) for j in range(steps)], 0.0, 1.0)
 
 
-class WarmUpRestart:
+class WarmUpRestart(Scheduler):
     """For multistep samplers whose ``make_plan(levels, start=k)`` restarts the warm-up at call ``k``:
     ``set_begin_index`` (img2img) re-plans so the run can begin there, as diffusers' LMS and iPNDM begin
-    with an empty history."""
+    with an empty history. A mixin, listed before the scheduler base it refines."""
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        plan = self._require_plan()  # type: ignore[attr-defined]
+        plan = self._require_plan()
         if not isinstance(begin_index, int) or not 0 <= begin_index < len(plan.timesteps):
             raise ValueError(f"begin_index must be an int in [0, {len(plan.timesteps)}), got {begin_index!r}")
-        self.plan = self.make_plan(plan.extras["levels"], start=begin_index)  # type: ignore[attr-defined]
+        # the classes mixing this in define make_plan(levels, mu=None, start=0); the base's has no start
+        self.plan = self.make_plan(plan.extras["levels"], start=begin_index)  # type: ignore[call-arg]
         self._device_cache = {}
-        super().set_begin_index(begin_index)  # type: ignore[misc]
+        super().set_begin_index(begin_index)
 
 
 class LMSDiscreteScheduler(WarmUpRestart, SigmaSpaceScheduler):

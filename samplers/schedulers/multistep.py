@@ -18,8 +18,8 @@ multistep schedulers (``DPMSolverMultistepScheduler``, ``UniPCMultistepScheduler
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -36,6 +36,16 @@ FINAL_SIGMAS = ("zero", "sigma_min")
 MAX_STEP_RATIO = 1e3
 
 
+class ExtraWeights(TypedDict, total=False):
+    """Named weights a :class:`StepRule` adds to its update beside ``weights[0]`` (e.g. an eps rule's
+    ``x0`` term); the names are :class:`samplers.plan.Update`'s."""
+
+    x0: float
+    eps: float
+    out: float
+    uncond: float
+
+
 @dataclass(frozen=True)
 class StepRule:
     """One call's update in model space: ``prev = sample * x + sum_j weights[j] * m_{k-j} + noise * z``.
@@ -49,7 +59,7 @@ class StepRule:
     weights: tuple[float, ...]
     noise: float = 0.0
     brownian: tuple[float, float] | None = None
-    extra: Mapping[str, float] = field(default_factory=dict)
+    extra: ExtraWeights = field(default_factory=lambda: ExtraWeights())
 
 
 @dataclass(frozen=True)
@@ -223,8 +233,11 @@ class MultistepScheduler(Scheduler):
         needed = {name for h in histories for name in h}
         calls = []
         for k, rule in enumerate(rules):
-            terms = {"eps" if self.estimate == "eps" else "x0": rule.weights[0]}
-            update = Update(sample=rule.sample, noise=rule.noise, history=histories[k], **terms, **rule.extra)
+            lead = rule.weights[0]
+            if self.estimate in rule.extra:
+                raise TypeError(f"StepRule.extra repeats the {self.estimate!r} weight that weights[0] gives")
+            terms: ExtraWeights = {**rule.extra, "eps": lead} if self.estimate == "eps" else {**rule.extra, "x0": lead}
+            update = Update(sample=rule.sample, noise=rule.noise, history=histories[k], **terms)
             keep = {f"m{k}": ESTIMATE} if f"m{k}" in needed else {}
             calls.append(levels.call(k, update, keep=keep, estimate=self.estimate, brownian=rule.brownian))
         return calls

@@ -66,13 +66,13 @@ class Stage:
     """One call of a pseudo-numerical run: the model time, and ``x' = phi(x_src, src -> dst, sum w_j E_j)``.
 
     ``source`` is ``"self"`` (the call's input at its own time) or the name of a kept sample; ``terms`` maps
-    ``"self"`` (this call's estimate) and names of earlier estimates to weights.
+    ``"self"`` (this call's estimate) and earlier estimates (the index of their stage) to weights.
     """
 
     t: float
     src_t: float
     dst_t: float
-    terms: dict[str, float]
+    terms: dict[str | int, float]
     source: str = "self"
     keep: dict[str, str] = field(default_factory=dict)
 
@@ -141,6 +141,10 @@ class _PseudoNumerical(WarmUpRestart, Scheduler):
             calls.append(at.call(k, update, estimate="eps", keep=keep))
         return calls
 
+    def plan_calls(self, levels: lv.Levels, start: int = 0) -> list[Call]:
+        """The calls, with the multistep history starting empty at call ``start``."""
+        raise NotImplementedError
+
     def make_plan(self, levels: lv.Levels, mu: float | None = None, start: int = 0) -> Plan:
         """The plan, with the multistep history starting empty at call ``start`` (a mid-schedule begin)."""
         if mu is not None:
@@ -195,7 +199,8 @@ class PNDMScheduler(_PseudoNumerical):
         self.nfe_per_step = 1 if skip_prk_steps else 4  # a pseudo Runge-Kutta step costs 4 calls
 
     def final_alpha_sigma(self) -> tuple[float, float]:
-        return DDIMScheduler.final_alpha_sigma(self)  # type: ignore[arg-type]  # set_alpha_to_one, as DDIM
+        # DDIM's rule (it reads only config.set_alpha_to_one and the schedule), borrowed unbound: not a DDIM self
+        return DDIMScheduler.final_alpha_sigma(self)  # type: ignore[arg-type]
 
     def plan_calls(self, levels: lv.Levels, start: int = 0) -> list[Call]:
         t = levels.t.tolist()
@@ -213,7 +218,7 @@ class PNDMScheduler(_PseudoNumerical):
         (of those from call ``start`` on) moves the input to ``dst``."""
         ets[:] = [k for k in ets if k >= start] + [len(stages)]
         weights = adams_bashforth_weights(min(len(ets), 4))
-        terms: dict = {"self": weights[0]}
+        terms: dict[str | int, float] = {"self": weights[0]}
         terms.update({ets[-1 - j]: weights[j] for j in range(1, len(weights))})
         stages.append(Stage(t, t, dst, terms))
 
@@ -243,8 +248,8 @@ class PNDMScheduler(_PseudoNumerical):
             first = 1
         blocks = min(first + 3, len(t) - 1)
         for i in range(first, blocks):
-            half = stride // 2 if stride else None
             if stride:  # diffusers: the half step's model time is t_{i+1} + q, its transfer target t_i - q
+                half = stride // 2
                 mid_t, first_dst, nxt = t[i + 1] + half, t[i] - half, t[i + 1]
             else:
                 nxt = t[i + 1]
@@ -254,7 +259,7 @@ class PNDMScheduler(_PseudoNumerical):
             stages.append(Stage(t[i], t[i], first_dst, {"self": 1.0}, keep={"x_s": SAMPLE}))
             stages.append(Stage(mid_t, t[i], mid_t, {"self": 1.0}, source="x_s"))
             stages.append(Stage(mid_t, t[i], nxt, {"self": 1.0}, source="x_s"))
-            terms = {"self": RK4[3], k: RK4[0], k + 1: RK4[1], k + 2: RK4[2]}
+            terms: dict[str | int, float] = {"self": RK4[3], k: RK4[0], k + 1: RK4[1], k + 2: RK4[2]}
             stages.append(Stage(nxt, t[i], nxt, terms, source="x_s"))
         for i in range(max(blocks, first), len(t)):
             self._plms(stages, ets, t[i], target(i), start)
@@ -307,7 +312,7 @@ class IPNDMScheduler(_PseudoNumerical):
         stages: list[Stage] = []
         for i in range(len(t)):
             weights = adams_bashforth_weights(min(i - start + 1, 4) if i >= start else 1)
-            terms: dict = {"self": weights[0]}
+            terms: dict[str | int, float] = {"self": weights[0]}
             terms.update({i - j: weights[j] for j in range(1, len(weights))})
             stages.append(Stage(t[i], t[i], t[i + 1] if i + 1 < len(t) else -1.0, terms))
         return self.stage_calls(stages)
