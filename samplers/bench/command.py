@@ -253,14 +253,21 @@ def render(result: R.BenchResult, console: Console) -> None:
 
 
 def bench(
-    scheduler: str = typer.Option(
-        ",".join(R.DEFAULT_SCHEDULERS),
+    scheduler: str | None = typer.Option(
+        None,
         "--scheduler",
         "-s",
-        help="Comma-separated scheduler names (see `samplers list`; plugins work too).",
+        help="Comma-separated scheduler names (see `samplers list`; plugins work too) "
+        f"[default: {','.join(R.DEFAULT_SCHEDULERS)}; "
+        f"digits: {','.join(R.PROBLEM_DEFAULTS['digits']['schedulers'])}].",
     ),
-    steps: str = typer.Option(
-        ",".join(map(str, R.DEFAULT_STEPS)), "--steps", "-n", help="Comma-separated inference step counts (each >= 1)."
+    steps: str | None = typer.Option(
+        None,
+        "--steps",
+        "-n",
+        help=f"Comma-separated inference step counts (each in [1, {R.MAX_STEPS:,}]) "
+        f"[default: {','.join(map(str, R.DEFAULT_STEPS))}; digits: "
+        f"{','.join(map(str, R.PROBLEM_DEFAULTS['digits']['steps']))}].",
     ),
     problem: str = typer.Option(
         R.DEFAULT_PROBLEM,
@@ -270,8 +277,11 @@ def bench(
         "(e.g. gmm2d:layout=ring, gmm_nd:dim=16). Speed only (random-weight network, no metrics): dit "
         "(dit:preset=dit-s, presets dit-tiny/dit-s/dit-b/dit-l/dit-xl, image_size=N, seed=N).",
     ),
-    samples: int = typer.Option(
-        R.DEFAULT_SAMPLES, "--samples", help="Number of samples (split across ranks under torchrun)."
+    samples: int | None = typer.Option(
+        None,
+        "--samples",
+        help=f"Number of samples (split across ranks under torchrun; bounded by the memory available) "
+        f"[default: {R.DEFAULT_SAMPLES}; digits: {R.PROBLEM_DEFAULTS['digits']['samples']}].",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
     dtype: str = typer.Option(
@@ -299,8 +309,12 @@ def bench(
         help="Scheduler config KEY=VALUE, applied where accepted (repeatable), e.g. use_karras_sigmas=true.",
     ),
     backend: str = typer.Option("auto", "--backend", help="Sampler-update backend: auto, fused or torch."),
-    ode_samples: int = typer.Option(
-        1000, "--ode-samples", help="Samples given an exact PF-ODE reference (ODE error)."
+    ode_samples: int | None = typer.Option(
+        None,
+        "--ode-samples",
+        help=f"Samples given a PF-ODE reference (ODE error), at most --samples "
+        f"[default: {R.DEFAULT_ODE_SAMPLES} or all samples if fewer; digits: "
+        f"{R.PROBLEM_DEFAULTS['digits']['ode_samples']}].",
     ),
     threads: int = typer.Option(
         1,
@@ -328,9 +342,16 @@ def bench(
     dist = None
     threads_before = torch.get_num_threads()
     try:
+        defaults = R.problem_defaults(problem)
+        if samples is None:
+            samples = defaults["samples"]
+        if ode_samples is None:
+            ode_samples = min(defaults["ode_samples"], max(samples, 1))
+        elif ode_samples > samples:
+            raise R.BenchInputError(f"--ode-samples ({ode_samples:,}) must be at most --samples ({samples:,})")
         config = R.BenchConfig(
-            schedulers=_split(scheduler, "--scheduler"),
-            steps=_parse_steps(steps),
+            schedulers=_split(scheduler, "--scheduler") if scheduler is not None else tuple(defaults["schedulers"]),
+            steps=_parse_steps(steps) if steps is not None else tuple(defaults["steps"]),
             problem=problem,
             samples=samples,
             device=device,
@@ -343,9 +364,9 @@ def bench(
             ode_samples=ode_samples,
             backend=backend,
         )
-        for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
-            if path is not None:
-                R.check_writable(path, flag)
+        R.check_threads(threads)
+        # every output checked (a regular file or a new one in an existing folder, each its own) before any work
+        R.check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
         if plot_path is not None:
             try:
                 import matplotlib  # noqa: F401
@@ -354,8 +375,6 @@ def bench(
         prepared = R.prepare(config)  # every name and number checked before any process group or sampling
         if plot_path is not None and not prepared.metrics:
             raise R.BenchInputError(f"--plot: problem {problem!r} is speed only; there is no accuracy to plot")
-        if threads < 0:
-            raise R.BenchInputError(f"--threads must be >= 0, got {threads}")
         _set_threads(threads)
 
         from samplers.bench.distributed import init_from_env

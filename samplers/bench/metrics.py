@@ -438,6 +438,9 @@ class MetricInputs:
         deterministic: whether the sampler is deterministic (ODE metrics are undefined otherwise).
         target: closed forms of the exact distribution (Gaussian mixtures); when present, SW and
             MMD compare against the distribution itself instead of the ``truth`` samples.
+        features: ``features(x [n, d]) -> [n, F]`` float64, a feature extractor (real-data problems:
+            a classifier's hidden layer), or None.
+        feature_reference: ``(mean [F], cov [F, F])`` of the reference data's features, or None.
     """
 
     samples: torch.Tensor
@@ -449,6 +452,8 @@ class MetricInputs:
     exact_output: tuple[torch.Tensor, torch.Tensor] | None = None
     deterministic: bool = True
     target: ExactTarget | None = None
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    feature_reference: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -495,6 +500,14 @@ def _ode(m: MetricInputs) -> float:
     return ode_error(m.samples[: m.ode_reference.shape[0]], m.ode_reference)
 
 
+def _fd_features(m: MetricInputs) -> float:
+    if m.features is None or m.feature_reference is None:
+        return math.nan
+    if not bool(torch.isfinite(m.samples).all()):
+        return math.inf  # a diverged sampler: no Gaussian fit to take
+    return frechet_distance(*gaussian_fit(m.features(m.samples)), *m.feature_reference)
+
+
 METRICS: dict[str, MetricSpec] = {
     "sw": MetricSpec("sw", "SW2", "sliced Wasserstein-2 to the exact distribution (else to true samples)", _sw(2)),
     "sw1": MetricSpec("sw1", "SW1", "sliced Wasserstein-1 to the exact distribution (else to true samples)", _sw(1)),
@@ -516,7 +529,15 @@ METRICS: dict[str, MetricSpec] = {
     "ode_error": MetricSpec(
         "ode_error", "ODE err", "RMS distance to the exact PF-ODE endpoint (deterministic samplers)", _ode, True
     ),
+    "fd_features": MetricSpec(
+        "fd_features",
+        "FD feat",
+        "Frechet distance in a classifier's feature space to the reference data (an FID analogue; real data)",
+        _fd_features,
+    ),
 }
+# Metrics that need something only some problems have (checked before a run starts).
+FEATURE_METRICS = ("fd_features",)
 
 
 def resolve_metrics(names: Sequence[str]) -> list[MetricSpec]:
@@ -524,7 +545,14 @@ def resolve_metrics(names: Sequence[str]) -> list[MetricSpec]:
     out = []
     for name in names:
         key = name.strip().lower().replace("-", "_")
-        aliases = {"sliced_wasserstein": "sw", "swd": "sw", "fd": "frechet", "fid": "frechet", "ode": "ode_error"}
+        aliases = {
+            "sliced_wasserstein": "sw",
+            "swd": "sw",
+            "fd": "frechet",
+            "fid": "frechet",
+            "ode": "ode_error",
+            "fd_feat": "fd_features",
+        }
         key = aliases.get(key, key)
         if key not in METRICS:
             close = difflib.get_close_matches(name, list(METRICS) + list(aliases), n=3, cutoff=0.5)

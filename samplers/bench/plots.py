@@ -123,7 +123,18 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
         fontsize=10,
     )
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    """Render ``fig`` as PNG in memory, then write it atomically (a failed write leaves the old file)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from samplers.bench.runner import write_text_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    return out
+    return write_text_atomic(path, buf.getvalue())
