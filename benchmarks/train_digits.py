@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_hash_rule": D.DATA_HASH_RULE,
         "split_rule": D.SPLIT_RULE,
         "scaling": "x = pixel / 8 - 1",
-        "parameterization": "EDM preconditioning, x0 (sample) prediction, noise condition tanh(log(s/sigma_data)/4)",
+        "parameterization": "EDM preconditioning, x0 (sample) prediction, level c = (2/pi) atan2(sigma, 0.75 alpha)",
         "sigma_data": D.SIGMA_DATA,
         "train_levels": [D.LEVEL_MIN, D.LEVEL_MAX],
         "denoiser_config": denoiser.config(),

@@ -112,13 +112,29 @@ def median_bandwidth(y: torch.Tensor, max_samples: int = 2000) -> float:
     return med if med > 0 else 1.0
 
 
-def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None, max_samples: int | None = 2000) -> float:
+def rbf_self_mean(y: torch.Tensor, bandwidth: float, max_samples: int | None = 2000) -> float:
+    """``mean_{i != j} k(y_i, y_j)`` over (the first ``max_samples`` of) ``y``: the y-y term of :func:`mmd_rbf`,
+    computed once when one reference set is compared with many sample sets."""
+    y = _as2d("y", y)[:max_samples] if max_samples is not None else _as2d("y", y)
+    k = _rbf(y, y, 1.0 / (2 * bandwidth * bandwidth))
+    n = y.shape[0]
+    return float((k.sum() - k.diagonal().sum()) / (n * (n - 1)))
+
+
+def mmd_rbf(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bandwidth: float | None = None,
+    max_samples: int | None = 2000,
+    yy: float | None = None,
+) -> float:
     """Unbiased MMD^2 with ``k(a, b) = exp(-|a - b|^2 / (2 h^2))`` (Gretton et al. 2012, eq. 3).
 
     Args:
         x: [n, d], y: [m, d] samples (n, m >= 2); the first ``max_samples`` of each are used (keeps
             it O(max_samples^2); None uses all).
         bandwidth: ``h``; default the median heuristic on ``y``.
+        yy: :func:`rbf_self_mean` of the same ``y``, bandwidth and ``max_samples``, if already known.
     Returns:
         MMD^2 estimate (unbiased, so it can be slightly negative when the distributions agree).
     """
@@ -139,7 +155,7 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None, ma
         return float((k.sum() - k.diagonal().sum()) / (n * (n - 1)))
 
     kxy = _rbf(x, y, gamma)
-    return mean_offdiag(x) + mean_offdiag(y) - 2 * float(kxy.mean())
+    return mean_offdiag(x) + (mean_offdiag(y) if yy is None else yy) - 2 * float(kxy.mean())
 
 
 def mmd_rbf_gaussians(
@@ -441,6 +457,7 @@ class MetricInputs:
         features: ``features(x [n, d]) -> [n, F]`` float64, a feature extractor (real-data problems:
             a classifier's hidden layer), or None.
         feature_reference: ``(mean [F], cov [F, F])`` of the reference data's features, or None.
+        truth_kernel: :func:`rbf_self_mean` of ``truth`` at ``bandwidth`` (MMD against a fixed data set), or None.
     """
 
     samples: torch.Tensor
@@ -454,6 +471,7 @@ class MetricInputs:
     target: ExactTarget | None = None
     features: Callable[[torch.Tensor], torch.Tensor] | None = None
     feature_reference: tuple[torch.Tensor, torch.Tensor] | None = None
+    truth_kernel: float | None = None
 
 
 @dataclass(frozen=True)
@@ -480,7 +498,7 @@ def _sw(p: int) -> Callable[[MetricInputs], float]:
 def _mmd(m: MetricInputs) -> float:
     if m.target is not None:
         return m.target.mmd(m.samples)
-    return mmd_rbf(m.samples, m.truth, m.bandwidth)
+    return mmd_rbf(m.samples, m.truth, m.bandwidth, yy=m.truth_kernel)
 
 
 def _kl_fit(m: MetricInputs) -> float:

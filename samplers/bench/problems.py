@@ -908,7 +908,7 @@ class DigitsProblem(Problem):
 
     has_data = True
 
-    def __init__(self, weights: str | None = None, reference_tol: float = 1e-7) -> None:
+    def __init__(self, weights: str | None = None, reference_tol: float = 1e-5) -> None:
         from samplers.bench import digits as D
 
         self.denoiser, self.classifier, self.meta = D.load_models(weights, dtype=F64)
@@ -982,12 +982,16 @@ class DigitsProblem(Problem):
     def scale(self) -> float:
         return 1.0  # pixels in [-1, 1]
 
-    def ode_reference(self, x_t: torch.Tensor, alpha_t: float, sigma_t: float) -> Any:
-        """:class:`~samplers.bench.reference.ReferenceSolution` of the network's PF-ODE from ``x_t`` (model space)."""
+    def ode_reference(
+        self, x_t: torch.Tensor, alpha_t: float, sigma_t: float, tol: float | None = None, resume: Any = None
+    ) -> Any:
+        """:class:`~samplers.bench.reference.ReferenceSolution` of the network's PF-ODE from ``x_t`` (model space)
+        to ``sigma = 0``, to ``tol`` (default ``reference_tol``); ``resume`` continues an earlier, looser solve."""
         from samplers.bench.reference import solve_reference
 
         _check_x(x_t, self.dim)
-        return solve_reference(self._denoise64, x_t.to(F64), float(alpha_t), float(sigma_t), tol=self.reference_tol)
+        tol = self.reference_tol if tol is None else tol
+        return solve_reference(self._denoise64, x_t.to(F64), float(alpha_t), float(sigma_t), tol=tol, resume=resume)
 
     def ode_solution(self, x_t: torch.Tensor, alpha_t: float, sigma_t: float, **_: Any) -> torch.Tensor:
         """The endpoint of :meth:`ode_reference` [B, 64] float64."""

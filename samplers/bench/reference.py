@@ -62,6 +62,7 @@ class ReferenceSolution:
     converged: bool
     tol: float
     s_end: float
+    start: tuple[float, float] = (0.0, 0.0)  # (w0, w1): the interval solved, for resuming
 
     def describe(self) -> dict[str, float | int | bool | str]:
         return {
@@ -113,8 +114,9 @@ def solve_reference(
     *,
     tol: float = 1e-7,
     s_end: float = 1e-4,
-    steps_per_unit: int = 4,
+    steps_per_unit: int = 8,
     max_steps: int = 4096,
+    resume: ReferenceSolution | None = None,
 ) -> ReferenceSolution:
     """Solve the PF-ODE of ``denoiser`` from ``x_start`` at level (``alpha``, ``sigma``) to ``sigma = 0``.
 
@@ -128,6 +130,8 @@ def solve_reference(
         s_end: the VE level where the integration stops before the final denoising step.
         steps_per_unit: RK4 steps per unit of ``w`` in the first solve (doubled until ``tol`` is met).
         max_steps: no solve takes more steps than this (then ``converged`` is False and the error says so).
+        resume: an earlier solution of this same problem (same denoiser, start and ``s_end``) at a looser
+            ``tol``: the doubling goes on from its last solve instead of starting over.
     Returns:
         :class:`ReferenceSolution`.
     """
@@ -153,9 +157,16 @@ def solve_reference(
         zero = torch.zeros(x.shape[0], dtype=F64)
         return ReferenceSolution(x0, 0.0, zero, 0.0, 0, evaluations, True, tol, s_end)
     w0, w1 = math.log(math.tan(0.5 * phi0)), math.log(math.tan(0.5 * phi_end))
-    n = max(8, int(math.ceil(abs(w0 - w1) * steps_per_unit)))
-    coarse = finish(_rk4(denoiser, x, w0, w1, n))
-    evaluations += 4 * n
+    if resume is not None:
+        if resume.start != (w0, w1) or resume.x0.shape != x.shape or resume.s_end != s_end:
+            raise ValueError("resume: that solution is of another start, shape or s_end")
+        if resume.error <= tol or resume.steps == 0:
+            return resume
+        coarse, n, evaluations = resume.x0, resume.steps, resume.evaluations
+    else:
+        n = max(8, int(math.ceil(abs(w0 - w1) * steps_per_unit)))
+        coarse = finish(_rk4(denoiser, x, w0, w1, n))
+        evaluations += 4 * n
     while True:
         fine = finish(_rk4(denoiser, x, w0, w1, 2 * n))
         evaluations += 8 * n
@@ -163,7 +174,9 @@ def solve_reference(
         per_sample = diff / (2**ORDER - 1)
         error = _rms(per_sample)
         if error <= tol or 4 * n > max_steps:
-            return ReferenceSolution(fine, error, per_sample, _rms(diff), 2 * n, evaluations, error <= tol, tol, s_end)
+            return ReferenceSolution(
+                fine, error, per_sample, _rms(diff), 2 * n, evaluations, error <= tol, tol, s_end, (w0, w1)
+            )
         coarse, n = fine, 2 * n
 
 
