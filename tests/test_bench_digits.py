@@ -83,13 +83,30 @@ def _heldout_denoising_error(net, data: torch.Tensor, s: float, seed: int = 0) -
     return float((x0 - data).pow(2).sum(1).mean().sqrt())
 
 
-@pytest.mark.parametrize("s, factor", [(0.2, 2.0), (0.5, 3.0), (1.5, 4.0)])
-def test_trained_denoiser_beats_an_untrained_one_on_held_out_digits(problem, s, factor):
+def test_trained_denoiser_beats_an_untrained_one_by_a_large_factor(problem):
+    """Samples of the PF-ODE of each network: the untrained one's are far from the digits on both
+    real metrics, the trained one's as close as held-out digits. (The untrained network is not
+    useless: EDM's preconditioning alone makes it a linear shrinkage denoiser, so on plain x0 error
+    it loses by 1.3-1.9x only.)"""
     torch.manual_seed(0)
-    untrained = D.DigitsDenoiser(**problem.meta["denoiser_config"]).to(F64).eval()
-    trained = _heldout_denoising_error(problem.denoiser, problem.heldout, s)
-    baseline = _heldout_denoising_error(untrained, problem.heldout, s)
-    assert trained * factor < baseline, (trained, baseline)
+    untrained = D.DigitsDenoiser(**problem.meta["denoiser_config"]).to(F64).eval().requires_grad_(False)
+    z = torch.randn(128, 64, generator=torch.Generator().manual_seed(5), dtype=F64)
+    reference = M.gaussian_fit(problem.features(problem.train))
+
+    def scores(x: torch.Tensor) -> tuple[float, float]:
+        fd = M.frechet_distance(*M.gaussian_fit(problem.features(x)), *reference)
+        return fd, M.sliced_wasserstein(x, problem.train)
+
+    with torch.inference_mode():
+        trained = scores(solve_reference(problem.denoiser, z, 0.0, 1.0, tol=1e-2, steps_per_unit=2).x0)
+        baseline = scores(solve_reference(untrained, z, 0.0, 1.0, tol=1e-2, steps_per_unit=2).x0)
+    held = scores(problem.heldout[:128])
+    assert baseline[0] > 5 * trained[0] and baseline[1] > 5 * trained[1], (trained, baseline)
+    assert trained[0] < 1.5 * held[0] and trained[1] < 1.5 * held[1], (trained, held)
+    for s in (0.1, 0.5, 1.5):
+        assert _heldout_denoising_error(problem.denoiser, problem.heldout, s) * 1.2 < _heldout_denoising_error(
+            untrained, problem.heldout, s
+        )
 
 
 def test_denoiser_is_finite_at_every_schedule_end(problem):
@@ -150,7 +167,7 @@ def test_digits_reference_estimate_is_honest_against_a_much_tighter_solve(proble
     z = torch.randn(64, 64, generator=torch.Generator().manual_seed(3), dtype=F64)
     alpha, sigma = 0.006352818087570017, 0.9999798206475701  # DDPM-linear t = 999
     sol = problem.ode_reference(z, alpha, sigma)
-    tight = solve_reference(problem._denoise64, z, alpha, sigma, tol=sol.error / 100, max_steps=8192)
+    tight = solve_reference(problem._denoise64, z, alpha, sigma, tol=sol.error / 30, max_steps=8192)
     actual = M.ode_error(sol.x0, tight.x0)
     assert tight.error < sol.error / 20
     assert actual <= 2 * sol.error, (actual, sol.error)
@@ -170,7 +187,7 @@ def small_run() -> R.BenchResult:
         problem="digits",
         samples=48,
         ode_samples=24,
-        options={"timestep_spacing": "trailing"},
+        schedule="edm",
     )
     return R.run_benchmark(cfg, keep_samples=48)
 
@@ -197,8 +214,9 @@ def test_bench_digits_reference_is_ten_times_tighter_than_the_best_row(small_run
     assert ref["smallest_table_error"] == best
     assert ref["estimated_error"] * 10 <= best, ref
     assert ref["margin"] >= 10
-    # euler, heun and trailing ddim start from the same point: one solve serves them all
-    assert len(ref["solves"]) == 1
+    # euler and heun start from the same point (80 z at VE level 80): one solve serves both; ddim
+    # starts from unit-variance noise at that level (80.006 z in VE terms), another point
+    assert len(ref["solves"]) == 2
 
 
 def test_bench_digits_samples_look_like_digits(small_run, problem):
@@ -244,15 +262,18 @@ def test_train_script_is_deterministic(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     threads = torch.get_num_threads()
-    digests = []
+    blobs = []
     for name in ("a.pt", "b.pt"):
         out = tmp_path / name
         mod.main(["--steps", "30", "--classifier-epochs", "1", "--threads", "1", "--out", str(out)])
-        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        blobs.append(torch.load(out, weights_only=True))
     torch.set_num_threads(threads)
-    assert digests[0] == digests[1]
-    meta = torch.load(tmp_path / "a.pt", weights_only=True)["meta"]
-    assert meta["training_command"] == (
+    a, b = blobs  # (the files' bytes differ: torch.save writes a random serialization id into each)
+    assert a["meta"] == b["meta"]
+    for net in ("denoiser", "classifier"):
+        assert a[net].keys() == b[net].keys()
+        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+    assert a["meta"]["training_command"] == (
         "python benchmarks/train_digits.py --steps 30 --classifier-epochs 1 --threads 1"
     )
 
@@ -267,7 +288,7 @@ def test_default_digits_run_meets_its_numbers():
         problem="digits",
         samples=d["samples"],
         ode_samples=d["ode_samples"],
-        options=dict(d.get("options", {})),
+        schedule=d["schedule"],
     )
     res = R.run_benchmark(cfg)
     assert res.problem["ode_reference"]["margin"] >= 10

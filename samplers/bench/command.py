@@ -327,11 +327,12 @@ def bench(
     metric: str | None = typer.Option(
         None, "--metric", "-m", help=f"Comma-separated metrics: {', '.join(METRICS)} (default depends on the problem)."
     ),
-    schedule: str = typer.Option(
-        "linear",
+    schedule: str | None = typer.Option(
+        None,
         "--schedule",
         help=f"The model's training schedule, given to every scheduler that runs on any schedule "
-        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)}.",
+        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)} "
+        f"[default: {R.DEFAULT_SCHEDULE}; digits: {R.PROBLEM_DEFAULTS['digits']['schedule']}].",
     ),
     option: list[str] = typer.Option(
         [],
@@ -390,12 +391,11 @@ def bench(
             seed=seed,
             prediction_type=prediction_type,
             metrics=_split(metric, "--metric") if metric is not None else None,
-            schedule=schedule,
+            schedule=schedule if schedule is not None else defaults["schedule"],
             options=_parse_options(option),
             ode_samples=ode_samples,
             backend=backend,
         )
-        config = R.with_problem_options(config, defaults.get("options", {}))
         R.check_threads(threads)
         # every output checked (a regular file or a new one in an existing folder, each its own) before any work
         R.check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})

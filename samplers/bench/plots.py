@@ -183,8 +183,7 @@ def _image_figure(result: BenchResult, panels: list[str], title: str | None) -> 
     for i, metric in enumerate(panels):
         span = ncols // len(panels)
         _metric_panel(fig.add_subplot(grid[0, i * span : (i + 1) * span]), result, metric, colors)
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")  # the gaps between digits
     for row, name in enumerate(names, start=1):
         for col, n in enumerate(steps):
             ax = fig.add_subplot(grid[row, col])

@@ -908,7 +908,7 @@ class DigitsProblem(Problem):
 
     has_data = True
 
-    def __init__(self, weights: str | None = None, reference_tol: float = 1e-5) -> None:
+    def __init__(self, weights: str | None = None, reference_tol: float = 1e-4) -> None:
         from samplers.bench import digits as D
 
         self.denoiser, self.classifier, self.meta = D.load_models(weights, dtype=F64)

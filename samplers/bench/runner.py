@@ -75,6 +75,7 @@ DEFAULT_STEPS: tuple[int, ...] = (10, 20, 50, 100)
 DEFAULT_PROBLEM = "gmm2d"
 DEFAULT_SAMPLES = 10000
 DEFAULT_ODE_SAMPLES = 1000
+DEFAULT_SCHEDULE = "linear"
 # Problems whose sensible run differs from the oracle defaults (a trained network costs more per call).
 PROBLEM_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {
@@ -82,9 +83,11 @@ PROBLEM_DEFAULTS: dict[str, dict[str, Any]] = {
         "steps": (10, 20, 50, 100),
         "samples": 256,
         "ode_samples": 256,
-        # Every sampler starts from pure-noise level t = 999, so one reference ODE solve serves all rows
-        # (DDIM's default "leading" spacing starts at t = 900 for 10 steps, 950 for 20: a solve each).
-        "options": {"timestep_spacing": "trailing"},
+        # The network is EDM-preconditioned and trained on s in [0.002, 500]: EDM's Karras grid
+        # (sigma 80 down to 0.002) is its natural schedule. On DDPM's linear one every sampler's last
+        # level (s = 0.01 with linspace, up to 0.34 at 10 trailing steps) leaves an O(s) jump to the
+        # data that hides its order.
+        "schedule": "edm",
     },
 }
 GAUSSIAN_METRICS: tuple[str, ...] = ("sw", "frechet", "kl", "kl_exact", "ode_error")
@@ -204,7 +207,7 @@ class BenchConfig:
     seed: int = 0
     prediction_type: str | None = None
     metrics: tuple[str, ...] | None = None
-    schedule: str = "linear"
+    schedule: str = DEFAULT_SCHEDULE
     options: dict[str, Any] = field(default_factory=dict)
     ode_samples: int = DEFAULT_ODE_SAMPLES
     backend: str = "auto"
@@ -253,7 +256,8 @@ def _accepted_options(cls: type) -> set[str]:
 
 
 def problem_defaults(problem: str) -> dict[str, Any]:
-    """Schedulers, steps, samples and ODE samples a run of ``problem`` (a name or spec) uses unless told."""
+    """Schedulers, steps, samples, ODE samples and model schedule a run of ``problem`` (a name or spec) uses
+    unless told."""
     from samplers.bench.problems import parse_problem_spec
 
     try:
@@ -265,26 +269,10 @@ def problem_defaults(problem: str) -> dict[str, Any]:
         "steps": DEFAULT_STEPS,
         "samples": DEFAULT_SAMPLES,
         "ode_samples": DEFAULT_ODE_SAMPLES,
+        "schedule": DEFAULT_SCHEDULE,
     }
     out.update(PROBLEM_DEFAULTS.get(name, {}))
     return out
-
-
-def with_problem_options(config: BenchConfig, options: dict[str, Any]) -> BenchConfig:
-    """``config`` with a problem's default scheduler options added under the user's own (``-o`` wins),
-    each only where one of the chosen schedulers takes it (a default never makes a run fail)."""
-    from dataclasses import replace
-
-    from samplers.registry import registry
-
-    accepted: set[str] = set()
-    for name in config.schedulers:
-        try:
-            accepted |= _accepted_options(registry().scheduler_class(name))
-        except KeyError:
-            continue  # an unknown name fails in prepare(), with its own message
-    extra = {k: v for k, v in options.items() if k in accepted and k not in config.options}
-    return replace(config, options={**extra, **config.options}) if extra else config
 
 
 def resolve_scheduler(name: str, config: BenchConfig) -> ResolvedScheduler:
