@@ -5,9 +5,11 @@
     for row in result.rows:
         print(row.scheduler, row.nfe, row.metrics["ode_error"])
 
-Modules: ``problems`` (Gaussian, Gaussian mixtures, swiss roll; :class:`OracleModel`), ``metrics``
-(sliced Wasserstein, MMD, Frechet, KL, ODE error, convergence order), ``runner`` (timed runs,
-JSON/CSV), ``plots`` (PNG), ``distributed`` (torchrun sharding), ``command`` (the CLI command).
+Modules: ``problems`` (Gaussian, Gaussian mixtures, swiss roll, the real-data ``digits``;
+:class:`OracleModel`), ``digits`` (its data split, networks and shipped weights), ``reference``
+(a high-accuracy PF-ODE solve of any x0-denoiser, with an error estimate), ``metrics`` (sliced
+Wasserstein, MMD, Frechet, KL, ODE error, feature Frechet, convergence order), ``runner`` (timed
+runs, JSON/CSV), ``plots`` (PNG), ``distributed`` (torchrun sharding), ``command`` (the CLI command).
 """
 
 from samplers.bench.problems import (

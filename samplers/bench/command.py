@@ -203,12 +203,41 @@ def render(result: R.BenchResult, console: Console) -> None:
     console.print(table)
     if result.noise_floor:
         parts = [f"{METRICS[m].label} {_fmt(f['mean'])} ± {_fmt(f['std'])}" for m, f in result.noise_floor.items()]
-        console.print(
-            f"sampling noise floor (the metric on {cfg['samples']} exact samples, mean ± sd over "
-            f"{next(iter(result.noise_floor.values()))['sets']} sets): " + ", ".join(parts),
-            highlight=False,
-            soft_wrap=True,
+        first = next(iter(result.noise_floor.values()))
+        if first.get("source") == "held-out split":
+            held = first.get("samples")
+            what = (
+                f"noise floor from the held-out split (the metric on {held} held-out samples against the "
+                f"training split, mean ± sd over {first['sets']} subset(s)"
+                + (f"; {cfg['samples']} samples asked, fewer held-out exist" if held < cfg["samples"] else "")
+                + "): "
+            )
+        else:
+            what = (
+                f"sampling noise floor (the metric on {cfg['samples']} exact samples, mean ± sd over "
+                f"{first['sets']} sets): "
+            )
+        console.print(what + ", ".join(parts), highlight=False, soft_wrap=True)
+    ref = problem.get("ode_reference")
+    if isinstance(ref, dict):
+        solves = ref.get("solves", [])
+        margin = ref.get("margin")
+        calls = sum(int(s.get("evaluations", 0)) for s in solves)
+        seconds = sum(float(s.get("seconds", 0.0)) for s in solves)
+        steps = ", ".join(str(s.get("steps")) for s in solves)
+        line = (
+            f"ODE reference: {ref.get('method')}; {len(solves)} solve(s) ({steps} steps, {calls} model calls, "
+            f"{seconds:.1f} s); its estimated error {_fmt(ref.get('estimated_error'))}"
         )
+        if margin is not None and math.isfinite(margin):
+            line += (
+                f", {margin:,.0f}x below the smallest ODE error in the table ({_fmt(ref.get('smallest_table_error'))})"
+            )
+        if margin is not None and math.isfinite(margin) and margin < 10:
+            line = f"[yellow]warning:[/yellow] {escape(line)} — less than 10x: the smallest errors are not resolved"
+        else:
+            line = escape(line)
+        console.print(line, highlight=False, soft_wrap=True)
     if result.orders:
         for metric in dict.fromkeys(m for fits in result.orders.values() for m in fits):
             parts = [
@@ -253,25 +282,37 @@ def render(result: R.BenchResult, console: Console) -> None:
 
 
 def bench(
-    scheduler: str = typer.Option(
-        ",".join(R.DEFAULT_SCHEDULERS),
+    scheduler: str | None = typer.Option(
+        None,
         "--scheduler",
         "-s",
-        help="Comma-separated scheduler names (see `samplers list`; plugins work too).",
+        help="Comma-separated scheduler names (see `samplers list`; plugins work too) "
+        f"[default: {','.join(R.DEFAULT_SCHEDULERS)}; "
+        f"digits: {','.join(R.PROBLEM_DEFAULTS['digits']['schedulers'])}].",
     ),
-    steps: str = typer.Option(
-        ",".join(map(str, R.DEFAULT_STEPS)), "--steps", "-n", help="Comma-separated inference step counts (each >= 1)."
+    steps: str | None = typer.Option(
+        None,
+        "--steps",
+        "-n",
+        help=f"Comma-separated inference step counts (each in [1, {R.MAX_STEPS:,}]) "
+        f"[default: {','.join(map(str, R.DEFAULT_STEPS))}; digits: "
+        f"{','.join(map(str, R.PROBLEM_DEFAULTS['digits']['steps']))}].",
     ),
     problem: str = typer.Option(
         R.DEFAULT_PROBLEM,
         "--problem",
         "-p",
         help="Oracle problem: gaussian, gaussian_nd, gmm2d, gmm_nd, swissroll; options as NAME:key=value,... "
-        "(e.g. gmm2d:layout=ring, gmm_nd:dim=16). Speed only (random-weight network, no metrics): dit "
+        "(e.g. gmm2d:layout=ring, gmm_nd:dim=16; each option's range is in the error for a bad one). "
+        "Real data (a trained denoiser on scikit-learn's 8x8 digits, scored against the data and a "
+        "reference ODE solve): digits. Speed only (random-weight network, no metrics): dit "
         "(dit:preset=dit-s, presets dit-tiny/dit-s/dit-b/dit-l/dit-xl, image_size=N, seed=N).",
     ),
-    samples: int = typer.Option(
-        R.DEFAULT_SAMPLES, "--samples", help="Number of samples (split across ranks under torchrun)."
+    samples: int | None = typer.Option(
+        None,
+        "--samples",
+        help=f"Number of samples (split across ranks under torchrun; bounded by the memory available) "
+        f"[default: {R.DEFAULT_SAMPLES}; digits: {R.PROBLEM_DEFAULTS['digits']['samples']}].",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
     dtype: str = typer.Option(
@@ -286,11 +327,12 @@ def bench(
     metric: str | None = typer.Option(
         None, "--metric", "-m", help=f"Comma-separated metrics: {', '.join(METRICS)} (default depends on the problem)."
     ),
-    schedule: str = typer.Option(
-        "linear",
+    schedule: str | None = typer.Option(
+        None,
         "--schedule",
         help=f"The model's training schedule, given to every scheduler that runs on any schedule "
-        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)}.",
+        f"('default' keeps each one's own): {', '.join(R.SCHEDULE_PRESETS)} "
+        f"[default: {R.DEFAULT_SCHEDULE}; digits: {R.PROBLEM_DEFAULTS['digits']['schedule']}].",
     ),
     option: list[str] = typer.Option(
         [],
@@ -299,8 +341,12 @@ def bench(
         help="Scheduler config KEY=VALUE, applied where accepted (repeatable), e.g. use_karras_sigmas=true.",
     ),
     backend: str = typer.Option("auto", "--backend", help="Sampler-update backend: auto, fused or torch."),
-    ode_samples: int = typer.Option(
-        1000, "--ode-samples", help="Samples given an exact PF-ODE reference (ODE error)."
+    ode_samples: int | None = typer.Option(
+        None,
+        "--ode-samples",
+        help=f"Samples given a PF-ODE reference (ODE error), at most --samples "
+        f"[default: {R.DEFAULT_ODE_SAMPLES} or all samples if fewer; digits: "
+        f"{R.PROBLEM_DEFAULTS['digits']['ode_samples']}].",
     ),
     threads: int = typer.Option(
         1,
@@ -328,9 +374,16 @@ def bench(
     dist = None
     threads_before = torch.get_num_threads()
     try:
+        defaults = R.problem_defaults(problem)
+        if samples is None:
+            samples = defaults["samples"]
+        if ode_samples is None:
+            ode_samples = min(defaults["ode_samples"], max(samples, 1))
+        elif ode_samples > samples:
+            raise R.BenchInputError(f"--ode-samples ({ode_samples:,}) must be at most --samples ({samples:,})")
         config = R.BenchConfig(
-            schedulers=_split(scheduler, "--scheduler"),
-            steps=_parse_steps(steps),
+            schedulers=_split(scheduler, "--scheduler") if scheduler is not None else tuple(defaults["schedulers"]),
+            steps=_parse_steps(steps) if steps is not None else tuple(defaults["steps"]),
             problem=problem,
             samples=samples,
             device=device,
@@ -338,14 +391,14 @@ def bench(
             seed=seed,
             prediction_type=prediction_type,
             metrics=_split(metric, "--metric") if metric is not None else None,
-            schedule=schedule,
+            schedule=schedule if schedule is not None else defaults["schedule"],
             options=_parse_options(option),
             ode_samples=ode_samples,
             backend=backend,
         )
-        for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
-            if path is not None:
-                R.check_writable(path, flag)
+        R.check_threads(threads)
+        # every output checked (a regular file or a new one in an existing folder, each its own) before any work
+        R.check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
         if plot_path is not None:
             try:
                 import matplotlib  # noqa: F401
@@ -354,8 +407,6 @@ def bench(
         prepared = R.prepare(config)  # every name and number checked before any process group or sampling
         if plot_path is not None and not prepared.metrics:
             raise R.BenchInputError(f"--plot: problem {problem!r} is speed only; there is no accuracy to plot")
-        if threads < 0:
-            raise R.BenchInputError(f"--threads must be >= 0, got {threads}")
         _set_threads(threads)
 
         from samplers.bench.distributed import init_from_env

@@ -112,13 +112,29 @@ def median_bandwidth(y: torch.Tensor, max_samples: int = 2000) -> float:
     return med if med > 0 else 1.0
 
 
-def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None, max_samples: int | None = 2000) -> float:
+def rbf_self_mean(y: torch.Tensor, bandwidth: float, max_samples: int | None = 2000) -> float:
+    """``mean_{i != j} k(y_i, y_j)`` over (the first ``max_samples`` of) ``y``: the y-y term of :func:`mmd_rbf`,
+    computed once when one reference set is compared with many sample sets."""
+    y = _as2d("y", y)[:max_samples] if max_samples is not None else _as2d("y", y)
+    k = _rbf(y, y, 1.0 / (2 * bandwidth * bandwidth))
+    n = y.shape[0]
+    return float((k.sum() - k.diagonal().sum()) / (n * (n - 1)))
+
+
+def mmd_rbf(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bandwidth: float | None = None,
+    max_samples: int | None = 2000,
+    yy: float | None = None,
+) -> float:
     """Unbiased MMD^2 with ``k(a, b) = exp(-|a - b|^2 / (2 h^2))`` (Gretton et al. 2012, eq. 3).
 
     Args:
         x: [n, d], y: [m, d] samples (n, m >= 2); the first ``max_samples`` of each are used (keeps
             it O(max_samples^2); None uses all).
         bandwidth: ``h``; default the median heuristic on ``y``.
+        yy: :func:`rbf_self_mean` of the same ``y``, bandwidth and ``max_samples``, if already known.
     Returns:
         MMD^2 estimate (unbiased, so it can be slightly negative when the distributions agree).
     """
@@ -139,7 +155,7 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None, ma
         return float((k.sum() - k.diagonal().sum()) / (n * (n - 1)))
 
     kxy = _rbf(x, y, gamma)
-    return mean_offdiag(x) + mean_offdiag(y) - 2 * float(kxy.mean())
+    return mean_offdiag(x) + (mean_offdiag(y) if yy is None else yy) - 2 * float(kxy.mean())
 
 
 def mmd_rbf_gaussians(
@@ -438,6 +454,10 @@ class MetricInputs:
         deterministic: whether the sampler is deterministic (ODE metrics are undefined otherwise).
         target: closed forms of the exact distribution (Gaussian mixtures); when present, SW and
             MMD compare against the distribution itself instead of the ``truth`` samples.
+        features: ``features(x [n, d]) -> [n, F]`` float64, a feature extractor (real-data problems:
+            a classifier's hidden layer), or None.
+        feature_reference: ``(mean [F], cov [F, F])`` of the reference data's features, or None.
+        truth_kernel: :func:`rbf_self_mean` of ``truth`` at ``bandwidth`` (MMD against a fixed data set), or None.
     """
 
     samples: torch.Tensor
@@ -449,6 +469,9 @@ class MetricInputs:
     exact_output: tuple[torch.Tensor, torch.Tensor] | None = None
     deterministic: bool = True
     target: ExactTarget | None = None
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    feature_reference: tuple[torch.Tensor, torch.Tensor] | None = None
+    truth_kernel: float | None = None
 
 
 @dataclass(frozen=True)
@@ -475,7 +498,7 @@ def _sw(p: int) -> Callable[[MetricInputs], float]:
 def _mmd(m: MetricInputs) -> float:
     if m.target is not None:
         return m.target.mmd(m.samples)
-    return mmd_rbf(m.samples, m.truth, m.bandwidth)
+    return mmd_rbf(m.samples, m.truth, m.bandwidth, yy=m.truth_kernel)
 
 
 def _kl_fit(m: MetricInputs) -> float:
@@ -493,6 +516,14 @@ def _ode(m: MetricInputs) -> float:
     if m.ode_reference is None or not m.deterministic:
         return math.nan
     return ode_error(m.samples[: m.ode_reference.shape[0]], m.ode_reference)
+
+
+def _fd_features(m: MetricInputs) -> float:
+    if m.features is None or m.feature_reference is None:
+        return math.nan
+    if not bool(torch.isfinite(m.samples).all()):
+        return math.inf  # a diverged sampler: no Gaussian fit to take
+    return frechet_distance(*gaussian_fit(m.features(m.samples)), *m.feature_reference)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -516,7 +547,15 @@ METRICS: dict[str, MetricSpec] = {
     "ode_error": MetricSpec(
         "ode_error", "ODE err", "RMS distance to the exact PF-ODE endpoint (deterministic samplers)", _ode, True
     ),
+    "fd_features": MetricSpec(
+        "fd_features",
+        "FD feat",
+        "Frechet distance in a classifier's feature space to the reference data (an FID analogue; real data)",
+        _fd_features,
+    ),
 }
+# Metrics that need something only some problems have (checked before a run starts).
+FEATURE_METRICS = ("fd_features",)
 
 
 def resolve_metrics(names: Sequence[str]) -> list[MetricSpec]:
@@ -524,7 +563,14 @@ def resolve_metrics(names: Sequence[str]) -> list[MetricSpec]:
     out = []
     for name in names:
         key = name.strip().lower().replace("-", "_")
-        aliases = {"sliced_wasserstein": "sw", "swd": "sw", "fd": "frechet", "fid": "frechet", "ode": "ode_error"}
+        aliases = {
+            "sliced_wasserstein": "sw",
+            "swd": "sw",
+            "fd": "frechet",
+            "fid": "frechet",
+            "ode": "ode_error",
+            "fd_feat": "fd_features",
+        }
         key = aliases.get(key, key)
         if key not in METRICS:
             close = difflib.get_close_matches(name, list(METRICS) + list(aliases), n=3, cutoff=0.5)

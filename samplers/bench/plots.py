@@ -2,7 +2,9 @@
 
 Top row: accuracy vs NFE on log-log axes, one line per scheduler (a distribution metric with the
 sampling noise floor as a band, and the ODE error with reference slopes). Bottom row, for 2-D
-problems: samples of each scheduler at its smallest step count over the true samples.
+problems: samples of each scheduler at its smallest step count over the true samples. For image
+problems (``digits``): a grid of samples below, one row per scheduler and one column per step count,
+next to the training data.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
     if not panels:
         raise ValueError("no finite positive metric values to plot")
     dim = int(result.problem.get("dim", 0))
+    if result.problem.get("image_shape") and result.samples:
+        if "fd_features" in metric_names and _series(result, "fd_features") and "fd_features" not in panels:
+            panels.insert(1, "fd_features")
+        return _save(_image_figure(result, panels, title), path)
     scatter_runs: list[tuple[str, Any]] = []
     if dim == 2 and result.samples and result.truth is not None:
         for name in dict.fromkeys(r.scheduler for r in result.rows):
@@ -123,7 +129,98 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
         fontsize=10,
     )
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png")
-    plt.close(fig)
+    return _save(fig, path)
+
+
+def _metric_panel(ax: Any, result: BenchResult, metric: str, colors: dict[str, str]) -> None:
+    series = _series(result, metric)
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=name)
+    floor = result.noise_floor.get(metric)
+    if floor and floor.get("mean", 0) > 0 and series:
+        lo, hi = max(floor["mean"] - floor["std"], floor["mean"] * 0.1), floor["mean"] + floor["std"]
+        ax.axhspan(lo, hi, color="0.85", zorder=0, label="noise floor")
+        ax.axhline(floor["mean"], color="0.5", lw=1, ls="--", zorder=0)
+    ref = result.problem.get("ode_reference")
+    if metric == "ode_error" and isinstance(ref, dict) and ref.get("estimated_error"):
+        ax.axhline(ref["estimated_error"], color="C3", lw=1, ls=":", label="reference's own error")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (model evaluations)")
+    ax.set_ylabel(METRICS[metric].label)
+    ax.set_title(f"{METRICS[metric].label} vs NFE", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def tile(images: Any, shape: tuple[int, int], per_side: int) -> Any:
+    """``per_side^2`` images [k, h*w] (model space, [-1, 1]) as one numpy mosaic with 1-pixel gaps (NaN)."""
+    import numpy as np
+
+    h, w = shape
+    out = np.full((per_side * (h + 1) - 1, per_side * (w + 1) - 1), np.nan)
+    arr = images.detach().cpu().double().numpy().reshape(-1, h, w)
+    for i in range(min(len(arr), per_side * per_side)):
+        r, c = divmod(i, per_side)
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = arr[i]
     return out
+
+
+def _image_figure(result: BenchResult, panels: list[str], title: str | None) -> Any:
+    """Accuracy vs NFE on top; below, a grid of samples: one row per sampler, one column per step count."""
+    import matplotlib.pyplot as plt
+
+    shape = tuple(int(v) for v in result.problem["image_shape"])
+    names = list(dict.fromkeys(r.scheduler for r in result.rows))
+    steps = sorted({r.steps for r in result.rows})
+    nfe = {(r.scheduler, r.steps): r.nfe for r in result.rows}
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    ncols = max(len(panels), len(steps) + 1)
+    nrows = 1 + len(names)
+    fig = plt.figure(figsize=(2.6 * ncols, 3.6 + 2.2 * len(names)), dpi=100)
+    grid = fig.add_gridspec(nrows, ncols, height_ratios=[1.5] + [1.0] * len(names))
+    per_side = 6
+    for i, metric in enumerate(panels):
+        span = ncols // len(panels)
+        _metric_panel(fig.add_subplot(grid[0, i * span : (i + 1) * span]), result, metric, colors)
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")  # the gaps between digits
+    for row, name in enumerate(names, start=1):
+        for col, n in enumerate(steps):
+            ax = fig.add_subplot(grid[row, col])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            key = f"{name}@{n}"
+            if key in result.samples:
+                ax.imshow(tile(result.samples[key], shape, per_side), cmap=cmap, vmin=-1, vmax=1)
+                ax.set_title(f"{name}, {n} steps (NFE {nfe.get((name, n))})", fontsize=7, color=colors[name])
+            else:
+                ax.axis("off")
+    if result.truth is not None:
+        ax = fig.add_subplot(grid[1, len(steps)])
+        ax.imshow(tile(result.truth, shape, per_side), cmap=cmap, vmin=-1, vmax=1)
+        ax.set_title("training data", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    cfg = result.config
+    fig.suptitle(
+        title
+        or f"samplers bench: {result.problem.get('spec', result.problem.get('name'))}, n={cfg['samples']}, "
+        f"{cfg['device']} {cfg['dtype']}, seed {cfg['seed']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    """Render ``fig`` as PNG in memory, then write it atomically (a failed write leaves the old file)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from samplers.bench.runner import write_text_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return write_text_atomic(path, buf.getvalue())

@@ -29,6 +29,7 @@ import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -467,6 +468,205 @@ def _unknown(kind: str, value: str, choices: Any) -> ValueError:
     return ValueError(f"unknown {kind} {value!r}{hint} (expected one of: {', '.join(choices)})")
 
 
+# --------------------------------------------------------------------------------------------
+# Problem options: every one typed, with a documented valid range, checked before anything is built
+# --------------------------------------------------------------------------------------------
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
+SEED_MAX = 2**63 - 1
+# The bytes a problem's own parameter arrays may take (a mixture stores K covariances of d x d):
+# more than this cannot be a benchmark anyone meant to run on one machine.
+PROBLEM_BYTES_LIMIT = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One problem option: its type, valid range or choices, and whether ``none`` (the layout's default) is allowed.
+
+    ``low`` / ``high`` bound numbers (``low_open``: the lower bound itself is excluded); ``choices`` (a tuple,
+    or a function returning one, for lists that live elsewhere) restricts strings.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    none_ok: bool = False
+    help: str = ""
+
+    def options(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def range_text(self) -> str:
+        def num(v: float) -> str:
+            return "2**63 - 1" if v == SEED_MAX else f"{v:g}"
+
+        return f"{'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}]"  # type: ignore[arg-type]
+
+    def describe(self, resolve: bool = True) -> str:
+        """``"an integer in [1, 4096] or none"``: what the option accepts (``resolve=False``: no import for
+        a choice list that lives elsewhere)."""
+        if self.kind is str and callable(self.choices) and not resolve:
+            text = f"a name ({self.help})"
+        elif self.kind is str:
+            opts = self.options()
+            text = f"one of {', '.join(opts)}" if opts else "a string"
+        elif self.kind is bool:
+            text = "true or false"
+        else:
+            text = _TYPE_WORDS[self.kind]
+            if self.low is not None:
+                text += f" in {self.range_text()}"
+        return text + (" or none" if self.none_ok else "")
+
+    def check(self, problem: str, key: str, value: Any) -> Any:
+        """``value`` converted (losslessly) to the option's type, or ``ValueError`` naming the option and the range."""
+        where = f"problem {problem!r} option {key!r}"
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            if self.none_ok:
+                return None
+            raise ValueError(f"{where} expects {self.describe()}, got none")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError(f"{where} expects true or false, got {value!r}")
+        if self.kind is str:
+            if isinstance(value, bool) or not isinstance(value, str):
+                value = str(value).lower() if isinstance(value, bool) else str(value)
+            opts = self.options()
+            if opts and value not in opts:
+                raise _unknown(f"{problem} {key}", value, opts)
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"{where} expects {_TYPE_WORDS[self.kind]}{' or none' if self.none_ok else ''}, got {value!r}"
+            )
+        if self.kind is int:
+            if not isinstance(value, int):
+                raise ValueError(f"{where} expects an integer{' or none' if self.none_ok else ''}, got {value!r}")
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be a finite number, got {value}")
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            below = value <= low if self.low_open else value < low
+            if below or value > high:
+                raise ValueError(
+                    f"{where} must be in {self.range_text()}, got {value:g}"
+                    if isinstance(value, float)
+                    else f"{where} must be in {self.range_text()}, got {value}"
+                )
+        return value
+
+
+def _seed_spec() -> OptionSpec:
+    return OptionSpec(int, 0, SEED_MAX, help="seed of the random layout / covariances")
+
+
+_FLOAT_POS = {"kind": float, "low": 0.0, "high": 1000.0, "low_open": True}
+
+OPTION_SPECS: dict[str, dict[str, OptionSpec]] = {
+    "gaussian": {
+        "dim": OptionSpec(int, 1, 1024, help="dimension"),
+        "seed": _seed_spec(),
+        "std": OptionSpec(**_FLOAT_POS, help="typical standard deviation"),
+        "anisotropy": OptionSpec(float, 1.0, 1e6, help="ratio of the largest to the typical variance"),
+        "shift": OptionSpec(float, 0.0, 1000.0, help="norm of the mean"),
+    },
+    "gmm2d": {
+        "layout": OptionSpec(str, choices=("8gaussians", "grid", "ring", "random"), help="arrangement of the means"),
+        "components": OptionSpec(int, 1, 4096, none_ok=True, help="number of components (none: the layout's)"),
+        "std": OptionSpec(**_FLOAT_POS, none_ok=True, help="component standard deviation (none: the layout's)"),
+        "radius": OptionSpec(**_FLOAT_POS, help="size of the layout"),
+        "seed": _seed_spec(),
+    },
+    "gmm_nd": {
+        "dim": OptionSpec(int, 1, 1024, help="dimension"),
+        "layout": OptionSpec(str, choices=("random", "axes"), help="arrangement of the means"),
+        "components": OptionSpec(int, 1, 4096, none_ok=True, help="number of components, random layout"),
+        "std": OptionSpec(**_FLOAT_POS, none_ok=True, help="component standard deviation (none: the layout's)"),
+        "radius": OptionSpec(**_FLOAT_POS, help="size of the layout"),
+        "seed": _seed_spec(),
+    },
+    "swissroll": {
+        "components": OptionSpec(int, 1, 4096, help="Gaussians along the curve"),
+        "std": OptionSpec(float, 0.0, 10.0, low_open=True, help="their standard deviation"),
+        "scale": OptionSpec(**_FLOAT_POS, help="overall size"),
+        "turns": OptionSpec(float, 0.0, 100.0, low_open=True, help="length of the roll in turns"),
+    },
+    "dit": {
+        "preset": OptionSpec(str, choices=lambda: _dit_presets(), help="a preset of samplers.models.dit.DIT_PRESETS"),
+        "image_size": OptionSpec(int, 1, 512, none_ok=True, help="input height and width (none: the preset's)"),
+        "seed": OptionSpec(int, 0, SEED_MAX, help="seed of the random weights"),
+        "init": OptionSpec(str, choices=("random", "adaln_zero"), help="weight initialization"),
+    },
+}
+OPTION_SPECS["gaussian_nd"] = OPTION_SPECS["gaussian"]
+
+# Options a layout does not read: giving one is an error, not a silent no-op.
+_UNUSED_BY_LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
+    "gmm2d": {"8gaussians": ("seed",), "grid": ("seed",), "ring": ("seed",), "random": ()},
+    "gmm_nd": {"axes": ("components", "seed"), "random": ()},
+}
+
+
+def _dit_presets() -> tuple[str, ...]:
+    from samplers.models.dit import DIT_PRESETS
+
+    names = tuple(DIT_PRESETS)
+    return names + tuple(n.replace("-", "_") for n in names if "-" in n)
+
+
+def option_specs(problem: str) -> dict[str, OptionSpec]:
+    """The documented options of a built-in problem (``{}`` for plugin problems: their factory's types apply)."""
+    return dict(OPTION_SPECS.get(problem, {}))
+
+
+def _options_doc(problem: str) -> str:
+    lines = [f"    ``{k}``: {v.describe(resolve=False)}; {v.help}." for k, v in OPTION_SPECS[problem].items()]
+    return "\n\nOptions (``-p " + problem + ":key=value,...``) and their valid ranges:\n\n" + "\n".join(lines) + "\n"
+
+
+def _checked(problem: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Validate a factory's arguments against :data:`OPTION_SPECS` on every call, and document them."""
+
+    def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
+        import functools
+        import inspect
+
+        sig = inspect.signature(factory)
+
+        @functools.wraps(factory)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(*args, **kwargs)
+            given = set(bound.arguments)
+            bound.apply_defaults()
+            specs = OPTION_SPECS[problem]
+            values = {k: specs[k].check(problem, k, v) if k in specs else v for k, v in bound.arguments.items()}
+            layout = values.get("layout")
+            unused = _UNUSED_BY_LAYOUT.get(problem, {}).get(layout, ())
+            for key in sorted(given & set(unused)):
+                if bound.arguments[key] is not None:
+                    raise ValueError(f"problem {problem!r} option {key!r} has no effect with layout {layout!r}")
+            return factory(**values)
+
+        checked.__doc__ = (factory.__doc__ or "") + _options_doc(problem)
+        return checked
+
+    return wrap
+
+
+def _check_problem_bytes(problem: str, nbytes: float, what: str) -> None:
+    if nbytes > PROBLEM_BYTES_LIMIT:
+        raise ValueError(
+            f"problem {problem!r}: {what} would take about {nbytes / 2**30:.1f} GiB, over the limit of "
+            f"{PROBLEM_BYTES_LIMIT / 2**30:.0f} GiB for a problem's parameters"
+        )
+
+
+@_checked("gmm2d")
 def make_gmm2d(
     layout: str = "8gaussians",
     components: int | None = None,
@@ -476,34 +676,37 @@ def make_gmm2d(
 ) -> GaussianMixtureProblem:
     """2-D Gaussian mixtures.
 
-    ``8gaussians``: 8 equal components on a circle of ``radius``, std 0.1 (the classic toy).
-    ``grid``: ``components`` (default 25) on a square grid spanning ``[-radius, radius]^2``, std 0.1.
+    ``8gaussians``: ``components`` (default 8) equal components on a circle of ``radius``, std 0.1 (the classic toy).
+    ``grid``: ``components`` (default 25, a square number) on a square grid spanning ``[-radius, radius]^2``, std 0.1.
     ``ring``: ``components`` (default 16) on a circle, std 0.05.
     ``random``: ``components`` (default 8) means in ``[-radius, radius]^2``, Dirichlet-like weights and
-    random anisotropic covariances (std about 0.25), from ``seed``.
+    random anisotropic covariances (``std`` about 0.25), from ``seed``.
     """
     if layout == "8gaussians":
-        k = components or 8
-        return GaussianMixtureProblem(_ring(k, radius), (std or 0.1) ** 2, name="gmm2d", layout=f"8gaussians(k={k})")
+        k = 8 if components is None else components
+        s = 0.1 if std is None else std
+        return GaussianMixtureProblem(_ring(k, radius), s**2, name="gmm2d", layout=f"8gaussians(k={k})")
     if layout == "grid":
-        k = components or 25
+        k = 25 if components is None else components
         side = int(round(math.sqrt(k)))
         if side * side != k:
             raise ValueError(f"grid layout needs a square number of components, got {k}")
         ticks = torch.linspace(-radius, radius, side, dtype=F64) if side > 1 else torch.zeros(1, dtype=F64)
         gx, gy = torch.meshgrid(ticks, ticks, indexing="ij")
         means = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
-        return GaussianMixtureProblem(means, (std or 0.1) ** 2, name="gmm2d", layout=f"grid(k={k})")
+        s = 0.1 if std is None else std
+        return GaussianMixtureProblem(means, s**2, name="gmm2d", layout=f"grid(k={k})")
     if layout == "ring":
-        k = components or 16
-        return GaussianMixtureProblem(_ring(k, radius), (std or 0.05) ** 2, name="gmm2d", layout=f"ring(k={k})")
+        k = 16 if components is None else components
+        s = 0.05 if std is None else std
+        return GaussianMixtureProblem(_ring(k, radius), s**2, name="gmm2d", layout=f"ring(k={k})")
     if layout == "random":
-        return make_gmm_nd(
-            dim=2, layout="random", components=components or 8, std=std or 0.25, radius=radius, seed=seed, name="gmm2d"
-        )
+        k = 8 if components is None else components
+        return _random_mixture(2, k, 0.25 if std is None else std, radius, seed, "gmm2d")
     raise _unknown("gmm2d layout", layout, GMM2D_LAYOUTS)
 
 
+@_checked("gmm_nd")
 def make_gmm_nd(
     dim: int = 8,
     layout: str = "random",
@@ -511,36 +714,39 @@ def make_gmm_nd(
     std: float | None = None,
     radius: float = 2.0,
     seed: int = 0,
-    name: str = "gmm_nd",
 ) -> GaussianMixtureProblem:
     """n-D Gaussian mixtures: ``random`` (``components`` default 8, means uniform in the cube of
-    half-width ``radius``, random weights and anisotropic covariances from ``seed``) or ``axes``
-    (``2 dim`` components at ``±radius e_i``, isotropic std 0.2)."""
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    half-width ``radius``, random weights and anisotropic covariances of typical ``std`` 0.25 from
+    ``seed``) or ``axes`` (``2 dim`` components at ``±radius e_i``, isotropic ``std`` 0.2)."""
     if layout == "axes":
+        _check_problem_bytes("gmm_nd", 2 * dim * dim * dim * 8 * 3, f"{2 * dim} components of dimension {dim}")
         eye = torch.eye(dim, dtype=F64) * radius
-        return GaussianMixtureProblem(torch.cat([eye, -eye]), (std or 0.2) ** 2, name=name, layout=f"axes(d={dim})")
+        s = 0.2 if std is None else std
+        return GaussianMixtureProblem(torch.cat([eye, -eye]), s**2, name="gmm_nd", layout=f"axes(d={dim})")
     if layout == "random":
-        k = components or 8
-        if k < 1:
-            raise ValueError(f"components must be >= 1, got {k}")
-        gen = torch.Generator().manual_seed(int(seed))
-        means = (2 * torch.rand(k, dim, generator=gen, dtype=F64) - 1) * radius
-        weights = 0.5 + torch.rand(k, generator=gen, dtype=F64)
-        covs = _random_psd(gen, k, dim, std or 0.25, 2.0)
-        return GaussianMixtureProblem(means, covs, weights, name=name, layout=f"random(k={k}, d={dim}, seed={seed})")
-    raise _unknown(f"{name} layout", layout, GMM_ND_LAYOUTS)
+        return _random_mixture(
+            dim, 8 if components is None else components, 0.25 if std is None else std, radius, seed, "gmm_nd"
+        )
+    raise _unknown("gmm_nd layout", layout, GMM_ND_LAYOUTS)
 
 
+def _random_mixture(dim: int, k: int, std: float, radius: float, seed: int, name: str) -> GaussianMixtureProblem:
+    # K rotated covariances [K, d, d] and their eigendecompositions (about 4 such arrays alive at once)
+    _check_problem_bytes(name, 4.0 * k * dim * dim * 8, f"{k} components of dimension {dim}")
+    gen = torch.Generator().manual_seed(int(seed))
+    means = (2 * torch.rand(k, dim, generator=gen, dtype=F64) - 1) * radius
+    weights = 0.5 + torch.rand(k, generator=gen, dtype=F64)
+    covs = _random_psd(gen, k, dim, std, 2.0)
+    return GaussianMixtureProblem(means, covs, weights, name=name, layout=f"random(k={k}, d={dim}, seed={seed})")
+
+
+@_checked("swissroll")
 def make_swissroll(
     components: int = 128, std: float = 0.06, scale: float = 0.2, turns: float = 1.5
 ) -> GaussianMixtureProblem:
     """A 2-D swiss roll: ``components`` small isotropic Gaussians (``std``) evenly in arc length along
     ``t (cos t, sin t) * scale`` for ``t`` in ``[1.5 pi, 1.5 pi (1 + 2 turns / 1.5)]`` (the DDPM-tutorial picture,
     about ``[-2.7, 2.7]^2`` at the defaults)."""
-    if components < 1:
-        raise ValueError(f"components must be >= 1, got {components}")
     t_lo, t_hi = 1.5 * math.pi, 1.5 * math.pi + 2 * math.pi * turns
     fine = torch.linspace(t_lo, t_hi, 4096, dtype=F64)
     pts = torch.stack([fine * torch.cos(fine), fine * torch.sin(fine)], -1) * scale
@@ -550,13 +756,12 @@ def make_swissroll(
     return GaussianMixtureProblem(pts[idx], std * std, name="swissroll", layout=f"swissroll(k={components})")
 
 
+@_checked("gaussian")
 def make_gaussian(
     dim: int = 2, seed: int = 0, std: float = 1.0, anisotropy: float = 4.0, shift: float = 0.5
 ) -> GaussianProblem:
-    """A Gaussian with a random rotation, eigenvalues spread by ``anisotropy`` around ``std^2`` and
-    a random mean of norm ``shift`` (from ``seed``)."""
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    """A Gaussian in ``dim`` dimensions with a random rotation, eigenvalues spread by ``anisotropy``
+    around ``std^2`` and a random mean of norm ``shift`` (from ``seed``)."""
     gen = torch.Generator().manual_seed(int(seed))
     cov = _random_psd(gen, 1, dim, std, anisotropy)[0]
     direction = torch.randn(dim, generator=gen, dtype=F64)
@@ -564,10 +769,12 @@ def make_gaussian(
     return GaussianProblem(mean, cov, name="gaussian" if dim == 2 else "gaussian_nd")
 
 
+@_checked("gaussian_nd")
 def make_gaussian_nd(
     dim: int = 16, seed: int = 0, std: float = 1.0, anisotropy: float = 4.0, shift: float = 0.5
 ) -> GaussianProblem:
-    """:func:`make_gaussian` in ``dim`` dimensions (default 16)."""
+    """:func:`make_gaussian` in ``dim`` dimensions (default 16), with its ``seed``, ``std``,
+    ``anisotropy`` and ``shift``."""
     return make_gaussian(dim=dim, seed=seed, std=std, anisotropy=anisotropy, shift=shift)
 
 
@@ -645,10 +852,11 @@ class NetworkModel:
         return out.reshape(x_in.shape[0], -1)
 
 
+@_checked("dit")
 def make_dit(
     preset: str = "dit-tiny", image_size: int | None = None, seed: int = 0, init: str = "random"
 ) -> ModelProblem:
-    """Speed-only problem: the reference DiT (:mod:`samplers.models.dit`) with seeded random weights.
+    """Speed-only problem: the reference DiT (:mod:`samplers.models.dit`) with random weights from ``seed``.
 
     ``preset``: ``dit-tiny`` (default, CPU-sized: 4 x 16 x 16 inputs, 0.7 M parameters) or the
     paper's ``dit-s`` / ``dit-b`` / ``dit-l`` / ``dit-xl`` (4 x 32 x 32 latents, 256 tokens);
@@ -674,6 +882,140 @@ def make_dit(
     return ModelProblem("dit", (cfg.in_channels, cfg.input_size, cfg.input_size), build, info)
 
 
+# --------------------------------------------------------------------------------------------
+# Real data: a trained network and a real data set
+# --------------------------------------------------------------------------------------------
+
+
+class DigitsProblem(Problem):
+    """``digits``: a denoiser trained on scikit-learn's real 8x8 handwritten digits, sampled in pixel space.
+
+    There is no exact answer here: the "model" is the shipped network (:mod:`samplers.bench.digits`,
+    an x0-predictor valid on every schedule), evaluated in float64. What a benchmark compares with:
+
+    * the training split (1,438 digits): ``reference_data()``, the distribution the model learned;
+      SW / MMD in pixel space and the Frechet distance in the classifier's feature space
+      (``features``) are measured against it;
+    * the held-out split (359 digits): ``heldout_data()``, the noise floor: real digits the model never
+      saw, scored against the training split like a sampler's output;
+    * the probability-flow ODE solved to high accuracy from the sampler's own initial noise
+      (:func:`samplers.bench.reference.solve_reference`), with its own error estimate
+      (``ode_reference``).
+
+    ``sample()`` draws rows of the training split (with replacement, by per-sample seeds): the
+    empirical data distribution, not the model's.
+    """
+
+    has_data = True
+
+    def __init__(self, weights: str | None = None, reference_tol: float = 1e-4) -> None:
+        from samplers.bench import digits as D
+
+        self.denoiser, self.classifier, self.meta = D.load_models(weights, dtype=F64)
+        split = D.split_data()
+        self.train, self.heldout = split["train"], split["heldout"]
+        self.train_labels, self.heldout_labels = split["train_labels"], split["heldout_labels"]
+        self.name, self.dim = "digits", D.PIXELS
+        self.image_shape = (8, 8)
+        self.reference_tol = float(reference_tol)
+        self._mean = self.train.mean(0)
+        c = self.train - self._mean
+        self._cov = (c.T @ c) / (self.train.shape[0] - 1)
+
+    def describe(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "image_shape": list(self.image_shape),
+            "layout": "sklearn digits 8x8, trained denoiser",
+            "train_samples": int(self.train.shape[0]),
+            "heldout_samples": int(self.heldout.shape[0]),
+            "data_sha256": m.get("data_sha256"),
+            "split_rule": m.get("split_rule"),
+            "parameterization": m.get("parameterization"),
+            "denoiser_final_loss": m.get("denoiser_final_loss"),
+            "classifier_heldout_accuracy": m.get("classifier_heldout_accuracy"),
+            "training_command": m.get("training_command"),
+        }
+
+    def mean(self) -> torch.Tensor:
+        return self._mean.clone()
+
+    def covariance(self) -> torch.Tensor:
+        return self._cov.clone()
+
+    def reference_data(self) -> torch.Tensor:
+        """The training split [1438, 64] float64 in model space ([-1, 1])."""
+        return self.train
+
+    def heldout_data(self) -> torch.Tensor:
+        """The held-out split [359, 64] float64 in model space."""
+        return self.heldout
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier features [n, 64] float64 of samples [n, 64] (model space)."""
+        return self.classifier.features(x.to(F64).cpu())
+
+    def sample(
+        self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM, seed: int = 0
+    ) -> torch.Tensor:
+        seeds = self._seeds(n, seeds, seed)
+        u = philox_uniform(seeds, stream, 1)[:, 0]
+        idx = (u * self.train.shape[0]).long().clamp(max=self.train.shape[0] - 1)
+        return self.train.to(seeds.device)[idx]
+
+    def _denoise64(self, x: torch.Tensor, alpha: Scalar, sigma: Scalar) -> torch.Tensor:
+        net = self._on_device(x.device)
+        with torch.inference_mode():
+            return net(x, alpha, sigma)
+
+    def _on_device(self, device: torch.device) -> Any:
+        cache = self.__dict__.setdefault("_net_cache", {})
+        if str(device) not in cache:
+            import copy
+
+            cache[str(device)] = self.denoiser if device.type == "cpu" else copy.deepcopy(self.denoiser).to(device)
+        return cache[str(device)]
+
+    def scale(self) -> float:
+        return 1.0  # pixels in [-1, 1]
+
+    def ode_reference(
+        self, x_t: torch.Tensor, alpha_t: float, sigma_t: float, tol: float | None = None, resume: Any = None
+    ) -> Any:
+        """:class:`~samplers.bench.reference.ReferenceSolution` of the network's PF-ODE from ``x_t`` (model space)
+        to ``sigma = 0``, to ``tol`` (default ``reference_tol``); ``resume`` continues an earlier, looser solve."""
+        from samplers.bench.reference import solve_reference
+
+        _check_x(x_t, self.dim)
+        tol = self.reference_tol if tol is None else tol
+        return solve_reference(self._denoise64, x_t.to(F64), float(alpha_t), float(sigma_t), tol=tol, resume=resume)
+
+    def ode_solution(self, x_t: torch.Tensor, alpha_t: float, sigma_t: float, **_: Any) -> torch.Tensor:
+        """The endpoint of :meth:`ode_reference` [B, 64] float64."""
+        return self.ode_reference(x_t, alpha_t, sigma_t).x0
+
+
+def make_digits() -> DigitsProblem:
+    """The ``digits`` problem: the shipped denoiser trained on scikit-learn's real 8x8 digits (no options).
+
+    Needs scikit-learn for the data (``pip install 'samplers[bench]'``); see :class:`DigitsProblem`.
+    """
+    from samplers.bench.digits import DigitsDataError
+
+    try:
+        return DigitsProblem()
+    except DigitsDataError as exc:
+        raise ValueError(f"problem 'digits': {exc}") from None
+
+
+def is_data_problem(problem: Any) -> bool:
+    """True for problems scored against real data (a reference set, a held-out noise floor, a reference ODE solve)."""
+    return bool(getattr(problem, "has_data", False))
+
+
 ProblemFactory = Callable[..., Problem]
 
 PROBLEMS: dict[str, ProblemFactory] = {
@@ -689,10 +1031,19 @@ MODEL_PROBLEMS: dict[str, Callable[..., ModelProblem]] = {
     "dit": make_dit,
 }
 
+# Trained networks on real data: scored against the data and a reference ODE solve.
+DATA_PROBLEMS: dict[str, ProblemFactory] = {
+    "digits": make_digits,
+}
+OPTION_SPECS["digits"] = {}
+
+_BUILTIN_FACTORIES: dict[str, Callable[..., Any]] = {**PROBLEMS, **MODEL_PROBLEMS, **DATA_PROBLEMS}
+
 
 def problem_factories() -> dict[str, ProblemFactory]:
-    """Built-in problems (oracle and speed-only) plus those plugins add through ``samplers_register_problems``."""
-    table: dict[str, Callable[..., Any]] = {**PROBLEMS, **MODEL_PROBLEMS}
+    """Built-in problems (oracle, real-data and speed-only) plus those plugins add through
+    ``samplers_register_problems``."""
+    table: dict[str, Callable[..., Any]] = dict(_BUILTIN_FACTORIES)
     try:
         from samplers.registry import registry
 
@@ -728,9 +1079,6 @@ def parse_problem_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"problem option {item!r} in {spec!r} must look like key=value")
         options[key.strip().replace("-", "_")] = _parse_value(value.strip())
     return name.strip(), options
-
-
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
 
 
 def _option_types(factory: Callable[..., Any], param: Any) -> tuple[type, ...] | None:
@@ -805,13 +1153,21 @@ def get_problem(spec: str, **options: Any) -> Problem:
 
     try:
         params = inspect.signature(factory).parameters
+        known = True
     except (TypeError, ValueError):
-        params = {}
-    if params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        params, known = {}, False
+    specs = option_specs(name) if factory is _BUILTIN_FACTORIES.get(name) else {}
+    if known and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         bad = sorted(set(parsed) - set(params))
         if bad:
-            raise ValueError(f"problem {name!r} has no option(s) {bad}; it takes {sorted(params)}")
-    if params:
+            if specs:
+                takes = "; ".join(f"{k}: {v.describe()}" for k, v in specs.items())
+            else:
+                takes = ", ".join(sorted(params)) or "no options"
+            raise ValueError(f"problem {name!r} has no option(s) {bad}; it takes {takes}")
+    if specs:  # built-in: the factory checks every value against its documented range
+        parsed = {k: specs[k].check(name, k, v) for k, v in parsed.items()}
+    elif params:
         parsed = _coerce_options(name, factory, params, parsed)
     problem = factory(**parsed)
     # An oracle problem has an exact denoiser; a speed-only one (ModelProblem) builds a network.
