@@ -70,7 +70,23 @@ def steps_for(name: str, budget: int) -> int | None:
     return best
 
 
-def measure(problem: str, names: list[str], budgets: tuple[int, ...]) -> dict[str, dict[int, tuple[int, dict]]]:
+def schedule_of(name: str, options: dict | None = None) -> str:
+    """The model schedule a bench run gives ``name``: the bench's preset, or the sampler's own default."""
+    rs = R.resolve_scheduler(name, R.BenchConfig(schedulers=(name,), options=options or {}))
+    if rs.schedule_label != "own default":
+        return rs.schedule_label
+    return f"own: {rs.cls.from_config(rs.config).config.get('schedule')}"
+
+
+def takes(name: str, options: dict) -> bool:
+    """Whether the bench gives ``name`` every one of ``options`` (it applies each where accepted)."""
+    rs = R.resolve_scheduler(name, R.BenchConfig(schedulers=(name,), options=options))
+    return all(rs.config.get(k) == v for k, v in options.items())
+
+
+def measure(
+    problem: str, names: list[str], budgets: tuple[int, ...], options: dict | None = None
+) -> dict[str, dict[int, tuple[int, dict]]]:
     """``{name: {budget: (nfe, metrics)}}``; samplers with the same step counts share one bench run."""
     plan = {name: tuple(steps_for(name, b) for b in budgets) for name in names}
     groups: dict[tuple, list[str]] = {}
@@ -83,7 +99,13 @@ def measure(problem: str, names: list[str], budgets: tuple[int, ...]) -> dict[st
         if not wanted:
             continue
         config = R.BenchConfig(
-            schedulers=tuple(group), steps=wanted, problem=problem, samples=1000, ode_samples=1000, metrics=metrics
+            schedulers=tuple(group),
+            steps=wanted,
+            problem=problem,
+            samples=1000,
+            ode_samples=1000,
+            metrics=metrics,
+            options=options or {},
         )
         result = R.run_benchmark(config)
         for row in result.rows:
@@ -99,13 +121,16 @@ def _num(v: float | None) -> str:
     return f"{v:.2e}" if v < 1e-3 else f"{v:.4f}"
 
 
-def accuracy_table(problem: str, names: list[str], budgets: tuple[int, ...]) -> str:
-    data = measure(problem, names, budgets)
+def accuracy_table(problem: str, names: list[str], budgets: tuple[int, ...], options: dict | None = None) -> str:
+    data = measure(problem, names, budgets, options)
     reg = registry()
-    head = ["sampler", "kind", "order", "NFE/step"]
+    head = ["sampler", "kind", "order", "NFE/step", "model schedule"]
     for b in budgets:
         head += [f"NFE (<= {b})", f"ODE err @{b}"] + ([f"KL exact @{b}"] if problem == "gaussian" else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(head) - 2)) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", "---", "--:", "--:", "---"] + ["--:"] * (len(head) - 5)) + "|",
+    ]
 
     def key(name: str) -> float:
         first = data[name].get(budgets[0])
@@ -114,6 +139,7 @@ def accuracy_table(problem: str, names: list[str], budgets: tuple[int, ...]) -> 
     for name in sorted(names, key=key):
         cls = reg.scheduler_class(name)
         cells = [f"`{name}`", KIND_LABEL.get(cls.kind, cls.kind), str(cls.order), str(cls.nfe_per_step)]
+        cells.append(schedule_of(name, options))
         for b in budgets:
             got = data[name].get(b)
             if got is None:
@@ -168,6 +194,13 @@ def main() -> None:
         for problem in args.problems.split(","):
             print(f"**{problem}** (ODE error, lower is better; sorted by the error at {budgets[0]} NFE)\n")
             print(accuracy_table(problem, names, budgets))
+            print()
+        # The same samplers on Karras levels (down to sigma_min of the table) instead of diffusers' linspace
+        # timesteps, whose last level at 10 steps is sigma ~0.34: the grid, not the order, decides gmm2d.
+        karras = [n for n in names if takes(n, {"use_karras_sigmas": True})]
+        for problem in args.problems.split(","):
+            print(f"**{problem}, `-o use_karras_sigmas=true`** (the samplers that take it)\n")
+            print(accuracy_table(problem, karras, budgets, {"use_karras_sigmas": True}))
             print()
     if args.flow_orders or args.only_flow_orders:
         print("**Convergence order on schedule `flow`, shift 3** (exact Gaussian oracle, flow outputs)\n")
