@@ -118,7 +118,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (0 = torch's default, one per core). 1 by default: inductor's CPU kernels "
+        "open an OpenMP region per kernel, and on a machine whose cores run anything else its workers wait on "
+        "each other (a 2-core box under load measured the compiled model-only loop at 479 us/step with 2 "
+        "threads, against 6 us/step eager)",
+    )
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -188,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     name_dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(
         f"# loop overhead, {name_dev}, {args.shape} {dtype}, {args.steps} steps, torch {torch.__version__}, "
-        f"update op: {update.backend_status()['sampler_update']}"
+        + (f"{torch.get_num_threads()} CPU thread(s), " if device.type == "cpu" else "")
+        + f"update op: {update.backend_status()['sampler_update']}"
     )
     print(
         f"model alone: {base_eager * 1e6 / args.steps:.1f} us/step eager"
@@ -208,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": str(dtype),
         "steps": args.steps,
         "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "model_us_per_step_eager": base_eager * 1e6 / args.steps,
         "model_us_per_step_graph": None if base_graph is None else base_graph * 1e6 / args.steps,
         "model_us_per_step_compiled": None if base_compiled is None else base_compiled * 1e6 / args.steps,

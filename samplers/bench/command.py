@@ -82,6 +82,18 @@ def _split(text: str, flag: str) -> tuple[str, ...]:
     return items
 
 
+def _schedulers(suite: str | None, scheduler: str | None, defaults: dict[str, Any]) -> tuple[str, ...]:
+    """``--suite`` and ``--scheduler`` together (their union), or the problem's default list."""
+    from samplers.bench import suites
+
+    names = _split(scheduler, "--scheduler") if scheduler is not None else None
+    try:
+        chosen = suites.resolve(suite, names)
+    except ValueError as exc:
+        raise R.BenchInputError(str(exc)) from None
+    return chosen if chosen is not None else tuple(defaults["schedulers"])
+
+
 def _parse_steps(text: str) -> tuple[int, ...]:
     out = []
     for item in _split(text, "--steps"):
@@ -290,6 +302,12 @@ def bench(
         f"[default: {','.join(R.DEFAULT_SCHEDULERS)}; "
         f"digits: {','.join(R.PROBLEM_DEFAULTS['digits']['schedulers'])}].",
     ),
+    suite: str | None = typer.Option(
+        None,
+        "--suite",
+        help="A named scheduler list: popular (the samplers of diffusers, k-diffusion and ComfyUI that users ask "
+        "for; samplers/bench/suites.py). With --scheduler too, their union runs (the suite's names first).",
+    ),
     steps: str | None = typer.Option(
         None,
         "--steps",
@@ -382,7 +400,7 @@ def bench(
         elif ode_samples > samples:
             raise R.BenchInputError(f"--ode-samples ({ode_samples:,}) must be at most --samples ({samples:,})")
         config = R.BenchConfig(
-            schedulers=_split(scheduler, "--scheduler") if scheduler is not None else tuple(defaults["schedulers"]),
+            schedulers=_schedulers(suite, scheduler, defaults),
             steps=_parse_steps(steps) if steps is not None else tuple(defaults["steps"]),
             problem=problem,
             samples=samples,
