@@ -281,7 +281,8 @@ def _sample_grid(fig: Any, grid: Any, result: BenchResult, columns: dict[str, li
     """One row of sample mosaics per sampler (its ``columns``), the training data after the first row."""
     import matplotlib.pyplot as plt
 
-    shape = tuple(int(v) for v in result.problem["image_shape"])
+    h, w = (int(v) for v in result.problem["image_shape"])
+    shape = (h, w)
     nfe = {(r.scheduler, r.steps): r.nfe for r in result.rows}
     per_side = 6
     cmap = plt.get_cmap("gray_r").with_extremes(bad="white")  # the gaps between digits

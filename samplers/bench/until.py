@@ -25,7 +25,7 @@ tightening), and :func:`render`, :func:`csv_cells` present it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -211,7 +211,7 @@ class UntilSearch:
         metric_names: Sequence[str],
         noise_floor: dict[str, dict[str, float]],
         dist: DistContext,
-    ) -> Iterator[int]:
+    ) -> Generator[int, None, bool | None]:
         """Run ``steps`` (unless cached) and return whether it reaches the target (None: no metric to judge)."""
         key = (scheduler, steps)
         if key not in self.runs:
