@@ -262,3 +262,32 @@ def test_figure_for_digits():
         warmup=False,
     )
     _panel_checks(figure(R.run_benchmark(cfg, keep_samples=16)), {"euler", "ddpm"}, {"SW2", "FD feat"})
+
+
+@pytest.mark.slow
+def test_torchrun_searches_the_same_step_counts_as_one_process(tmp_path):
+    """Only rank 0 has metrics; its verdicts are broadcast, so both ranks run the same step counts."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("WORLD_SIZE", None)
+    args = ["-m", "samplers", "bench", "-p", "gaussian", "--samples", "400", "-s", "euler,ddpm"]
+    args += ["--until", "floor", "-n", "64", "-q", "--json"]
+    subprocess.run([sys.executable, *args, "one.json"], check=True, cwd=tmp_path, env=env, timeout=300)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    done = subprocess.run(
+        [*launcher, *args, "two.json"], cwd=tmp_path, env=env, timeout=300, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["environment"]["world_size"] == 2
+    assert [(r["scheduler"], r["steps"]) for r in a["rows"]] == [(r["scheduler"], r["steps"]) for r in b["rows"]]
+    assert a["until"] == b["until"] and a["until"]["samplers"]["euler"]["reached"]
