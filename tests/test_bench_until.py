@@ -195,7 +195,7 @@ def test_cli_prints_json_and_csv_the_answer(app, tmp_path):
         f"heun: reaches SW2 <= {U._num(heun['target'])} (noise floor) at {heun['nfe']} NFE (steps {heun['steps']})"
         in out
     )
-    assert "ddpm: " in out and "metric: the ODE error where the run has it" in out
+    assert "ddpm: " in out and "metric: a distribution metric with a noise floor" in out
     rows = list(csv.DictReader(cs.open()))
     assert list(rows[0])[-3:] == list(U.CSV_COLUMNS)
     marked = [(r["scheduler"], int(r["steps"])) for r in rows if r["until"] == "reached"]

@@ -315,9 +315,14 @@ def render(result: BenchResult, console: Console) -> None:
     rule = (
         f"noise floor (floor mean + {FLOOR_SDS:g} sd)" if until["target"] == "floor" else f"error {until['target']:g}"
     )
+    metric = (
+        "a distribution metric with a noise floor (named per line)"
+        if until["target"] == "floor"
+        else "the ODE error where the run has it and the sampler is deterministic, else a distribution metric "
+        "(named per line)"
+    )
     console.print(
-        f"--until {rule}: fewest steps in [{lo}, {hi}] by bracketing and bisection; metric: the ODE error where "
-        "the run has it and the sampler is deterministic, else a distribution metric (named per line)",
+        f"--until {rule}: fewest steps in [{lo}, {hi}] by bracketing and bisection; metric: {metric}",
         highlight=False,
         soft_wrap=True,
     )
