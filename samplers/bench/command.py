@@ -26,7 +26,7 @@ _FLOOR_METRICS = ("sw", "sw1", "mmd", "frechet", "kl")
 class _RichProgress:
     """Progress bars on stderr: one for the whole run (rows), one for the row's model calls."""
 
-    def __init__(self, total_rows: int, console: Console) -> None:
+    def __init__(self, total_rows: int | None, console: Console) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
@@ -114,6 +114,16 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
             raise R.BenchInputError(f"--option {item!r}: expected KEY=VALUE (e.g. use_karras_sigmas=true)")
         out[key.strip()] = None if value.strip().lower() == "none" else _parse_value(value.strip())
     return out
+
+
+def _until_search(until: str | None, steps: str | None) -> Any:
+    """``--until`` (and ``--steps`` as its bounds) -> an :class:`~samplers.bench.until.UntilSearch`, or None."""
+    if until is None:
+        return None
+    from samplers.bench.until import UntilSearch, UntilSpec, parse_until, search_bounds
+
+    lo, hi = search_bounds(_parse_steps(steps) if steps is not None else None, R.MAX_STEPS)
+    return UntilSearch(UntilSpec(parse_until(until), lo, hi))
 
 
 def _is_main_process(dist: Any) -> bool:
@@ -377,6 +387,14 @@ def bench(
     plot_path: str | None = typer.Option(
         None, "--plot", help="Write a PNG: accuracy vs NFE and, in 2-D, samples vs truth."
     ),
+    until: str | None = typer.Option(
+        None,
+        "--until",
+        help="For each sampler, the fewest NFE that reach the noise floor ('floor') or a target error "
+        "(e.g. 0.01: the ODE error, or a distribution metric for stochastic samplers or without one), by a "
+        "search over step counts; --steps then gives its bounds (one value: [2, value]; more: [min, max]; "
+        "default [2, 1000]).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (the table is still printed)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
@@ -399,6 +417,7 @@ def bench(
             ode_samples = min(defaults["ode_samples"], max(samples, 1))
         elif ode_samples > samples:
             raise R.BenchInputError(f"--ode-samples ({ode_samples:,}) must be at most --samples ({samples:,})")
+        search = _until_search(until, steps)
         config = R.BenchConfig(
             schedulers=_schedulers(suite, scheduler, defaults),
             steps=_parse_steps(steps) if steps is not None else tuple(defaults["steps"]),
@@ -414,6 +433,10 @@ def bench(
             ode_samples=ode_samples,
             backend=backend,
         )
+        if search is not None:  # --steps bounds the search: prepare() checks both bounds, warm-up runs the lower
+            import dataclasses
+
+            config = dataclasses.replace(config, steps=(search.spec.lo, search.spec.hi))
         R.check_threads(threads)
         # every output checked (a regular file or a new one in an existing folder, each its own) before any work
         R.check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
@@ -425,6 +448,10 @@ def bench(
         prepared = R.prepare(config)  # every name and number checked before any process group or sampling
         if plot_path is not None and not prepared.metrics:
             raise R.BenchInputError(f"--plot: problem {problem!r} is speed only; there is no accuracy to plot")
+        if search is not None:
+            from samplers.bench.until import check_metrics
+
+            check_metrics(search.spec, [m.name for m in prepared.metrics])
         _set_threads(threads)
 
         from samplers.bench.distributed import init_from_env
@@ -437,16 +464,21 @@ def bench(
         main = dist.is_main
         out = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
         show_progress = main and not quiet and err.is_terminal
-        total_rows = len(config.schedulers) * len(config.steps)
+        total_rows = len(config.schedulers) * len(config.steps) if search is None else None  # --until: unknown
         keep = 2000 if plot_path is not None else 0
         t0 = time.perf_counter()
         if show_progress:
             with _RichProgress(total_rows, err) as progress:
-                result = R.run_benchmark(config, progress=progress, dist=dist, keep_samples=keep)
+                result = R.run_benchmark(config, progress=progress, dist=dist, keep_samples=keep, search=search)
         else:
-            result = R.run_benchmark(config, dist=dist, keep_samples=keep)
+            result = R.run_benchmark(config, dist=dist, keep_samples=keep, search=search)
         if main:
             render(result, out)
+            if search is not None:
+                from samplers.bench import until as U
+
+                result.until = U.summarize(result, search.spec)
+                U.render(result, out)
             if json_path is not None:
                 R.write_json(result, json_path)
             if csv_path is not None:

@@ -43,7 +43,7 @@ import resource
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -494,8 +494,10 @@ class BenchResult:
     schedulers: dict[str, dict[str, Any]] = field(default_factory=dict)
     samples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "scheduler@steps" -> [k, d] (rank 0)
     truth: torch.Tensor | None = field(default=None, repr=False)
+    until: dict[str, Any] | None = None  # the --until answer (samplers.bench.until.summarize); in JSON only when set
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"until": self.until} if self.until is not None else {}
         return _jsonable(
             {
                 "schema_version": SCHEMA_VERSION,
@@ -509,6 +511,7 @@ class BenchResult:
                 "rows": [asdict(r) for r in self.rows],
                 "orders": self.orders,
                 "timing": self.timing,
+                **extra,
             }
         )
 
@@ -552,8 +555,11 @@ CSV_COLUMNS: tuple[str, ...] = (
 
 def to_csv(result: BenchResult) -> str:
     """CSV text with :data:`CSV_COLUMNS` (every known metric has a column; blank when not computed)."""
+    from samplers.bench import until as U
+
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    columns = list(CSV_COLUMNS) + (list(U.CSV_COLUMNS) if result.until is not None else [])
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     cfg, env = result.config, result.environment
     for r in result.rows:
@@ -581,6 +587,8 @@ def to_csv(result: BenchResult) -> str:
         for name in ALL_METRICS:
             v = r.metrics.get(name)
             row[name] = "" if v is None or not math.isfinite(v) else f"{v:.8g}"
+        if result.until is not None:
+            row.update(U.csv_cells(result, r))
         writer.writerow(row)
     return buf.getvalue()
 
@@ -753,6 +761,23 @@ class ProgressSink(Protocol):
     def advanced(self, calls: int) -> None: ...
 
     def row_finished(self) -> None: ...
+
+
+class StepPlanner(Protocol):
+    """Chooses a scheduler's step counts as its rows come in (``--until``: :class:`samplers.bench.until.UntilSearch`).
+
+    :meth:`plan` is iterated once per scheduler; each step count it yields is run and its row appended
+    to ``rows`` before the next one is asked for.
+    """
+
+    def plan(
+        self,
+        scheduler: str,
+        rows: list[BenchRow],
+        metric_names: Sequence[str],
+        noise_floor: dict[str, dict[str, float]],
+        dist: DistContext,
+    ) -> Iterator[int]: ...
 
 
 @dataclass
@@ -963,13 +988,15 @@ def run_benchmark(
     progress: ProgressSink | None = None,
     dist: DistContext | None = None,
     keep_samples: int = 0,
+    search: StepPlanner | None = None,
 ) -> BenchResult:
     """Run every (scheduler, steps) pair of ``config``; see the module docstring for what is measured.
 
     Under torch.distributed (``dist.world_size > 1``) each rank samples its shard; rank 0 gathers
     and computes metrics, and its result is the one to report (other ranks' rows carry no metrics).
     ``keep_samples`` keeps that many of each run's gathered samples (and of the truth set) in the
-    result, for plots (0 keeps none).
+    result, for plots (0 keeps none). ``search``, if given, picks each scheduler's step counts as the
+    rows come in (``config.steps`` then only bounds the search and warms up at its smallest value).
     """
     t_begin = time.perf_counter()
     prepared = prepare(config)
@@ -1082,8 +1109,10 @@ def run_benchmark(
 
     rows: list[BenchRow] = []
     kept: dict[str, torch.Tensor] = {}
+    metric_names = [s.name for s in prepared.metrics]
     for rs in prepared.schedulers:
-        for steps in config.steps:
+        plan = config.steps if search is None else search.plan(rs.name, rows, metric_names, noise_floor, dist)
+        for steps in plan:
             sched = _build_scheduler(rs)
             run = sample_oracle(
                 sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network
