@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from samplers.bench import runner as R
+from samplers.bench.foreign import split_scheduler_list
 from samplers.bench.metrics import METRICS
 
 # Which noise-floor comparisons make sense (exact references have no floor).
@@ -201,6 +202,9 @@ def render(result: R.BenchResult, console: Console) -> None:
     if notes:
         table.caption = "; ".join(notes)
     console.print(table)
+    for r in result.rows:  # a foreign sampler that failed: its row is blank, the reason here
+        if r.error:
+            console.print(f"[red]error[/red] {escape(r.scheduler)} x{r.steps}: {escape(r.error)}", soft_wrap=True)
     if result.noise_floor:
         parts = [f"{METRICS[m].label} {_fmt(f['mean'])} ± {_fmt(f['std'])}" for m, f in result.noise_floor.items()]
         first = next(iter(result.noise_floor.values()))
@@ -286,7 +290,10 @@ def bench(
         None,
         "--scheduler",
         "-s",
-        help="Comma-separated scheduler names (see `samplers list`; plugins work too) "
+        help="Comma-separated scheduler names (see `samplers list`; plugins work too), or foreign samplers: "
+        "diffusers:CLASS, k-diffusion:FUNCTION, module.path:SchedulerMixinClass or module.path:k_diffusion_style_fn, "
+        "each optionally with its own options after a second colon (diffusers:DPMSolverMultistepScheduler:"
+        "use_karras_sigmas=true,solver_order=3) "
         f"[default: {','.join(R.DEFAULT_SCHEDULERS)}; "
         f"digits: {','.join(R.PROBLEM_DEFAULTS['digits']['schedulers'])}].",
     ),
@@ -382,7 +389,7 @@ def bench(
         elif ode_samples > samples:
             raise R.BenchInputError(f"--ode-samples ({ode_samples:,}) must be at most --samples ({samples:,})")
         config = R.BenchConfig(
-            schedulers=_split(scheduler, "--scheduler") if scheduler is not None else tuple(defaults["schedulers"]),
+            schedulers=split_scheduler_list(scheduler) if scheduler is not None else tuple(defaults["schedulers"]),
             steps=_parse_steps(steps) if steps is not None else tuple(defaults["steps"]),
             problem=problem,
             samples=samples,
