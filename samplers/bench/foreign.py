@@ -354,6 +354,19 @@ def _keywords(sig: inspect.Signature, reserved: tuple[str, ...]) -> set[str]:
     return {n for n, p in sig.parameters.items() if p.kind in kinds and n not in reserved}
 
 
+def _init_keywords(cls: type) -> set[str]:
+    """Constructor keywords of ``cls``, through subclasses whose ``__init__(*args, **kwargs)`` forwards to a base."""
+    out: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        sig = inspect.signature(vars(klass)["__init__"])
+        out |= _keywords(sig, ("self",))
+        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    return out
+
+
 def _label(dist: str, version: str, attr: str, options: dict[str, Any]) -> str:
     opts = ", ".join(f"{k}={v!r}" for k, v in options.items())
     return f"{dist} {version}: {attr}" + (f"({opts})" if opts else "")
@@ -406,7 +419,7 @@ def _prediction_type(spec: str, config: BenchConfig, supported: tuple[str, ...] 
 def _resolve_diffusers(
     spec: str, cls: type, label: str, dist: str, version: str, own: dict[str, Any], config: BenchConfig
 ) -> ForeignScheduler:
-    init = _keywords(inspect.signature(cls.__init__), ("self",))
+    init = _init_keywords(cls)
     step = _keywords(inspect.signature(cls.step), STEP_RESERVED) - init
     accepted = init | step
     bad = sorted(set(own) - accepted)
