@@ -39,7 +39,8 @@ own schedulers. Options after a second ``:`` belong to that spec only and win ov
   stream is torch's global generator, seeded per row (and restored afterwards).
 
 **NFE** is counted at the model (:class:`CountingModel`), never read from the sampler. Whether a row
-is stochastic is measured, not declared: a two-sample probe run twice with different seeds.
+is stochastic is measured, not declared: a two-sample probe run twice with different seeds, once per
+sampler at the step count of its first run (the warm-up's).
 The ODE reference needs the start of the sampler's ODE: the first call the counting model sees
 gives its input (a multiple of the initial noise) and its noise level.
 
@@ -788,14 +789,17 @@ class ForeignRun:
         return x, wall, counting, model
 
     def _stochastic(self, problem: Any, noise: torch.Tensor, steps: int, seed: int, model: Any) -> bool:
-        """Whether the output depends on the random stream: a tiny run twice with two seeds (cached per steps)."""
+        """Whether the output depends on the random stream: a two-sample run twice with two seeds.
+
+        Once per sampler, at the step count of its first run (the runner's warm-up, outside every timing).
+        """
         cache = self.spec._probe
-        if steps not in cache:
+        if not cache:
             probe = noise[:PROBE_SAMPLES]
             first = self._once(problem, probe, steps, seed + 1, None, model)[0]
             second = self._once(problem, probe, steps, seed + 2, None, model)[0]
             cache[steps] = not torch.equal(first, second)
-        return cache[steps]
+        return next(iter(cache.values()))
 
     def run(
         self,
