@@ -454,7 +454,7 @@ def _resolve_diffusers(
     else:
         raise BenchInputError(
             f"--scheduler {spec!r}: {cls.__name__} takes neither a beta schedule nor a flow shift, so the bench "
-            "cannot give it the model's schedule (EDM-preconditioned classes are not supported)"
+            "cannot give it the model's schedule (e.g. EDM-preconditioned classes, IPNDM with its own levels)"
         )
     pt = _prediction_type(
         spec, config, ("epsilon", "sample", "v_prediction", "flow") if "prediction_type" in init else None
@@ -699,9 +699,11 @@ class ForeignRun:
         t0 = time.perf_counter()
         try:
             sched.set_timesteps(steps, device=device)
-            x = noise * sched.init_noise_sigma
+            # flow-matching classes start from the noise itself and take the sample as it is
+            x = noise * getattr(sched, "init_noise_sigma", 1.0)
+            scale = getattr(sched, "scale_model_input", None)
             for t in sched.timesteps:
-                x_in = sched.scale_model_input(x, t)
+                x_in = scale(x, t) if scale is not None else x
                 out = model(x_in, t)
                 x = sched.step(out, t, x, **step_kwargs).prev_sample
         except ForeignRunError:
