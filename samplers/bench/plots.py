@@ -21,6 +21,13 @@ SCATTER_POINTS = 2000
 _PRIMARY_ORDER = ("sw1", "sw", "mmd", "frechet", "kl", "kl_exact")  # SW1: least noisy on multimodal data
 
 
+def _wrap(label: str, width: int = 40) -> str:
+    """A row label on lines of at most ``width`` characters (foreign rows carry library, version and options)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False, break_on_hyphens=False)) or label
+
+
 def _series(result: BenchResult, metric: str) -> dict[str, tuple[list[int], list[float]]]:
     out: dict[str, tuple[list[int], list[float]]] = {}
     for r in result.rows:
@@ -63,13 +70,13 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
         if "fd_features" in metric_names and _series(result, "fd_features") and "fd_features" not in panels:
             panels.insert(1, "fd_features")
         return _save(_image_figure(result, panels, title), path)
-    scatter_runs: list[tuple[str, Any]] = []
+    scatter_runs: list[tuple[str, str, Any]] = []  # (row name, panel title, samples)
     if dim == 2 and result.samples and result.truth is not None:
         for name in dict.fromkeys(r.scheduler for r in result.rows):
             rows = sorted((r for r in result.rows if r.scheduler == name), key=lambda r: r.steps)
             key = f"{name}@{rows[0].steps}"
             if key in result.samples:
-                scatter_runs.append((f"{name}, {rows[0].steps} steps (NFE {rows[0].nfe})", result.samples[key]))
+                scatter_runs.append((name, f"{name}, {rows[0].steps} steps (NFE {rows[0].nfe})", result.samples[key]))
     ncols = max(len(panels), len(scatter_runs), 1)
     nrows = 2 if scatter_runs else 1
     fig = plt.figure(figsize=(4.2 * ncols, 3.8 * nrows), dpi=110)
@@ -79,7 +86,7 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
         ax = fig.add_subplot(nrows, ncols, i + 1)
         series = _series(result, metric)
         for name, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=name)
+            ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=_wrap(name))
         floor = result.noise_floor.get(metric)
         all_x = [x for xs, _ in series.values() for x in xs]
         if floor and floor.get("mean", 0) > 0 and all_x:
@@ -104,19 +111,18 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
         # one frame for all panels: the truth, widened for samples that overshoot (99th percentile)
         spread = max(
             [float(abs(truth).max()) * 1.15]
-            + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, s in scatter_runs]
+            + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, _, s in scatter_runs]
         )
         lim = min(spread, float(abs(truth).max()) * 3) + 1e-9
-        for j, (label, samples) in enumerate(scatter_runs[:ncols]):
+        for j, (name, label, samples) in enumerate(scatter_runs[:ncols]):
             ax = fig.add_subplot(nrows, ncols, ncols + j + 1)
             pts = samples[:SCATTER_POINTS].cpu().numpy()
             ax.scatter(truth[:, 0], truth[:, 1], s=2, color="0.75", label="truth", rasterized=True)
-            name = label.split(",")[0]
             ax.scatter(pts[:, 0], pts[:, 1], s=2, color=colors.get(name, "C0"), label="samples", rasterized=True)
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
-            ax.set_title(label, fontsize=8)
+            ax.set_title(_wrap(label, 48), fontsize=8)
             ax.tick_params(labelsize=7)
             if j == 0:
                 ax.legend(fontsize=7, markerscale=4, loc="upper right")
@@ -135,7 +141,7 @@ def plot_result(result: BenchResult, path: str | os.PathLike, title: str | None 
 def _metric_panel(ax: Any, result: BenchResult, metric: str, colors: dict[str, str]) -> None:
     series = _series(result, metric)
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=name)
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=_wrap(name))
     floor = result.noise_floor.get(metric)
     if floor and floor.get("mean", 0) > 0 and series:
         lo, hi = max(floor["mean"] - floor["std"], floor["mean"] * 0.1), floor["mean"] + floor["std"]
@@ -192,7 +198,9 @@ def _image_figure(result: BenchResult, panels: list[str], title: str | None) -> 
             key = f"{name}@{n}"
             if key in result.samples:
                 ax.imshow(tile(result.samples[key], shape, per_side), cmap=cmap, vmin=-1, vmax=1)
-                ax.set_title(f"{name}, {n} steps (NFE {nfe.get((name, n))})", fontsize=7, color=colors[name])
+                ax.set_title(
+                    _wrap(f"{name}, {n} steps (NFE {nfe.get((name, n))})", 32), fontsize=7, color=colors[name]
+                )
             else:
                 ax.axis("off")
     if result.truth is not None:
