@@ -61,7 +61,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -368,6 +368,18 @@ def _init_keywords(cls: type) -> set[str]:
     return out
 
 
+def _init_default(cls: type, name: str, fallback: Any) -> Any:
+    """The default of constructor keyword ``name`` (through forwarding subclasses), else ``fallback``."""
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None or klass is object:
+            continue
+        param = inspect.signature(init).parameters.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return fallback
+
+
 def _label(dist: str, version: str, attr: str, options: dict[str, Any]) -> str:
     opts = ", ".join(f"{k}={v!r}" for k, v in options.items())
     return f"{dist} {version}: {attr}" + (f"({opts})" if opts else "")
@@ -418,7 +430,7 @@ def _prediction_type(spec: str, config: BenchConfig, supported: tuple[str, ...] 
 
 
 def _resolve_diffusers(
-    spec: str, cls: type, label: str, dist: str, version: str, own: dict[str, Any], config: BenchConfig
+    spec: str, cls: Any, label: str, dist: str, version: str, own: dict[str, Any], config: BenchConfig
 ) -> ForeignScheduler:
     init = _init_keywords(cls)
     step = _keywords(inspect.signature(cls.step), STEP_RESERVED) - init
@@ -469,8 +481,7 @@ def _resolve_diffusers(
         if pt not in (None, "flow"):
             raise BenchInputError(f"scheduler {spec!r} is a flow-matching class: it takes prediction type 'flow' only")
     else:
-        default = inspect.signature(cls.__init__).parameters.get("prediction_type")
-        raw = kwargs.get("prediction_type", default.default if default is not None else "epsilon")
+        raw = kwargs.get("prediction_type", _init_default(cls, "prediction_type", "epsilon"))
         from samplers.parameterization import canonical_prediction_type
 
         try:
@@ -530,7 +541,7 @@ def _resolve_k(
     options = {**{k: v for k, v in config.options.items() if k in accepted}, **own}
     return ForeignScheduler(
         name=label,
-        cls=fn,
+        cls=cast(Any, fn),  # the runner reads cls for its name and ``order``: a function serves
         config={k: v for k, v in options.items() if k in keywords},
         schedule_label=schedule_label,
         prediction_type="sample",
@@ -608,8 +619,8 @@ class _DiffusersModel:
             else:
                 assert self.schedule is not None
                 tt = torch.tensor(int(key)) if key.is_integer() else torch.tensor(key, dtype=F64)
-                a, s = self.schedule.alpha_sigma(tt)
-                hit = (float(a), float(s))
+                alpha, sigma = self.schedule.alpha_sigma(tt)
+                hit = (float(alpha), float(sigma))
             self.levels[key] = hit
         return hit
 
@@ -821,13 +832,14 @@ class ForeignRun:
             mem.__enter__()
         if progress is not None:
             progress.row_started(f"{rs.name} x{steps}", steps)
+        calls_before = int(getattr(model, "calls", 0))  # a network counts its own calls
         try:
             x, wall, counting, net = self._once(problem, noise, steps, seed, progress, model)
         finally:
             if progress is not None:
                 progress.row_finished()
         peak = mem.peak() if mem is not None else 0
-        nfe = counting.calls if counting is not None else int(getattr(net, "calls", 0))
+        nfe = counting.calls if counting is not None else int(getattr(net, "calls", 0)) - calls_before
         model_s = counting.model_s if counting is not None else 0.0
         try:
             stochastic = self._stochastic(problem, noise, steps, seed, model)
