@@ -655,6 +655,7 @@ class ForeignRun:
     def __init__(self, spec: ForeignScheduler) -> None:
         self.spec = spec
         self.name = spec.name
+        self._first_sigma = math.nan  # a k-diffusion run's sigmas[0]: its start is noise * sigmas[0]
 
     def set_timesteps(self, steps: int, device: Any = None) -> None:
         """Nothing to check before sampling: a foreign class's construction and grid are run-time (row) errors."""
@@ -764,7 +765,8 @@ class ForeignRun:
             with torch.random.fork_rng(devices=[device] if on_cuda else []):
                 torch.manual_seed(seed)
                 sigmas = self.sigmas(steps, device)
-                x = noise * sigmas[0]
+                self._first_sigma = float(sigmas[0])
+                x = noise * self._first_sigma
                 out = rs.cls(_KDenoiser(counting), x, sigmas, **kwargs)
         except Exception as exc:  # any failure while sampling is this row's error
             raise ForeignRunError(f"{rs.cls.__name__}: {type(exc).__name__}: {exc}") from exc
@@ -848,12 +850,19 @@ class ForeignRun:
         start = (math.nan, 1.0, math.nan, math.nan)
         if counting is not None and counting.first is not None:
             x0, a0, s0 = counting.first
-            start = (_gain(x0, noise), 1.0, a0, s0)
+            start = (_gain(x0, noise, (1.0, self._first_sigma)), 1.0, a0, s0)
         return SampleRun(x, nfe, wall, model_s, peak, mem.kind if mem else "none", stochastic, start)
 
 
-def _gain(x_first: torch.Tensor, noise: torch.Tensor) -> float:
-    """``g`` with ``x_first = g * noise`` (least squares in float64); NaN when the first input is no multiple of it."""
+def _gain(x_first: torch.Tensor, noise: torch.Tensor, candidates: tuple[float, ...] = (1.0,)) -> float:
+    """``g`` with ``x_first = g * noise``; NaN when the first input is no multiple of it.
+
+    A candidate that reproduces ``x_first`` exactly in its dtype (how the loop built it) is taken as it is,
+    so equal starts key one shared reference solve; otherwise least squares in float64.
+    """
+    for g in candidates:
+        if math.isfinite(g) and torch.equal(x_first, noise * g):
+            return float(g)
     x64, z64 = x_first.to(F64).reshape(-1), noise.to(F64).reshape(-1)
     zz = float(z64 @ z64)
     if zz == 0:
