@@ -762,7 +762,8 @@ class ForeignRun:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         try:
-            with torch.random.fork_rng(devices=[device] if on_cuda else []):
+            index = device.index if device.index is not None else torch.cuda.current_device() if on_cuda else 0
+            with torch.random.fork_rng(devices=[index] if on_cuda else []):
                 torch.manual_seed(seed)
                 sigmas = self.sigmas(steps, device)
                 self._first_sigma = float(sigmas[0])
