@@ -162,7 +162,9 @@ def test_result_json_schema_is_stable(gaussian_result, tmp_path):
         "peak_mem_bytes",
         "peak_mem_kind",
         "metrics_s",
+        "error",  # None, or a foreign sampler's run-time failure (samplers.bench.foreign)
     }
+    assert doc["rows"][0]["error"] is None
     assert set(doc["config"]) == {
         "schedulers",
         "steps",

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from samplers.bench import runner as R
+from samplers.bench.foreign import split_scheduler_list
 from samplers.bench.metrics import METRICS
 
 # Which noise-floor comparisons make sense (exact references have no floor).
@@ -86,7 +87,7 @@ def _schedulers(suite: str | None, scheduler: str | None, defaults: dict[str, An
     """``--suite`` and ``--scheduler`` together (their union), or the problem's default list."""
     from samplers.bench import suites
 
-    names = _split(scheduler, "--scheduler") if scheduler is not None else None
+    names = split_scheduler_list(scheduler) if scheduler is not None else None
     try:
         chosen = suites.resolve(suite, names)
     except ValueError as exc:
@@ -223,6 +224,9 @@ def render(result: R.BenchResult, console: Console) -> None:
     if notes:
         table.caption = "; ".join(notes)
     console.print(table)
+    for r in result.rows:  # a foreign sampler that failed: its row is blank, the reason here
+        if r.error:
+            console.print(f"[red]error[/red] {escape(r.scheduler)} x{r.steps}: {escape(r.error)}", soft_wrap=True)
     if result.noise_floor:
         parts = [f"{METRICS[m].label} {_fmt(f['mean'])} ± {_fmt(f['std'])}" for m, f in result.noise_floor.items()]
         first = next(iter(result.noise_floor.values()))
@@ -308,7 +312,10 @@ def bench(
         None,
         "--scheduler",
         "-s",
-        help="Comma-separated scheduler names (see `samplers list`; plugins work too) "
+        help="Comma-separated scheduler names (see `samplers list`; plugins work too), or foreign samplers: "
+        "diffusers:CLASS, k-diffusion:FUNCTION, module.path:SchedulerMixinClass or module.path:k_diffusion_style_fn, "
+        "each optionally with its own options after a second colon (diffusers:DPMSolverMultistepScheduler:"
+        "use_karras_sigmas=true,solver_order=3) "
         f"[default: {','.join(R.DEFAULT_SCHEDULERS)}; "
         f"digits: {','.join(R.PROBLEM_DEFAULTS['digits']['schedulers'])}].",
     ),

@@ -22,6 +22,13 @@ GRID_COLUMNS = 5  # sample mosaics per sampler in an image problem's --until fig
 _PRIMARY_ORDER = ("sw1", "sw", "mmd", "frechet", "kl", "kl_exact")  # SW1: least noisy on multimodal data
 
 
+def _wrap(label: str, width: int = 40) -> str:
+    """A row label on lines of at most ``width`` characters (foreign rows carry library, version and options)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False, break_on_hyphens=False)) or label
+
+
 def _series(result: BenchResult, metric: str) -> dict[str, tuple[list[int], list[float]]]:
     out: dict[str, tuple[list[int], list[float]]] = {}
     for r in result.rows:
@@ -114,16 +121,16 @@ def _shown_row(result: BenchResult, name: str) -> Any:
     return next((r for r in rows if r.steps == pick), rows[0])
 
 
-def _scatter_runs(result: BenchResult) -> list[tuple[str, Any]]:
-    """(label, samples) per scheduler for the 2-D scatter row (empty unless the problem is 2-D with samples)."""
-    runs: list[tuple[str, Any]] = []
+def _scatter_runs(result: BenchResult) -> list[tuple[str, str, Any]]:
+    """(row name, label, samples) per scheduler for the 2-D scatter row (empty unless the problem is 2-D)."""
+    runs: list[tuple[str, str, Any]] = []
     if int(result.problem.get("dim", 0)) != 2 or not result.samples or result.truth is None:
         return runs
     for name in dict.fromkeys(r.scheduler for r in result.rows):
         row = _shown_row(result, name)
         key = f"{name}@{row.steps}"
         if key in result.samples:
-            runs.append((f"{name}, {row.steps} steps (NFE {row.nfe})", result.samples[key]))
+            runs.append((name, f"{name}, {row.steps} steps (NFE {row.nfe})", result.samples[key]))
     return runs
 
 
@@ -132,7 +139,7 @@ def _accuracy_panel(ax: Any, result: BenchResult, metric: str, colors: dict[str,
     the ODE error and the ``--until`` target where it was searched on this metric."""
     series = _series(result, metric)
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=name)
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=_wrap(name))
     floor = result.noise_floor.get(metric)
     all_x = [x for xs, _ in series.values() for x in xs]
     if floor and floor.get("mean", 0) > 0 and all_x:
@@ -182,7 +189,7 @@ def _until_marks(ax: Any, result: BenchResult, metric: str, colors: dict[str, st
 
 
 def _scatter_row(
-    fig: Any, result: BenchResult, scatter_runs: list[tuple[str, Any]], ncols: int, colors: dict[str, str]
+    fig: Any, result: BenchResult, scatter_runs: list[tuple[str, str, Any]], ncols: int, colors: dict[str, str]
 ) -> None:
     """Bottom row of a 2-D problem: each scheduler's samples over the truth, in one shared frame."""
     assert result.truth is not None
@@ -190,19 +197,18 @@ def _scatter_row(
     # one frame for all panels: the truth, widened for samples that overshoot (99th percentile)
     spread = max(
         [float(abs(truth).max()) * 1.15]
-        + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, s in scatter_runs]
+        + [float(s[:SCATTER_POINTS].abs().quantile(0.99)) * 1.1 for _, _, s in scatter_runs]
     )
     lim = min(spread, float(abs(truth).max()) * 3) + 1e-9
-    for j, (label, samples) in enumerate(scatter_runs[:ncols]):
+    for j, (name, label, samples) in enumerate(scatter_runs[:ncols]):
         ax = fig.add_subplot(2, ncols, ncols + j + 1)
         pts = samples[:SCATTER_POINTS].cpu().numpy()
         ax.scatter(truth[:, 0], truth[:, 1], s=2, color="0.75", label="truth", rasterized=True)
-        name = label.split(",")[0]
         ax.scatter(pts[:, 0], pts[:, 1], s=2, color=colors.get(name, "C0"), label="samples", rasterized=True)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-        ax.set_title(label, fontsize=8)
+        ax.set_title(_wrap(label, 48), fontsize=8)
         ax.tick_params(labelsize=7)
         if j == 0:
             ax.legend(fontsize=7, markerscale=4, loc="upper right")
@@ -211,7 +217,7 @@ def _scatter_row(
 def _metric_panel(ax: Any, result: BenchResult, metric: str, colors: dict[str, str]) -> None:
     series = _series(result, metric)
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=name)
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.5, color=colors[name], label=_wrap(name))
     floor = result.noise_floor.get(metric)
     if floor and floor.get("mean", 0) > 0 and series:
         lo, hi = max(floor["mean"] - floor["std"], floor["mean"] * 0.1), floor["mean"] + floor["std"]
@@ -294,7 +300,9 @@ def _sample_grid(fig: Any, grid: Any, result: BenchResult, columns: dict[str, li
             key = f"{name}@{n}"
             if key in result.samples:
                 ax.imshow(tile(result.samples[key], shape, per_side), cmap=cmap, vmin=-1, vmax=1)
-                ax.set_title(f"{name}, {n} steps (NFE {nfe.get((name, n))})", fontsize=7, color=colors[name])
+                ax.set_title(
+                    _wrap(f"{name}, {n} steps (NFE {nfe.get((name, n))})", 32), fontsize=7, color=colors[name]
+                )
             else:
                 ax.axis("off")
     if result.truth is not None:

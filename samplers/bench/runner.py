@@ -255,6 +255,11 @@ def _accepted_options(cls: type) -> set[str]:
     return {k for k in inspect.signature(cls.__init__).parameters if k != "self"}
 
 
+def _accepted_by(rs: ResolvedScheduler) -> set[str]:
+    accepted = getattr(rs, "accepted", None)  # a foreign adapter knows its own (class, step or function keywords)
+    return set(accepted) if accepted is not None else _accepted_options(rs.cls)
+
+
 def problem_defaults(problem: str) -> dict[str, Any]:
     """Schedulers, steps, samples, ODE samples and model schedule a run of ``problem`` (a name or spec) uses
     unless told."""
@@ -276,8 +281,16 @@ def problem_defaults(problem: str) -> dict[str, Any]:
 
 
 def resolve_scheduler(name: str, config: BenchConfig) -> ResolvedScheduler:
-    """Look a scheduler up and build its config for this benchmark (raises BenchInputError)."""
+    """Look a scheduler up and build its config for this benchmark (raises BenchInputError).
+
+    A foreign spec (``diffusers:Class``, ``k-diffusion:fn``, ``module:Name``) resolves through
+    :mod:`samplers.bench.foreign` into an adapter the rest of the runner treats the same way.
+    """
+    from samplers.bench import foreign
     from samplers.registry import registry
+
+    if foreign.is_foreign_spec(name):
+        return foreign.resolve_foreign(name, config)
 
     try:
         cls = registry().scheduler_class(name)
@@ -357,7 +370,7 @@ def prepare(config: BenchConfig) -> Prepared:
     if len({s.name for s in scheds}) != len(scheds):
         raise BenchInputError(f"--scheduler lists a name twice: {list(config.schedulers)}")
     for key in config.options:
-        if not any(key in _accepted_options(s.cls) for s in scheds):
+        if not any(key in _accepted_by(s) for s in scheds):
             raise BenchInputError(f"--option {key!r} is not a config option of any of {[s.name for s in scheds]}")
     for rs in scheds:  # config and grid errors (e.g. a prediction type a schedule cannot invert) surface now
         for steps in sorted(set(config.steps)):
@@ -477,6 +490,7 @@ class BenchRow:
     peak_mem_bytes: int
     peak_mem_kind: str
     metrics_s: float
+    error: str | None = None  # a foreign sampler that failed at run time: its message (numbers NaN)
 
 
 @dataclass
@@ -550,6 +564,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "dtype",
     "seed",
     "world_size",
+    "error",
 )
 
 
@@ -583,6 +598,7 @@ def to_csv(result: BenchResult) -> str:
             "dtype": cfg["dtype"],
             "seed": cfg["seed"],
             "world_size": env.get("world_size", 1),
+            "error": r.error or "",
         }
         for name in ALL_METRICS:
             v = r.metrics.get(name)
@@ -812,6 +828,10 @@ def sample_oracle(
     ``model``, if given, replaces the oracle: a network called as ``model(x_in, t)`` with the
     scheduler's timestep (speed-only problems).
     """
+    from samplers.bench.foreign import ForeignRun
+
+    if isinstance(scheduler, ForeignRun):  # diffusers / k-diffusion loop, NFE counted at the model
+        return scheduler.run(problem, noise, seeds, steps, progress, measure_memory, model)
     device = noise.device
     network = model is not None
     if model is None:
@@ -925,7 +945,11 @@ def _environment(prepared: Prepared, dist: DistContext) -> dict[str, Any]:
 
 def _scheduler_info(rs: ResolvedScheduler) -> dict[str, Any]:
     """Class, source distribution and the full config a scheduler ran with (provenance for plugins)."""
+    from samplers.bench.foreign import ForeignScheduler
     from samplers.registry import registry
+
+    if isinstance(rs, ForeignScheduler):
+        return rs.info()
 
     entry = registry().entries.get(rs.name)
     sched = _build_scheduler(rs)
@@ -948,6 +972,10 @@ def _load_average() -> float | None:
 
 
 def _build_scheduler(rs: ResolvedScheduler) -> Any:
+    from samplers.bench.foreign import ForeignScheduler
+
+    if isinstance(rs, ForeignScheduler):
+        return rs.build()
     try:
         return rs.cls.from_config(rs.config) if hasattr(rs.cls, "from_config") else rs.cls(**rs.config)
     except (ValueError, TypeError) as exc:
@@ -998,6 +1026,9 @@ def run_benchmark(
     result, for plots (0 keeps none). ``search``, if given, picks each scheduler's step counts as the
     rows come in (``config.steps`` then only bounds the search and warms up at its smallest value).
     """
+    from samplers.bench.foreign import ForeignRunError
+    from samplers.bench.foreign import error_row as foreign_error_row
+
     t_begin = time.perf_counter()
     prepared = prepare(config)
     dist = dist or DistContext()
@@ -1095,16 +1126,19 @@ def run_benchmark(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         for rs in prepared.schedulers:
-            sample_oracle(
-                _build_scheduler(rs),
-                problem,
-                _initial_noise(batch_seeds(config.seed, w, device=device), d, dtype),
-                batch_seeds(config.seed, w, device=device),
-                min(config.steps),
-                config.backend,
-                measure_memory=False,
-                model=network,
-            )
+            try:
+                sample_oracle(
+                    _build_scheduler(rs),
+                    problem,
+                    _initial_noise(batch_seeds(config.seed, w, device=device), d, dtype),
+                    batch_seeds(config.seed, w, device=device),
+                    min(config.steps),
+                    config.backend,
+                    measure_memory=False,
+                    model=network,
+                )
+            except ForeignRunError:
+                pass  # a foreign sampler that fails reports it in its own rows
         timing["warmup_s"] = time.perf_counter() - t_w
 
     rows: list[BenchRow] = []
@@ -1114,9 +1148,13 @@ def run_benchmark(
         plan = config.steps if search is None else search.plan(rs.name, rows, metric_names, noise_floor, dist)
         for steps in plan:
             sched = _build_scheduler(rs)
-            run = sample_oracle(
-                sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network
-            )
+            try:
+                run = sample_oracle(
+                    sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network
+                )
+            except ForeignRunError as exc:  # that row's error; the rest of the run completes
+                rows.append(foreign_error_row(rs, steps, exc))
+                continue
             t_s = time.perf_counter()
             wall = dist.reduce_max(run.wall_s, device)
             model_s = dist.reduce_max(run.model_s, device)
@@ -1135,7 +1173,7 @@ def run_benchmark(
             if main and not speed_only:
                 assert gathered is not None and truth is not None
                 ode_ref = None
-                if "ode_error" in want and not run.stochastic:
+                if "ode_error" in want and not run.stochastic and math.isfinite(run.start[0]):
                     t_r = time.perf_counter()
                     if solves is not None:
                         key = solves.solve(ode_noise, run.start)
