@@ -35,12 +35,13 @@ prediction type (a diffusers output object's ``.sample``, or a tuple's first ite
 with twice the input channels, a learned-variance model, keeps its first half).
 
 **Levels.** The denoiser maps a level ``s = sigma / alpha`` to the model time ``t(s)`` of the model's
-own schedule (``time_at_level``: for a discrete schedule, linear in log-sigma between training
-timesteps), feeds the network ``x`` rescaled to that schedule's (alpha_t, sigma_t) and converts the
-output to x0 with :func:`samplers.parameterization.to_x0_eps`. Below the smallest trained level (the
-reference ODE solve goes to ``s = 1e-5``) the network's noise estimate at its least noisy timestep
-is used, ``D = (x - sigma eps_hat) / alpha``; above the largest (pure noise, ``alpha = 0``, for a
-discrete schedule) its x0 estimate at its noisiest timestep. Both are continuous at the edge.
+own schedule (for a discrete schedule the training timestep at a training level, and between them a
+natural cubic spline in log-sigma, :class:`SplineTime`, smooth where the usual piecewise-linear map
+has kinks that would slow the reference solver), feeds the network ``x`` rescaled to the schedule
+family's coordinates of that level (at a training timestep, exactly its training (alpha_t, sigma_t)),
+and converts the output to x0 with :func:`samplers.parameterization.to_x0_eps`. Below the least noisy
+timestep (the reference ODE solve goes on to ``s = 1e-5``) a discrete schedule's ``t`` continues along
+the spline's tangent (``t < 0``, smooth); above the noisiest (up to ``alpha = 0``) ``t`` stays there.
 
 **Precision.** The network runs in float64 when it accepts that (its parameters are converted, and
 a probe call must succeed); otherwise in its own dtype, and the reference's error estimate then
@@ -456,6 +457,50 @@ def load_spec(spec: str) -> LoadedModel:
 # --------------------------------------------------------------------------------------------
 
 
+class SplineTime:
+    """The model time of a discrete schedule at any level: a natural cubic spline of ``t`` in ``log sigma``.
+
+    Exact at the training timesteps (the knots) and twice continuously differentiable between them. The
+    usual map (diffusers', k-diffusion's: linear in log-sigma per interval) has a kink at every timestep,
+    which near ``t = 0`` of a linear-beta schedule is large enough to hold the fourth-order reference
+    solver to second order (and its Richardson estimate, which assumes the fourth, to an underestimate).
+
+    Args:
+        schedule: a :class:`~samplers.schedules.DiscreteVPSchedule` with at least 3 timesteps.
+    """
+
+    def __init__(self, schedule: DiscreteVPSchedule) -> None:
+        x = schedule.sigmas.log()  # knots: log sigma_i, increasing in i
+        y = torch.arange(len(x), dtype=F64)
+        h = x[1:] - x[:-1]
+        n = len(x)
+        # natural spline: second derivatives m (m_0 = m_{n-1} = 0) from the tridiagonal system
+        a = torch.zeros(n - 2, n - 2, dtype=F64)
+        idx = torch.arange(n - 2)
+        a[idx, idx] = 2 * (h[:-1] + h[1:])
+        a[idx[1:], idx[:-1]] = h[1:-1]
+        a[idx[:-1], idx[1:]] = h[1:-1]
+        slope = (y[1:] - y[:-1]) / h
+        rhs = 6 * (slope[1:] - slope[:-1])
+        m = torch.zeros(n, dtype=F64)
+        m[1:-1] = torch.linalg.solve(a, rhs)
+        self.x, self.y, self.h, self.m = x, y, h, m
+
+    def __call__(self, level: torch.Tensor) -> torch.Tensor:
+        """Model time [N] float64 at VE levels [N]: clamped above the noisiest timestep, and below the least
+        noisy one continued along the spline's tangent (negative times; twice differentiable, as the natural
+        spline's second derivative is 0 at its end)."""
+        raw = torch.as_tensor(level, dtype=F64).clamp(min=1e-300).log()
+        u = raw.clamp(float(self.x[0]), float(self.x[-1]))
+        i = (torch.searchsorted(self.x, u) - 1).clamp(0, len(self.x) - 2)
+        h = self.h[i]
+        a, b = (self.x[i + 1] - u) / h, (u - self.x[i]) / h
+        cubic = ((a**3 - a) * self.m[i] + (b**3 - b) * self.m[i + 1]) * h * h / 6
+        t = a * self.y[i] + b * self.y[i + 1] + cubic
+        slope0 = (self.y[1] - self.y[0]) / self.h[0] - self.h[0] * self.m[1] / 6
+        return torch.where(raw < self.x[0], self.y[0] + slope0 * (raw - self.x[0]), t)
+
+
 def _module_dtype(net: Any) -> torch.dtype | None:
     params = getattr(net, "parameters", None)
     if params is None:
@@ -499,6 +544,11 @@ class NetworkDenoiser:
         self.level_lo = float(s[0] / a[0]) if float(a[0]) > 0 else math.inf
         self.level_hi = float(s[1] / a[1]) if float(a[1]) > 0 else math.inf
         self.calls = 0
+        smooth = isinstance(schedule, DiscreteVPSchedule) and schedule.num_train_timesteps >= 3
+        self.time_at_level: Callable[[torch.Tensor], torch.Tensor] = (
+            SplineTime(schedule) if smooth else schedule.time_at_level  # type: ignore[arg-type]
+        )
+        self.extrapolates = smooth  # below the least noisy timestep t goes on (linearly in log sigma, t < 0)
 
     def net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The raw network on ``x`` [B, *sample_shape] at model times ``t`` [B]: its output [B, *sample_shape]."""
@@ -529,13 +579,16 @@ class NetworkDenoiser:
         a = torch.as_tensor(alpha, dtype=F64, device=x.device).reshape(-1).expand(b)
         s = torch.as_tensor(sigma, dtype=F64, device=x.device).reshape(-1).expand(b)
         level = torch.where(a > 0, s / a.clamp(min=1e-300), torch.full_like(s, math.inf))
-        inside = level.clamp(self.level_lo, self.level_hi)
-        t = torch.where(
-            torch.isinf(inside), torch.full_like(inside, self.t_hi), self.schedule.time_at_level(inside.cpu()).to(x)
-        ).clamp(self.t_lo, self.t_hi)
-        at, st = self.schedule.alpha_sigma(t.cpu())
-        at, st = at.to(x), st.to(x)
-        k = torch.hypot(at, st) / torch.hypot(a, s)  # the same point in the network's coordinates at time t
+        finite = torch.isfinite(level)
+        inside = torch.where(finite, level.clamp(max=self.level_hi), torch.ones_like(level))
+        t = torch.where(finite, self.time_at_level(inside.cpu()).to(x), torch.full_like(level, self.t_hi))
+        t = t.clamp(max=self.t_hi) if self.extrapolates else t.clamp(self.t_lo, self.t_hi)
+        # the network's own coordinates of the sample's level (exactly its training (alpha_t, sigma_t) at a
+        # training timestep); alpha = 0 is (0, 1) in every family
+        at, st = self.schedule.alpha_sigma_at_level(torch.where(finite, level, torch.ones_like(level)).cpu())
+        at = torch.where(finite, at.to(x), torch.zeros_like(level))
+        st = torch.where(finite, st.to(x), torch.ones_like(level))
+        k = torch.hypot(at, st) / torch.hypot(a, s)  # the same point in those coordinates
         col = (-1,) + (1,) * (x.dim() - 1)
         x_net = x * k.reshape(col)
         outs = []
@@ -544,10 +597,7 @@ class NetworkDenoiser:
             outs.append(self.net(xi, t[i : i + self.batch]).to(F64).reshape(xi.shape[0], -1))
         self.calls += 1
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        x0_net, eps_net = to_x0_eps(self.prediction_type, out, x_net, at.reshape(col), st.reshape(col))
-        below = (level < self.level_lo).reshape(col)  # under the least noisy trained level: keep the noise estimate
-        x0_low = (x - s.reshape(col) * eps_net) / a.clamp(min=1e-300).reshape(col)
-        return torch.where(below, x0_low, x0_net)
+        return to_x0_eps(self.prediction_type, out, x_net, at.reshape(col), st.reshape(col))[0]
 
 
 def _probe(den: NetworkDenoiser, where: str) -> None:
