@@ -266,7 +266,7 @@ def test_diffusers_folder(tmp_path):
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.05)
     unet.save_pretrained(tmp_path)
-    diffusers.DDPMScheduler(prediction_type="epsilon").save_pretrained(tmp_path / "scheduler")
+    diffusers.DDPMScheduler(prediction_type="v_prediction").save_pretrained(tmp_path / "scheduler")
     result = _run(str(tmp_path), schedulers=("euler",), steps=(3, 6), samples=4, ode_samples=2)
     assert result.problem["class"] == "UNet2DModel" and result.problem["sample_shape"] == [1, 4, 4]
     assert result.problem["ode_reference"]["estimated_error"] > 0
