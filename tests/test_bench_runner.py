@@ -180,6 +180,8 @@ def test_result_json_schema_is_stable(gaussian_result, tmp_path):
         "ode_samples",
         "backend",
         "warmup",
+        "model",  # --model / --data (None on oracle problems)
+        "data",
     }
     assert {"torch", "samplers", "device_name", "world_size", "date", "sampler_update_backend"} <= set(
         doc["environment"]

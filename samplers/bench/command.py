@@ -389,6 +389,20 @@ def bench(
         help="CPU threads for torch; 0 = torch's default (one per core). The oracle problems are small, "
         "and one thread is the fast, stable choice on a shared machine.",
     ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Bench a trained network instead of --problem: a diffusers model folder (with its "
+        "scheduler_config.json), module:factory, or a TorchScript / torch.export (.pt2) file with a side-car "
+        "JSON (see docs/bench_your_model.md). Scored against a high-accuracy solve of its probability-flow ODE "
+        "[defaults: -s ddim,euler,heun,dpmpp_2m, steps 5,10,20,50, 64 samples, 32 ODE samples].",
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="With --model: a data set (.npy / .pt tensor [N, *sample_shape], or a folder of PNG/JPG images) for "
+        "SW and MMD in pixel space; its odd rows are held out as the noise floor.",
+    ),
     json_path: str | None = typer.Option(None, "--json", help="Write the full result as JSON here."),
     csv_path: str | None = typer.Option(None, "--csv", help="Write one CSV line per run here."),
     plot_path: str | None = typer.Option(
@@ -418,6 +432,10 @@ def bench(
     threads_before = torch.get_num_threads()
     try:
         defaults = R.problem_defaults(problem)
+        if model is not None:
+            from samplers.bench.network import MODEL_DEFAULTS
+
+            defaults = dict(MODEL_DEFAULTS)
         if samples is None:
             samples = defaults["samples"]
         if ode_samples is None:
@@ -439,6 +457,8 @@ def bench(
             options=_parse_options(option),
             ode_samples=ode_samples,
             backend=backend,
+            model=model,
+            data=data,
         )
         if search is not None:  # --steps bounds the search: prepare() checks both bounds, warm-up runs the lower
             import dataclasses

@@ -196,6 +196,8 @@ class BenchConfig:
         options: extra scheduler config, applied to the schedulers that accept each key.
         ode_samples: how many samples get an exact ODE reference (integration cost).
         backend: sampler-update backend ("auto", "fused", "torch").
+        model: ``--model`` SPEC (:mod:`samplers.bench.network`): a trained network replaces ``problem``.
+        data: ``--data`` PATH, the data set a ``model`` run's distribution metrics compare with.
     """
 
     schedulers: tuple[str, ...] = DEFAULT_SCHEDULERS
@@ -212,6 +214,8 @@ class BenchConfig:
     ode_samples: int = DEFAULT_ODE_SAMPLES
     backend: str = "auto"
     warmup: bool = True
+    model: str | None = None
+    data: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -280,11 +284,13 @@ def problem_defaults(problem: str) -> dict[str, Any]:
     return out
 
 
-def resolve_scheduler(name: str, config: BenchConfig) -> ResolvedScheduler:
+def resolve_scheduler(name: str, config: BenchConfig, problem: Any = None) -> ResolvedScheduler:
     """Look a scheduler up and build its config for this benchmark (raises BenchInputError).
 
     A foreign spec (``diffusers:Class``, ``k-diffusion:fn``, ``module:Name``) resolves through
     :mod:`samplers.bench.foreign` into an adapter the rest of the runner treats the same way.
+    ``problem`` with a ``scheduler_preset`` (a ``--model`` network) gives the model schedule itself
+    when ``config.schedule`` is ``"model"``.
     """
     from samplers.bench import foreign
     from samplers.registry import registry
@@ -298,7 +304,12 @@ def resolve_scheduler(name: str, config: BenchConfig) -> ResolvedScheduler:
         raise BenchInputError(str(exc)) from None
     accepted = _accepted_options(cls)
     kwargs: dict[str, Any] = {k: v for k, v in BENCH_SCHEDULER_DEFAULTS.items() if k in accepted}
-    preset = SCHEDULE_PRESETS[config.schedule]
+    from samplers.bench.network import MODEL_SCHEDULE
+
+    if config.schedule == MODEL_SCHEDULE:
+        preset = getattr(problem, "scheduler_preset", {})
+    else:
+        preset = SCHEDULE_PRESETS[config.schedule]
     label = "own default"
     if preset and getattr(cls, "family", "any") == "any" and set(preset) <= accepted:
         kwargs.update(preset)
@@ -345,7 +356,13 @@ def prepare(config: BenchConfig) -> Prepared:
             f"--dtype: unknown dtype {config.dtype!r}{_close(config.dtype, list(DTYPES))} "
             f"(expected one of: {', '.join(DTYPES)})"
         )
-    if config.schedule not in SCHEDULE_PRESETS:
+    from samplers.bench.network import MODEL_SCHEDULE, ModelInputError, load_model_problem
+
+    if config.schedule == MODEL_SCHEDULE and config.model is None:
+        raise BenchInputError(f"--schedule {MODEL_SCHEDULE}: the training schedule of a --model network; give --model")
+    if config.data is not None and config.model is None:
+        raise BenchInputError("--data: the data set of a --model network; give --model too")
+    if config.schedule not in SCHEDULE_PRESETS and config.schedule != MODEL_SCHEDULE:
         raise BenchInputError(
             f"--schedule: unknown schedule {config.schedule!r}{_close(config.schedule, list(SCHEDULE_PRESETS))} "
             f"(expected one of: {', '.join(SCHEDULE_PRESETS)})"
@@ -363,10 +380,13 @@ def prepare(config: BenchConfig) -> Prepared:
     if device.type not in ("cpu", "cuda"):
         raise BenchInputError(f"--device must be cpu or cuda, got {config.device!r}")
     try:
-        problem = get_problem(config.problem)
-    except (ValueError, TypeError) as exc:
+        if config.model is not None:  # a trained network: loaded and probed here, before any sampling
+            problem = load_model_problem(config.model, config.data)
+        else:
+            problem = get_problem(config.problem)
+    except (ValueError, TypeError, ModelInputError) as exc:
         raise BenchInputError(str(exc)) from None
-    scheds = [resolve_scheduler(n, config) for n in config.schedulers]
+    scheds = [resolve_scheduler(n, config, problem) for n in config.schedulers]
     if len({s.name for s in scheds}) != len(scheds):
         raise BenchInputError(f"--scheduler lists a name twice: {list(config.schedulers)}")
     for key in config.options:
@@ -386,6 +406,14 @@ def prepare(config: BenchConfig) -> Prepared:
             )
         return _check_memory(Prepared(config, problem, scheds, [], device, DTYPES[config.dtype]))
     names = config.metrics
+    if config.model is not None and names is not None and not is_data_problem(problem):
+        if set(names) - {"ode_error"}:
+            raise BenchInputError(
+                f"--metric {','.join(names)}: a --model run without --data measures ode_error only; give --data "
+                "for distribution metrics"
+            )
+    if names is None and hasattr(problem, "default_metrics"):
+        names = tuple(problem.default_metrics)
     if names is None:
         if is_data_problem(problem):
             names = DATA_METRICS
@@ -1063,13 +1091,15 @@ def run_benchmark(
     t_ref = time.perf_counter()
     truth = target = None
     bandwidth = 1.0
-    mean, cov = (None, None) if speed_only else (problem.mean(), problem.covariance())
+    data_problem = is_data_problem(problem)
+    # a --model network without --data: no samples to compare with, the ODE error only
+    truthless = not speed_only and not data_problem and not hasattr(problem, "sample")
+    mean, cov = (None, None) if speed_only or truthless else (problem.mean(), problem.covariance())
     noise_floor: dict[str, dict[str, float]] = {}
     want = {s.name for s in prepared.metrics}
-    data_problem = is_data_problem(problem)
     features = feature_ref = truth_kernel = None
     floor_info: dict[str, Any] = {"sets": FLOOR_SETS}
-    if main and not speed_only:
+    if main and not speed_only and not truthless:
         all_seeds = batch_seeds(config.seed, n)
         if data_problem:  # real data: the training split is the reference, the held-out split the floor
             truth = problem.reference_data()
@@ -1108,10 +1138,11 @@ def run_benchmark(
             vt = torch.tensor(values, dtype=F64)
             std = float(vt.std()) if len(values) > 1 else 0.0
             noise_floor[spec.name] = {"mean": float(vt.mean()), "std": std, **floor_info}
+    if main and not speed_only:
         m_ode = min(config.ode_samples, n)
         ode_noise = _initial_noise(batch_seeds(config.seed, m_ode), d, dtype) if "ode_error" in want else None
     ode_cache: dict[tuple, torch.Tensor] = {}
-    solves = _ReferenceSolves(problem) if data_problem else None
+    solves = _ReferenceSolves(problem) if data_problem or truthless else None
     solved_rows: list[tuple[int, tuple[str, str], torch.Tensor]] = []  # (row, reference key, samples)
     timing["reference_s"] += time.perf_counter() - t_ref
 
@@ -1171,7 +1202,7 @@ def run_benchmark(
             t_m = time.perf_counter()
             ref_s = 0.0
             if main and not speed_only:
-                assert gathered is not None and truth is not None
+                assert gathered is not None and (truth is not None or truthless)
                 ode_ref = None
                 if "ode_error" in want and not run.stochastic and math.isfinite(run.start[0]):
                     t_r = time.perf_counter()
@@ -1242,7 +1273,7 @@ def run_benchmark(
     timing["harness_s"] = max(0.0, total - accounted)
     timing["harness_fraction"] = timing["harness_s"] / total if total > 0 else 0.0
     problem_info = dict(problem.describe()) if hasattr(problem, "describe") else {"name": config.problem, "dim": d}
-    problem_info["spec"] = config.problem
+    problem_info["spec"] = config.model if config.model is not None else config.problem
     if solves is not None and solves.entries:
         problem_info["ode_reference"] = solves.summary(rows)
     environment = _environment(prepared, dist)
