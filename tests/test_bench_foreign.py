@@ -205,7 +205,7 @@ def test_bad_spec_fails_before_any_sampling(spec, expected, monkeypatch):
 
 
 def test_schedule_a_diffusers_class_cannot_express_is_refused():
-    with pytest.raises(R.BenchInputError, match="cannot express the model's schedule 'edm'"):
+    with pytest.raises(R.BenchInputError, match=r"cannot express the model's schedule \(edm\)"):
         R.prepare(R.BenchConfig(schedulers=("diffusers:DDIMScheduler",), steps=(4,), schedule="edm"))
     with pytest.raises(R.BenchInputError, match="neither a beta schedule nor a flow shift"):
         R.prepare(R.BenchConfig(schedulers=("diffusers:EDMEulerScheduler",), steps=(4,)))
@@ -335,3 +335,24 @@ def test_flow_matching_class_keeps_its_family_and_gives_our_flow_euler():
     result = _run(["flow_euler", "diffusers:FlowMatchEulerDiscreteScheduler"], steps=(4, 9), problem="gaussian")
     assert {r.schedule for r in _rows(result, name)} == {"own default"}
     _assert_same(result, "flow_euler", name)
+
+
+def test_a_module_that_fails_while_importing_is_its_rows_error(tmp_path, monkeypatch):
+    """A path that does not resolve is bad input (refused before sampling, above); a module that exists and
+    raises while importing -- its own code, or a dependency it lacks -- is that sampler's rows' error and the
+    rest of the run completes."""
+    (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "lacks_a_dependency.py").write_text("import no_such_dependency_xyz  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = _run(["raises_on_import:Sampler", "ddim", "lacks_a_dependency:Sampler"], steps=(4, 8))
+    ddim = [r for r in result.rows if r.scheduler == "ddim"]
+    assert [r.steps for r in ddim] == [4, 8]
+    assert all(r.error is None and math.isfinite(r.metrics["ode_error"]) for r in ddim)
+    assert {r.scheduler for r in result.rows if r.error} == {
+        "raises_on_import ?: Sampler",
+        "lacks_a_dependency ?: Sampler",
+    }
+    for needle in ("boom at import", "no_such_dependency_xyz"):
+        rows = [r for r in result.rows if needle in (r.error or "")]
+        assert [r.steps for r in rows] == [4, 8], needle
+        assert all(r.metrics == {} and r.nfe == 0 for r in rows)

@@ -38,8 +38,8 @@ def app() -> typer.Typer:
     return app
 
 
-def _run(model: str, **kw) -> R.BenchResult:
-    return R.run_benchmark(R.BenchConfig(model=model, **{**SHORT, **kw}))
+def _run(model: str, keep_samples: int = 0, **kw) -> R.BenchResult:
+    return R.run_benchmark(R.BenchConfig(model=model, **{**SHORT, **kw}), keep_samples=keep_samples)
 
 
 def _check_reference(result: R.BenchResult) -> None:
@@ -270,3 +270,29 @@ def test_diffusers_folder(tmp_path):
     assert result.problem["class"] == "UNet2DModel" and result.problem["sample_shape"] == [1, 4, 4]
     assert result.problem["scheduler_config"].endswith("scheduler/scheduler_config.json")
     _check_reference(result)
+
+
+def test_foreign_samplers_drive_the_model_on_its_schedule():
+    """Issue 15's two halves together: diffusers' DDIM and k-diffusion's Euler on a --model network (its
+    linear training schedule given to both) give our own DDIM's and Euler's samples and ODE errors, and a
+    class that cannot take the model's schedule is refused before sampling."""
+    result = _run(
+        "bench_models:make_tiny",
+        schedulers=("ddim", "diffusers:DDIMScheduler", "euler", "k-diffusion:sample_euler"),
+        steps=(4, 10),  # linspace(999, 0, n) on integers: k-diffusion's log-sigma interpolation is exact there
+        samples=8,
+        keep_samples=8,
+    )
+    by = {(r.scheduler.split(": ")[-1], r.steps): r for r in result.rows}
+    for ours, theirs in (("ddim", "DDIMScheduler"), ("euler", "sample_euler")):
+        for steps in (4, 10):
+            mine, foreign = by[(ours, steps)], by[(theirs, steps)]
+            assert foreign.error is None and foreign.nfe == mine.nfe == steps
+            assert foreign.metrics["ode_error"] == pytest.approx(mine.metrics["ode_error"], rel=1e-5)
+            a, b = result.samples[f"{mine.scheduler}@{steps}"], result.samples[f"{foreign.scheduler}@{steps}"]
+            assert float((a - b).abs().max()) < 1e-4
+    assert sum("model: linear" in str(v.get("schedule")) for v in result.schedulers.values()) == 2
+    problem = N.load_model_problem("bench_models:make_tiny")
+    config = R.BenchConfig(model="bench_models:make_tiny", schedule="model")
+    with pytest.raises(R.BenchInputError, match="takes neither a beta schedule nor a flow shift"):
+        R.resolve_scheduler("diffusers:EDMEulerScheduler", config, problem)

@@ -44,11 +44,15 @@ sampler at the step count of its first run (the warm-up's).
 The ODE reference needs the start of the sampler's ODE: the first call the counting model sees
 gives its input (a multiple of the initial noise) and its noise level.
 
-**Errors.** A spec whose module does not import, whose name is missing, whose object is neither a
-scheduler class nor a k-diffusion-style function, an unknown library prefix, or an option no
-sampler takes: :class:`~samplers.bench.runner.BenchInputError` in ``prepare``, before any sampling.
-A class that fails to construct, or a sampler that raises while sampling, is that row's error
+**Errors.** A spec that does not resolve (no such module or package on its path, a missing name), whose
+object is neither a scheduler class nor a k-diffusion-style function, an unknown library prefix, or an
+option no sampler takes: :class:`~samplers.bench.runner.BenchInputError` in ``prepare``, before any
+sampling. A module that exists but raises while importing (its own code, or a dependency it lacks), a
+class that fails to construct, or a sampler that raises while sampling is that sampler's rows' error
 (:class:`ForeignRunError`, recorded in ``BenchRow.error``); the other rows run.
+
+**Networks.** With ``--model`` (``--schedule model``) both adapters get the network's training schedule
+(trained betas included where a class takes them); the network answers as a denoiser at any level.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ STEP_RESERVED = ("self", "model_output", "timestep", "sample", "generator", "ret
 # adapter options of a k-diffusion row: the grid (same names and meaning as diffusers' and ours)
 K_GRID_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "rho")
 DISCRETE_KEYS = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
+MODEL_BETA_KEYS = ("trained_betas", "rescale_betas_zero_snr")  # a --model network's schedule may carry these
 # the bench's canonical prediction types -> diffusers' names (score has none)
 DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v_prediction", "flow": "flow"}
 PROBE_SAMPLES = 2
@@ -158,6 +163,7 @@ class ForeignScheduler(ResolvedScheduler):
     schedule: NoiseSchedule | None = None
     family: str = "vp"  # "vp" (discrete betas) or "flow"
     check_betas: bool = True  # compare the instance's alphas_cumprod with the model's schedule
+    import_error: str | None = None  # the module raised while importing: every row's error
     _probe: dict[int, bool] = field(default_factory=dict, repr=False)
 
     def build(self) -> ForeignRun:
@@ -225,6 +231,18 @@ def _parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     return module, attr, options
 
 
+class ImportFailure(Exception):
+    """A foreign spec's module exists but raises while importing: the rows' error, not bad input."""
+
+
+def _names_the_path(missing: str | None, mod_name: str) -> bool:
+    """Whether a ModuleNotFoundError's missing name is ``mod_name`` or a package on its path (it does not resolve)."""
+    if missing is None:
+        return True
+    parts = mod_name.split(".")
+    return missing in {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
 def _import(spec: str, module: str, attr: str) -> tuple[Any, str, str]:
     """The object ``module:attr`` names, with its (distribution, version); BenchInputError if it does not resolve."""
     if module in LIBRARIES:
@@ -234,6 +252,8 @@ def _import(spec: str, module: str, attr: str) -> tuple[Any, str, str]:
     try:
         mod = _import_module(mod_name)
     except ModuleNotFoundError as exc:
+        if not _names_the_path(exc.name, mod_name):  # the module exists; a dependency of it is missing
+            raise ImportFailure(f"importing module {mod_name!r} failed: ModuleNotFoundError: {exc}") from exc
         if module not in LIBRARIES and "." not in module and exc.name == module:
             known = ", ".join(f"{k}:" for k in LIBRARIES if k != "k_diffusion")
             raise BenchInputError(
@@ -241,10 +261,8 @@ def _import(spec: str, module: str, attr: str) -> tuple[Any, str, str]:
                 f"module {module!r}; expected LIBRARY:NAME or an installed module path module.sub:Name"
             ) from None
         raise BenchInputError(f"--scheduler {spec!r}: cannot import module {mod_name!r}: {exc}") from None
-    except Exception as exc:  # a module that fails while importing is the same bad input
-        raise BenchInputError(
-            f"--scheduler {spec!r}: importing module {mod_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from None
+    except Exception as exc:  # the module exists and fails while importing: its rows' error (the run goes on)
+        raise ImportFailure(f"importing module {mod_name!r} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = mod
     for part in attr.split("."):
         try:
@@ -257,9 +275,7 @@ def _import(spec: str, module: str, attr: str) -> tuple[Any, str, str]:
                 f"--scheduler {spec!r}: module {mod_name!r} has no attribute {attr!r}{_close(attr, names)}"
             ) from None
         except Exception as exc:  # diffusers' lazy modules import on attribute access
-            raise BenchInputError(
-                f"--scheduler {spec!r}: importing {mod_name}.{attr} failed: {type(exc).__name__}: {exc}"
-            ) from None
+            raise ImportFailure(f"importing {mod_name}.{attr} failed: {type(exc).__name__}: {exc}") from exc
     if dist:
         try:
             version = importlib.metadata.version(dist)
@@ -385,10 +401,16 @@ def _label(dist: str, version: str, attr: str, options: dict[str, Any]) -> str:
     return f"{dist} {version}: {attr}" + (f"({opts})" if opts else "")
 
 
-def resolve_foreign(spec: str, config: BenchConfig) -> ForeignScheduler:
-    """Resolve a foreign ``-s`` spec for this benchmark (raises BenchInputError; imports, constructs nothing else)."""
+def resolve_foreign(spec: str, config: BenchConfig, problem: Any = None) -> ForeignScheduler:
+    """Resolve a foreign ``-s`` spec for this benchmark (raises BenchInputError; imports, constructs nothing else).
+
+    ``problem``: the benchmark's problem; a ``--model`` network's (``--schedule model``) gives the schedule.
+    """
     module, attr, own = _parse_spec(spec)
-    obj, dist, version = _import(spec, module, attr)
+    try:
+        obj, dist, version = _import(spec, module, attr)
+    except ImportFailure as exc:
+        return _unimportable(spec, module, attr, own, str(exc))
     label = _label(dist, version, attr, own)
     if module in ("k-diffusion", "k_diffusion") and _k_signature(obj) is None:
         raise BenchInputError(
@@ -397,7 +419,7 @@ def resolve_foreign(spec: str, config: BenchConfig) -> ForeignScheduler:
     if _is_scheduler_class(obj):
         if module in ("k-diffusion", "k_diffusion"):
             raise BenchInputError(f"--scheduler {spec!r}: k-diffusion: names a sampler function, not a class")
-        return _resolve_diffusers(spec, obj, label, dist, version, own, config)
+        return _resolve_diffusers(spec, obj, label, dist, version, own, config, problem)
     if module == "diffusers":
         raise BenchInputError(
             f"--scheduler {spec!r}: diffusers.{attr} is not a scheduler class (expected a subclass of "
@@ -409,7 +431,30 @@ def resolve_foreign(spec: str, config: BenchConfig) -> ForeignScheduler:
             f"--scheduler {spec!r}: {module}.{attr} is neither a diffusers scheduler class (a subclass of "
             f"diffusers.SchedulerMixin) nor a k-diffusion-style sampler function {K_SIGNATURE}"
         )
-    return _resolve_k(spec, obj, sig, label, dist, version, own, config)
+    return _resolve_k(spec, obj, sig, label, dist, version, own, config, problem)
+
+
+def _unimportable(spec: str, module: str, attr: str, own: dict[str, Any], message: str) -> ForeignScheduler:
+    """A spec whose module raises while importing: every row of it reports ``message`` (the run goes on)."""
+    mod_name, dist = LIBRARIES.get(module, (module, module.split(".")[0]))
+
+    def unimportable(*_: Any, **__: Any) -> None:
+        raise ForeignRunError(message)
+
+    unimportable.__qualname__ = attr
+    unimportable.__module__ = mod_name
+    return ForeignScheduler(
+        name=_label(dist, "?", attr, own),
+        cls=unimportable,
+        config={},
+        schedule_label="unknown",
+        prediction_type="sample",
+        spec=spec,
+        kind="unimportable",
+        library=dist,
+        version="?",
+        import_error=message,
+    )
 
 
 def _prediction_type(spec: str, config: BenchConfig, supported: tuple[str, ...] | None) -> str | None:
@@ -429,8 +474,27 @@ def _prediction_type(spec: str, config: BenchConfig, supported: tuple[str, ...] 
     return pt
 
 
+def _model_schedule(config: BenchConfig, problem: Any) -> tuple[dict[str, Any], NoiseSchedule | None, str]:
+    """(preset, schedule, label) of the model: ``--schedule`` preset for an oracle problem, or a ``--model``
+    network's training schedule (``--schedule model``, its preset then carries trained betas where it has them).
+    """
+    from samplers.bench.network import MODEL_SCHEDULE
+
+    if config.schedule != MODEL_SCHEDULE:
+        return SCHEDULE_PRESETS[config.schedule], None, config.schedule
+    model_schedule = problem.model_schedule
+    return dict(model_schedule.preset), model_schedule.schedule, f"model: {model_schedule.label}"
+
+
 def _resolve_diffusers(
-    spec: str, cls: Any, label: str, dist: str, version: str, own: dict[str, Any], config: BenchConfig
+    spec: str,
+    cls: Any,
+    label: str,
+    dist: str,
+    version: str,
+    own: dict[str, Any],
+    config: BenchConfig,
+    problem: Any = None,
 ) -> ForeignScheduler:
     init = _init_keywords(cls)
     step = _keywords(inspect.signature(cls.step), STEP_RESERVED) - init
@@ -442,23 +506,29 @@ def _resolve_diffusers(
             f"(its options: {', '.join(sorted(accepted))})"
         )
     kwargs: dict[str, Any] = {k: v for k, v in BENCH_SCHEDULER_DEFAULTS.items() if k in init}
-    preset = SCHEDULE_PRESETS[config.schedule]
+    preset, model_schedule, preset_label = _model_schedule(config, problem)
     schedule: NoiseSchedule | None
     check = True
     if "beta_schedule" in init:
         family = "vp"
         if preset.get("schedule") == "discrete":
-            kwargs.update({k: preset[k] for k in DISCRETE_KEYS if k in preset})
-            schedule, schedule_label = (
-                DiscreteVPSchedule.from_config(**{k: preset[k] for k in DISCRETE_KEYS if k in preset}),
-                config.schedule,
-            )
+            keys = {k: preset[k] for k in (*DISCRETE_KEYS, *MODEL_BETA_KEYS) if k in preset}
+            missing = sorted(set(keys) - init)
+            if missing:
+                raise BenchInputError(
+                    f"--scheduler {spec!r}: {cls.__name__} takes no {', '.join(missing)}, which the model's "
+                    f"schedule ({preset_label}) needs"
+                )
+            kwargs.update(keys)
+            schedule = model_schedule or DiscreteVPSchedule.from_config(**keys)
+            schedule_label = preset_label
         elif not preset:  # --schedule default: the class's own betas, read from the instance at run time
             schedule, schedule_label, check = None, "own default", False
         else:
             raise BenchInputError(
                 f"--scheduler {spec!r}: {cls.__name__} takes a discrete beta schedule, which cannot express the "
-                f"model's schedule {config.schedule!r}; use --schedule linear, scaled_linear, cosine or default"
+                f"model's schedule ({preset_label}); use --schedule linear, scaled_linear, cosine or default, or "
+                "for a flow-matching model a flow-matching class"
             )
     elif "shift" in init:  # flow matching: tied to its family, like our flow_* schedulers
         family, schedule_label, check = "flow", "own default", False
@@ -515,6 +585,7 @@ def _resolve_k(
     version: str,
     own: dict[str, Any],
     config: BenchConfig,
+    problem: Any = None,
 ) -> ForeignScheduler:
     keywords = _keywords(sig, K_RESERVED)
     accepted = keywords | set(K_GRID_OPTIONS)
@@ -525,18 +596,20 @@ def _resolve_k(
             f"(its options: {', '.join(sorted(accepted))})"
         )
     _prediction_type(spec, config, ("sample",))  # a denoiser D(x, sigma) is an x0 prediction
-    preset = SCHEDULE_PRESETS[config.schedule]
+    preset, model_schedule, preset_label = _model_schedule(config, problem)
     kind = preset.get("schedule", "discrete")
     if kind == "discrete":
-        keys = {k: preset[k] for k in DISCRETE_KEYS if k in preset}
-        schedule: NoiseSchedule = DiscreteVPSchedule.from_config(**keys)  # "default": DDPM's linear betas
-        schedule_label = config.schedule if preset else "linear (DDPM default)"
+        keys = {k: preset[k] for k in (*DISCRETE_KEYS, *MODEL_BETA_KEYS) if k in preset}
+        # "default": DDPM's linear betas
+        schedule: NoiseSchedule = model_schedule or DiscreteVPSchedule.from_config(**keys)
+        schedule_label = preset_label if preset else "linear (DDPM default)"
     elif kind in ("edm", "ve"):
         schedule, schedule_label = get_schedule(kind), config.schedule
     else:
         raise BenchInputError(
             f"--scheduler {spec!r}: a k-diffusion sampler needs a sigma grid of the model; the bench gives one "
-            f"for --schedule linear, scaled_linear, cosine, default, edm and ve, not {config.schedule!r}"
+            f"for --schedule linear, scaled_linear, cosine, default, edm and ve and for a --model network with "
+            f"discrete betas, not {preset_label!r}"
         )
     options = {**{k: v for k, v in config.options.items() if k in accepted}, **own}
     return ForeignScheduler(
@@ -790,6 +863,8 @@ class ForeignRun:
         model: Any,
     ) -> tuple[torch.Tensor, float, CountingModel | None, Any]:
         rs = self.spec
+        if rs.import_error is not None:
+            raise ForeignRunError(rs.import_error)
         counting = None
         if model is None:
             counting = CountingModel(OracleModel(problem, None, rs.prediction_type), progress)

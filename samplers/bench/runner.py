@@ -296,7 +296,7 @@ def resolve_scheduler(name: str, config: BenchConfig, problem: Any = None) -> Re
     from samplers.registry import registry
 
     if foreign.is_foreign_spec(name):
-        return foreign.resolve_foreign(name, config)
+        return foreign.resolve_foreign(name, config, problem)
 
     try:
         cls = registry().scheduler_class(name)
