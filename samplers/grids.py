@@ -656,10 +656,7 @@ def make(
     if isinstance(name, str) and name.startswith("file:"):
         if params or sigma_min is not None or sigma_max is not None:
             raise ValueError("a schedule file takes no parameters, sigma_min or sigma_max")
-        levels = load(name[len("file:") :]).grid
-        if len(levels) != _check_n(n):
-            raise ValueError(f"schedule file {name[5:]!r} has {len(levels)} levels, asked for n={n}")
-        return levels
+        return load(name[len("file:") :], steps=_check_n(n)).grid
     if name not in GRIDS:
         raise errors.unknown("grid", name, GRIDS)
     info = GRIDS[name]
@@ -863,14 +860,33 @@ def _check_levels(values: Any, space: str) -> tuple[float, ...]:
     return tuple(levels)
 
 
-def load(path: str | Path) -> ScheduleFile:
-    """Read and validate a JSON schedule file."""
+def load(path: str | Path, *, sampler: str | None = None, steps: int | None = None) -> ScheduleFile:
+    """Read and validate a JSON schedule file.
+
+    With ``sampler`` / ``steps``, also check that the file was tuned for that sampler and has that many
+    levels (a tuned grid is optimal for one sampler's error at one budget): a mismatch is refused, with
+    the reason.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"schedule file {str(path)!r} does not exist") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"schedule file {str(path)!r} is not valid JSON: {err}") from None
-    return ScheduleFile.from_dict(data)
+    schedule = ScheduleFile.from_dict(data)
+    if sampler is not None and schedule.sampler != sampler:
+        raise ValueError(
+            f"schedule file {str(path)!r} was tuned for sampler {schedule.sampler!r}, not {sampler!r}: a tuned grid "
+            f"fits the sampler it was tuned for; tune one for {sampler!r} (samplers tune -s {sampler} -n NFE)"
+        )
+    if steps is not None and len(schedule.sigmas) != steps:
+        raise ValueError(
+            f"schedule file {str(path)!r} holds {len(schedule.sigmas)} levels ({schedule.nfe} NFE for "
+            f"{schedule.sampler!r}), but {steps} steps were asked for: run {len(schedule.sigmas)} steps, or tune "
+            f"for this budget (an interpolated grid is samplers.tune.interpolate_levels)"
+        )
+    return schedule
 
 
 def save(schedule: ScheduleFile, path: str | Path) -> Path:
