@@ -882,9 +882,9 @@ def load(path: str | Path, *, sampler: str | None = None, steps: int | None = No
         )
     if steps is not None and len(schedule.sigmas) != steps:
         raise ValueError(
-            f"schedule file {str(path)!r} holds {len(schedule.sigmas)} levels ({schedule.nfe} NFE for "
-            f"{schedule.sampler!r}), but {steps} steps were asked for: run {len(schedule.sigmas)} steps, or tune "
-            f"for this budget (an interpolated grid is samplers.tune.interpolate_levels)"
+            f"schedule file {str(path)!r} holds {len(schedule.sigmas)} levels (tuned for {schedule.nfe} NFE of "
+            f"{schedule.sampler!r}), but this run needs {steps}: run the budget it was tuned for, or tune one for "
+            f"this budget (samplers tune; samplers.tune.interpolate_levels resamples a grid)"
         )
     return schedule
 

@@ -364,18 +364,24 @@ def pattern_search(
     Level 0 is held fixed. A move takes level ``i`` a fraction ``step`` of the log-gap towards level
     ``i - 1`` (up) or towards level ``i + 1`` (down; for the last level, towards ``lower``), so every
     candidate stays strictly descending and above ``lower``. A sweep tries both moves of every free
-    level in turn and keeps the first that lowers ``f``; a sweep without one halves ``step``. Stops at
+    level in turn and keeps the first that lowers ``f``; after a sweep that moved, the sweep's net move is
+    tried once more (Hooke & Jeeves' pattern move); a sweep without a move halves ``step``. Stops at
     ``step < min_step``, ``max_evals`` evaluations or ``max_seconds``.
     """
     if not (0.0 < first_step < 1.0):
         raise ValueError(f"first_step must be in (0, 1), got {first_step!r}")
+    top = levels.to(F64)[:1].clone()
     x = torch.log(levels.to(F64)).clone()
     n = len(x)
+
+    def grid(logs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([top, torch.exp(logs[1:])])  # the first level exactly as given (no exp-log rounding)
+
     log_lower = math.log(lower)
     if n < 2:
         return SearchResult(levels.to(F64), f(levels.to(F64)), 1, 0)
     log_lower = min(log_lower, float(x[-1]))  # a start at the very end (rounding) stays feasible
-    best = f(torch.exp(x))
+    best = f(grid(x))
     evals, sweeps, step = 1, 0, first_step
     history = [best]
     t0 = time.perf_counter()
@@ -385,6 +391,7 @@ def pattern_search(
 
     while step >= min_step and not out_of_budget():
         improved = False
+        base = x.clone()
         for i in range(1, n):
             below = float(x[i + 1]) if i + 1 < n else log_lower
             for target in (float(x[i - 1]), below):
@@ -393,16 +400,29 @@ def pattern_search(
                     continue
                 cand = x.clone()
                 cand[i] = x[i] + step * gap
-                value = f(torch.exp(cand))
+                value = f(grid(cand))
                 evals += 1
                 if value < best:
                     x, best, improved = cand, value, True
                     break
+        if improved and not out_of_budget():
+            # Hooke-Jeeves pattern move: the sweep's net move once more (coupled levels move together)
+            cand = x + (x - base)
+            if _feasible(cand, log_lower):
+                value = f(grid(cand))
+                evals += 1
+                if value < best:
+                    x, best = cand, value
         sweeps += 1
         history.append(best)
         if not improved:
             step *= 0.5
-    return SearchResult(torch.exp(x), best, evals, sweeps, history)
+    return SearchResult(grid(x), best, evals, sweeps, history)
+
+
+def _feasible(x: torch.Tensor, log_lower: float) -> bool:
+    """Strictly descending log levels, the last one at or above ``log_lower``."""
+    return bool((x[1:] < x[:-1]).all()) and float(x[-1]) >= log_lower
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,7 +590,10 @@ def interpolate_levels(levels: torch.Tensor, n: int) -> torch.Tensor:
     pos = torch.linspace(0.0, len(x) - 1.0, n, dtype=F64)
     low = pos.floor().long().clamp(max=len(x) - 2)
     w = pos - low.to(F64)
-    return torch.exp(x[low] * (1 - w) + x[low + 1] * w)
+    out = torch.exp(x[low] * (1 - w) + x[low + 1] * w)
+    out = torch.where(w == 0, levels.to(F64)[low], out)  # nodes exactly (no exp-log rounding)
+    out[-1] = levels[-1]
+    return out
 
 
 def transfer(
