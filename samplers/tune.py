@@ -86,6 +86,7 @@ __all__ = [
     "TUNE_SEED",
     "NamedScore",
     "Objective",
+    "GridRefused",
     "TuneError",
     "TuneResult",
     "apply_to_diffusers",
@@ -100,6 +101,10 @@ __all__ = [
 
 class TuneError(ValueError):
     """Bad tuning input (unknown sampler or problem, an NFE the sampler cannot make, a stochastic sampler)."""
+
+
+class GridRefused(ValueError):
+    """The sampler refuses a candidate grid (its ``set_timesteps`` raised): the search treats it as infeasible."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +171,7 @@ class Objective:
         schedule: the model's training schedule (a bench preset; default: the problem's, as the bench).
         options: extra scheduler config (as ``samplers bench -o``).
         dtype: sample dtype of the run (the bench's float32 by default).
+        heldout: default ``samples`` to the held-out size (the bench's ODE samples) instead of the tuning size.
 
     ``objective(levels)`` runs the sampler over sigma-space ``levels`` [N] (``set_timesteps(sigmas=)``)
     and returns the RMS error to the exact endpoints [m, d]; :meth:`named` runs a named grid through
@@ -183,6 +189,7 @@ class Objective:
         options: Mapping[str, Any] | None = None,
         dtype: str = "float32",
         backend: str = "auto",
+        heldout: bool = False,
     ) -> None:
         from samplers.bench import runner as R
         from samplers.bench.problems import get_problem, is_data_problem, is_speed_only
@@ -206,7 +213,7 @@ class Objective:
             raise TuneError(f"problem {problem!r} is speed only (no reference solution to tune against)")
         self.data_problem = is_data_problem(self.problem)
         kind = "data" if self.data_problem else "oracle"
-        self.samples = int(samples if samples is not None else SAMPLES[kind][0])
+        self.samples = int(samples if samples is not None else SAMPLES[kind][1 if heldout else 0])
         if self.samples < 1:
             raise TuneError(f"samples must be >= 1, got {self.samples}")
         self.sampler, self.problem_spec, self.schedule_preset = sampler, problem, schedule
@@ -242,7 +249,10 @@ class Objective:
 
         if levels is not None:
             sched = self.scheduler
-            sched.set_timesteps(sigmas=levels.to(F64))
+            try:
+                sched.set_timesteps(sigmas=levels.to(F64))
+            except ValueError as exc:
+                raise GridRefused(str(exc)) from exc
         else:
             sched = scheduler
             sched.set_timesteps(steps)
@@ -283,8 +293,12 @@ class Objective:
         return value if math.isfinite(value) else math.inf
 
     def __call__(self, levels: torch.Tensor) -> float:
-        """ODE error of a run over sigma-space ``levels`` [N] (float64, descending, without the final 0)."""
-        return self.error(self.run(levels))
+        """ODE error of a run over sigma-space ``levels`` [N] (float64, descending, without the final 0);
+        ``inf`` for a grid the sampler refuses (e.g. a multistep rule's step-ratio limit)."""
+        try:
+            return self.error(self.run(levels))
+        except GridRefused:
+            return math.inf
 
     def named(self, steps: int) -> dict[str, NamedScore]:
         """Every applicable named grid (:data:`NAMED_GRIDS`) at ``steps`` levels, scored; skipped ones say why."""
@@ -552,12 +566,12 @@ def score_heldout(
     tuning: Objective, levels: torch.Tensor, steps: int, seed: int, samples: int | None = None
 ) -> dict[str, Any]:
     """The tuned ``levels`` and every named grid scored on the held-out seed set ``seed``."""
-    kind = "data" if tuning.data_problem else "oracle"
     obj = Objective(
         tuning.sampler,
         tuning.problem_spec,
         seed=seed,
-        samples=samples if samples is not None else SAMPLES[kind][1],
+        samples=samples,
+        heldout=True,
         schedule=tuning.schedule_preset,
         options=tuning.options,
         dtype=str(tuning.dtype).removeprefix("torch."),
@@ -618,6 +632,7 @@ def transfer(
         problem,
         seed=seed,
         samples=samples,
+        heldout=True,
         schedule=meta.get("schedule") if same_problem else None,
         dtype=str(meta.get("dtype", "float32")),
     )
@@ -626,8 +641,8 @@ def transfer(
     levels = interpolate_levels(schedule.grid, steps)
     out: dict[str, Any] = {"sampler": schedule.sampler, "problem": problem, "nfe": nfe, "steps": steps}
     try:
-        tuned = obj(levels)
-    except ValueError as exc:
+        tuned = obj.error(obj.run(levels))
+    except ValueError as exc:  # outside the schedule's range, or a grid the sampler refuses
         return {**out, "error": str(exc)}
     best = best_named(obj.named(steps))
     return {

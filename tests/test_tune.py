@@ -182,3 +182,17 @@ def test_cli_tune_writes_a_file_bench_scores(tmp_path) -> None:
     assert wrong.exit_code == 2 and "tuned for 'dpmpp_2m'" in wrong.output
     odd = CliRunner().invoke(app, ["tune", "-s", "heun", "-n", "10", "-O", str(tmp_path / "h.json")])
     assert odd.exit_code == 2 and "nearest valid NFE: 9" in odd.output
+
+
+@pytest.mark.slow  # a tuning run and two transfers: ~10 s on an idle 2-core CPU
+def test_docs_snippet_runs(tmp_path, monkeypatch) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tune.md").read_text()
+    (code,) = re.findall(r"<!-- snippet: use -->\s*```python\n(.*?)```", text, re.S)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/tune.md", "exec"), namespace)
+    assert (tmp_path / "euler-8.json").exists()
+    assert namespace["native"].sigmas[0] == pytest.approx(namespace["result"].schedule.sigmas[0], rel=1e-6)
