@@ -656,7 +656,10 @@ def make(
     if isinstance(name, str) and name.startswith("file:"):
         if params or sigma_min is not None or sigma_max is not None:
             raise ValueError("a schedule file takes no parameters, sigma_min or sigma_max")
-        return load(name[len("file:") :], steps=_check_n(n)).grid
+        levels = load(name[len("file:") :]).grid
+        if len(levels) != _check_n(n):
+            raise ValueError(f"schedule file {name[5:]!r} has {len(levels)} levels, asked for n={n}")
+        return levels
     if name not in GRIDS:
         raise errors.unknown("grid", name, GRIDS)
     info = GRIDS[name]
