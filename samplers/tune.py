@@ -240,8 +240,8 @@ class Objective:
 
     def build(self, **config: Any) -> Any:
         """A fresh scheduler with the tuning config (``config`` overrides, e.g. ``sigma_schedule``)."""
-        rs = self.resolved
-        return rs.cls.from_config({**rs.config, **config})
+        cls: Any = self.resolved.cls  # a registered Scheduler class
+        return cls.from_config({**self.resolved.config, **config})
 
     def run(self, levels: torch.Tensor | None = None, scheduler: Any = None, steps: int | None = None) -> _Run:
         """One run over ``levels`` [N] (custom sigmas), or ``scheduler`` at ``steps`` (its own grid)."""
@@ -277,7 +277,8 @@ class Objective:
         if key not in self._references:
             t0 = time.perf_counter()
             if self.data_problem:  # a network: the bench's high-accuracy float64 solve, with its error estimate
-                sol = self.problem.ode_reference(self.noise.to(F64) * gain, alpha0 / norm, sigma0 / norm)
+                data_problem: Any = self.problem  # DigitsProblem (is_data_problem): it has ode_reference
+                sol = data_problem.ode_reference(self.noise.to(F64) * gain, alpha0 / norm, sigma0 / norm)
                 self._references[key], self.reference_errors[key] = sol.x0, float(sol.error)
             else:  # an oracle: the exact endpoint, as the bench computes it
                 x_start = (self.noise * init_sigma).to(F64) * in_scale
