@@ -681,10 +681,3 @@ def apply_to_diffusers(scheduler: Any, path: str | Path, device: str | torch.dev
         raise TuneError(f"diffusers' {type(scheduler).__name__}.set_timesteps takes no custom sigmas")
     sigmas = [*schedule.sigmas, 0.0]
     scheduler.set_timesteps(sigmas=sigmas, device=device)
-
-
-def summary_rows(result: TuneResult) -> list[tuple[str, float]]:
-    """``(label, error)`` rows of a tuning run for printing: every named grid on the tuning seeds, then tuned."""
-    rows = [(k, v.error) for k, v in result.named.items() if v.usable]
-    rows.append(("tuned", result.search.value))
-    return rows
