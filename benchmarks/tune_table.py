@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--plot", help="PNG of error vs NFE (tuned vs named) on the first problem")
     ap.add_argument("--plot-nfe", default="6,8,10,12,16")
     ap.add_argument("--plot-samplers", default="euler,dpmpp_2m")
+    ap.add_argument("--no-table", action="store_true", help="only the plot")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out_dir = Path(args.out_dir) if args.out_dir else None
@@ -162,7 +163,7 @@ def main() -> None:
     print(f"load average at start: {_load()} on {os.cpu_count()} cores; torch threads 1", file=sys.stderr)
     rows = []
     t0 = time.perf_counter()
-    for problem in args.problems.split(","):
+    for problem in [] if args.no_table else args.problems.split(","):
         for sampler in args.samplers.split(","):
             rows.append(run_row(sampler, problem, args.nfe, args.max_evals, out_dir))
             r = rows[-1]
@@ -170,7 +171,8 @@ def main() -> None:
                 f"  {sampler} on {problem}: {r['ratio']:.2f}x in {r['tuning_s']:.1f} s (load {r['load_avg']})",
                 file=sys.stderr,
             )
-    print_table(rows)
+    if rows:
+        print_table(rows)
     print(f"\n(total {time.perf_counter() - t0:.0f} s; load average at end: {_load()})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
