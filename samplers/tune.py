@@ -226,6 +226,14 @@ class Objective:
                 "tuning stochastic samplers against a distribution metric is not implemented; tune a deterministic "
                 "sampler (e.g. euler, dpmpp_2m, unipc) or configure this one deterministically (e.g. eta=0)"
             )
+        probe = self.build()
+        probe.set_timesteps(4)
+        ratio = probe.plan.model_sigma / probe.plan.model_alpha
+        if float(ratio[-1]) > float(ratio[0]):
+            raise TuneError(
+                f"{sampler!r} runs from data to noise (an inversion): there is no generation ODE endpoint to tune "
+                "its grid against; tune the sampler it inverts"
+            )
         self.seeds = batch_seeds(self.seed, self.samples)
         from samplers.bench.problems import INIT_STREAM
         from samplers.ops.reference import philox_normal

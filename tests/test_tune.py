@@ -88,6 +88,8 @@ def test_heun_odd_nfe_names_the_nearest_counts() -> None:
 def test_stochastic_sampler_is_refused_with_the_reason() -> None:
     with pytest.raises(T.TuneError, match="draws noise.*not implemented"):
         T.Objective("euler_ancestral", "gmm2d", samples=4)
+    with pytest.raises(T.TuneError, match="runs from data to noise"):
+        T.Objective("ddim_inverse", "gmm2d", samples=4)
 
 
 @pytest.mark.parametrize("name", sorted(registry().available()))
