@@ -123,9 +123,10 @@ def plot_curves(samplers: list[str], problem: str, nfes: list[int], max_evals: i
                 f"{r.heldout['best_named_error']:.4g}",
                 file=sys.stderr,
             )
-        for name, pts in sorted(named.items()):
+        colours = plt.get_cmap("tab20").colors
+        for k, (name, pts) in enumerate(sorted(named.items())):
             x, y = zip(*pts, strict=True)
-            ax.plot(x, y, "-", lw=1, alpha=0.6, label=name)
+            ax.plot(x, y, "-", lw=1.2, alpha=0.8, color=colours[k % len(colours)], label=name)
         x, y = zip(*tuned, strict=True)
         ax.plot(x, y, "k-o", lw=2.2, label="tuned")
         ax.set(
