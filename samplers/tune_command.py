@@ -139,6 +139,13 @@ def tune(
                 f"{_fmt(held['best_named_error'])}: [bold]{held['ratio']:.2f}x[/bold] lower error",
                 soft_wrap=True,
             )
+            if held["tuned"] > held["named"].get(result.start, math.inf):
+                con.print(
+                    f"[yellow]warning:[/yellow] on the held-out seeds the tuned grid does worse than its start "
+                    f"{result.start} ({_fmt(held['named'][result.start])}): it fits the tuning seeds only; "
+                    "tune with more --samples",
+                    soft_wrap=True,
+                )
         con.print(
             f"method: {T.METHOD}; {result.evaluations} runs in {result.seconds:.1f} s "
             f"(load average at start: {load}; {torch.get_num_threads()} thread(s))",
