@@ -12,8 +12,10 @@ between the sampler's outputs and the PF-ODE endpoints from the same initial noi
 (:func:`samplers.bench.reference.solve_reference`), computed once per seed set and start level and
 reused for every candidate grid. Each candidate run is the bench's own loop (the scheduler's plan, the
 oracle called at the plan's own (alpha, sigma)), so ``samplers bench --schedule-file`` reproduces
-the numbers. Stochastic samplers (ancestral, SDE) are refused: their error to one ODE endpoint is not
-a meaningful target and the distribution-metric objective is not implemented here.
+the numbers. Stochastic samplers (ancestral, SDE), whose error to one ODE endpoint means nothing, are
+tuned against a distribution metric instead (``metric=``, default ``"sw"``: the bench's sliced
+Wasserstein-2 to the exact mixture, on the oracle problems; the sampler's noise is fixed by the
+per-sample seeds, so the objective is deterministic); on ``digits`` they are refused.
 
 **Method: derivative-free coordinate (pattern) search over log sigma.** Compass search (Hooke & Jeeves
 1961; Kolda, Lewis & Torczon 2003, "Optimization by direct search", SIAM Review 45) on the log levels:
@@ -58,7 +60,9 @@ METHOD = "coordinate pattern search over log sigma (compass search; Kolda, Lewis
 TUNE_SEED = 1  # tuning seeds: batch_seeds(1, n); the bench's default seed 0 is then held out
 HELDOUT_SEED = 0
 # (tuning samples, held-out samples) per kind of problem: the held-out sizes are the bench's ODE samples.
-SAMPLES = {"oracle": (256, 1000), "data": (128, 256)}
+SAMPLES = {"oracle": (256, 1000), "data": (128, 256), "distribution": (2000, 10000)}
+# Distribution metrics a stochastic sampler is tuned against (oracle problems; exact mixture target where it has one).
+DISTRIBUTION_METRICS = ("sw", "sw1", "mmd", "frechet")
 MAX_EVALS = 800
 MIN_STEP = 1e-3
 FIRST_STEP = 0.3
@@ -80,6 +84,7 @@ NAMED_GRIDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
 )
 
 __all__ = [
+    "DISTRIBUTION_METRICS",
     "HELDOUT_SEED",
     "METHOD",
     "NAMED_GRIDS",
@@ -172,6 +177,8 @@ class Objective:
         options: extra scheduler config (as ``samplers bench -o``).
         dtype: sample dtype of the run (the bench's float32 by default).
         heldout: default ``samples`` to the held-out size (the bench's ODE samples) instead of the tuning size.
+        metric: a distribution metric (:data:`DISTRIBUTION_METRICS`) instead of the ODE error; the default for a
+            stochastic sampler is ``"sw"`` (sliced Wasserstein-2 to the exact mixture, oracle problems only).
 
     ``objective(levels)`` runs the sampler over sigma-space ``levels`` [N] (``set_timesteps(sigmas=)``)
     and returns the RMS error to the exact endpoints [m, d]; :meth:`named` runs a named grid through
@@ -190,6 +197,7 @@ class Objective:
         dtype: str = "float32",
         backend: str = "auto",
         heldout: bool = False,
+        metric: str | None = None,
     ) -> None:
         from samplers.bench import runner as R
         from samplers.bench.problems import get_problem, is_data_problem, is_speed_only
@@ -213,19 +221,25 @@ class Objective:
             raise TuneError(f"problem {problem!r} is speed only (no reference solution to tune against)")
         self.data_problem = is_data_problem(self.problem)
         kind = "data" if self.data_problem else "oracle"
-        self.samples = int(samples if samples is not None else SAMPLES[kind][1 if heldout else 0])
-        if self.samples < 1:
-            raise TuneError(f"samples must be >= 1, got {self.samples}")
         self.sampler, self.problem_spec, self.schedule_preset = sampler, problem, schedule
         self.options = dict(options or {})
         self.seed, self.dtype, self.backend = int(seed), R.DTYPES[dtype], backend
         self.scheduler = self.build()
-        if self.scheduler.is_stochastic:
-            raise TuneError(
-                f"{sampler!r} draws noise at its steps: the ODE error to one endpoint does not score it, and "
-                "tuning stochastic samplers against a distribution metric is not implemented; tune a deterministic "
-                "sampler (e.g. euler, dpmpp_2m, unipc) or configure this one deterministically (e.g. eta=0)"
-            )
+        if metric is None and self.scheduler.is_stochastic:
+            metric = "sw"  # one ODE endpoint does not score a sampler that draws noise: its distribution does
+        if metric is not None:
+            if metric not in DISTRIBUTION_METRICS:
+                raise TuneError(f"--metric: {metric!r} is not one of {', '.join(DISTRIBUTION_METRICS)}")
+            if self.data_problem or not hasattr(self.problem, "mixture_components"):
+                raise TuneError(
+                    f"tuning against a distribution metric ({metric}, as {sampler!r} draws noise or --metric asks) "
+                    f"is implemented on the oracle problems only, not {problem!r}; tune a deterministic sampler there"
+                )
+            kind = "distribution"
+        self.metric = metric
+        self.samples = int(samples if samples is not None else SAMPLES[kind][1 if heldout else 0])
+        if self.samples < 1:
+            raise TuneError(f"samples must be >= 1, got {self.samples}")
         probe = self.build()
         probe.set_timesteps(4)
         ratio = probe.plan.model_sigma / probe.plan.model_alpha
@@ -239,6 +253,23 @@ class Objective:
         from samplers.ops.reference import philox_normal
 
         self.noise = philox_normal(self.seeds, INIT_STREAM, self.problem.dim).to(self.dtype)
+        self._target: Any = None
+        if metric is not None:
+            from samplers.bench import metrics as M
+            from samplers.bench.problems import DATA_STREAM
+
+            truth = self.problem.sample(self.samples, self.seeds, DATA_STREAM)
+            components = self.problem.mixture_components()
+            bandwidth = M.median_bandwidth(truth)
+            target = M.ExactTarget(*components, bandwidth=bandwidth) if components is not None else None
+            self._target = (
+                M.METRICS[metric],
+                truth,
+                self.problem.mean(),
+                self.problem.covariance(),
+                bandwidth,
+                target,
+            )
         self.evaluations = 0
         self.reference_seconds = 0.0
         self._references: dict[tuple[str, str], torch.Tensor] = {}
@@ -296,10 +327,22 @@ class Objective:
         return self._references[key]
 
     def error(self, run: _Run) -> float:
-        from samplers.bench.metrics import ode_error
+        """The objective of one run: ODE error to the references, or the distribution metric."""
+        from samplers.bench import metrics as M
 
-        value = ode_error(run.samples.to(F64), self.reference(run.start))
+        samples = run.samples.to(F64)
+        if self._target is not None:
+            spec, truth, mean, cov, bandwidth, target = self._target
+            inputs = M.MetricInputs(samples, truth, mean, cov, bandwidth, None, None, False, target)
+            value = float(spec(inputs)) if bool(torch.isfinite(samples).all()) else math.inf
+        else:
+            value = M.ode_error(samples, self.reference(run.start))
         return value if math.isfinite(value) else math.inf
+
+    @property
+    def objective_name(self) -> str:
+        """``"ode_error"`` or the distribution metric's name."""
+        return self.metric or "ode_error"
 
     def __call__(self, levels: torch.Tensor) -> float:
         """ODE error of a run over sigma-space ``levels`` [N] (float64, descending, without the final 0);
@@ -494,6 +537,7 @@ def tune(
     max_seconds: float | None = None,
     dtype: str = "float32",
     start: str | None = None,
+    metric: str | None = None,
 ) -> TuneResult:
     """Tune ``sampler``'s grid for ``nfe`` model evaluations on ``problem`` (see the module docstring).
 
@@ -509,7 +553,9 @@ def tune(
     t0 = time.perf_counter()
     if seed == heldout_seed:
         raise TuneError(f"the tuning seed and the held-out seed must differ (both {seed}): nothing would be held out")
-    obj = Objective(sampler, problem, seed=seed, samples=samples, schedule=schedule, options=options, dtype=dtype)
+    obj = Objective(
+        sampler, problem, seed=seed, samples=samples, schedule=schedule, options=options, dtype=dtype, metric=metric
+    )
     steps = steps_for_nfe(obj.scheduler, nfe)
     named = obj.named(steps)
     if start is not None:
@@ -533,6 +579,7 @@ def tune(
         heldout = score_heldout(obj, tuned, steps, heldout_seed, heldout_samples)
     meta = {
         "method": METHOD,
+        "objective": obj.objective_name,
         "schedule": obj.schedule_preset,
         "scheduler_config": {k: v for k, v in obj.resolved.config.items() if _jsonable(v)},
         "prediction_type": obj.resolved.prediction_type,
@@ -584,6 +631,7 @@ def score_heldout(
         schedule=tuning.schedule_preset,
         options=tuning.options,
         dtype=str(tuning.dtype).removeprefix("torch."),
+        metric=tuning.metric,
     )
     named = obj.named(steps)
     best = best_named(named)
@@ -644,6 +692,7 @@ def transfer(
         heldout=True,
         schedule=meta.get("schedule") if same_problem else None,
         dtype=str(meta.get("dtype", "float32")),
+        metric=None if meta.get("objective", "ode_error") == "ode_error" else str(meta["objective"]),
     )
     nfe = nfe if nfe is not None else schedule.nfe
     steps = steps_for_nfe(obj.scheduler, nfe)

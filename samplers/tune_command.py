@@ -54,6 +54,13 @@ def tune(
     max_evals: int = typer.Option(800, "--max-evals", help="Search budget in sampler runs."),
     time_limit: float | None = typer.Option(None, "--time-limit", help="Search budget in seconds."),
     start: str | None = typer.Option(None, "--start", help="Named grid to start from [default: the best one]."),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        "-m",
+        help="Tune a distribution metric (sw, sw1, mmd, frechet; oracle problems) instead of the ODE error "
+        "[default: ODE error; sw for a sampler that draws noise].",
+    ),
     transfer: bool = typer.Option(
         True, "--transfer/--no-transfer", help="Also score the grid at NFE +-2 and on another problem."
     ),
@@ -63,7 +70,7 @@ def tune(
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch (0: torch's default)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
-    """Find the grid of noise levels that minimises SAMPLER's ODE error at NFE model evaluations.
+    """Find the grid of noise levels that minimises SAMPLER's ODE error (stochastic samplers: SW) at NFE calls.
 
     Derivative-free coordinate search over log sigma, started from the best named grid; the error is
     measured against the exact ODE endpoint (oracles) or a high-accuracy solve (digits) from the same
@@ -103,6 +110,7 @@ def tune(
             max_evals=max_evals,
             max_seconds=time_limit,
             start=start,
+            metric=metric,
         )
         grids.save(result.schedule, path)
         held = result.heldout
@@ -114,7 +122,8 @@ def tune(
             soft_wrap=True,
         )
         table = Table(header_style="bold")
-        for col in ("grid", "first level", "last level", "ODE error (tuning)", "ODE error (held-out)"):
+        what = "ODE error" if result.schedule.meta["objective"] == "ode_error" else result.schedule.meta["objective"]
+        for col in ("grid", "first level", "last level", f"{what} (tuning)", f"{what} (held-out)"):
             table.add_column(col, justify="left" if col == "grid" else "right")
         for name, score in result.named.items():
             if not score.usable:

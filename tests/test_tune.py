@@ -15,6 +15,9 @@ from samplers import levels as lv
 from samplers import tune as T
 from samplers.registry import registry
 
+# one torch thread, as the bench and `samplers tune` run: OpenMP workers on a shared 2-core box slow small ops 10x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def euler_gmm() -> T.TuneResult:
@@ -85,9 +88,23 @@ def test_heun_odd_nfe_names_the_nearest_counts() -> None:
         T.steps_for_nfe(samplers.get("euler"), 0)
 
 
-def test_stochastic_sampler_is_refused_with_the_reason() -> None:
-    with pytest.raises(T.TuneError, match="draws noise.*not implemented"):
-        T.Objective("euler_ancestral", "gmm2d", samples=4)
+@pytest.mark.slow  # 2,000 tuning and 10,000 held-out samples (fewer overfit the metric's sampling noise): ~4 s
+def test_stochastic_sampler_is_tuned_on_a_distribution_metric() -> None:
+    r = T.tune("euler_ancestral", 10, "gmm2d", max_evals=100)
+    assert r.schedule.meta["objective"] == "sw"  # one ODE endpoint does not score a sampler that draws noise
+    assert r.search.value < r.schedule.objective_before
+    assert r.heldout["samples"] == 10000
+    assert r.heldout["tuned"] < 0.9 * r.heldout["named"][r.start]  # held out: SW to the exact mixture, fresh noise
+
+
+def test_distribution_metric_refusals() -> None:
+    with pytest.raises(T.TuneError, match="distribution metric .* oracle problems only, not 'digits'"):
+        T.Objective("euler_ancestral", "digits", samples=4)
+    with pytest.raises(T.TuneError, match="--metric: 'fid' is not one of sw, sw1, mmd, frechet"):
+        T.Objective("euler", "gmm2d", samples=4, metric="fid")
+
+
+def test_inversions_are_refused_with_the_reason() -> None:
     with pytest.raises(T.TuneError, match="runs from data to noise"):
         T.Objective("ddim_inverse", "gmm2d", samples=4)
 
@@ -186,7 +203,6 @@ def test_cli_tune_writes_a_file_bench_scores(tmp_path) -> None:
     assert odd.exit_code == 2 and "nearest valid NFE: 9" in odd.output
 
 
-@pytest.mark.slow  # a tuning run and two transfers: ~10 s on an idle 2-core CPU
 def test_docs_snippet_runs(tmp_path, monkeypatch) -> None:
     import re
     from pathlib import Path
