@@ -1,4 +1,4 @@
-"""The ``samplers`` command: ``list``, ``info`` and ``bench`` (``samplers --help``)."""
+"""The ``samplers`` command: ``list``, ``info``, ``bench`` and ``tune`` (``samplers --help``)."""
 
 from __future__ import annotations
 
@@ -230,6 +230,12 @@ def _register_optional_commands() -> None:
         pass
     else:
         app.command("bench")(bench)
+    try:
+        from samplers.tune_command import tune
+    except ImportError:
+        pass
+    else:
+        app.command("tune")(tune)
     try:
         from samplers.testing import check
     except ImportError:

@@ -863,14 +863,33 @@ def _check_levels(values: Any, space: str) -> tuple[float, ...]:
     return tuple(levels)
 
 
-def load(path: str | Path) -> ScheduleFile:
-    """Read and validate a JSON schedule file."""
+def load(path: str | Path, *, sampler: str | None = None, steps: int | None = None) -> ScheduleFile:
+    """Read and validate a JSON schedule file.
+
+    With ``sampler`` / ``steps``, also check that the file was tuned for that sampler and has that many
+    levels (a tuned grid is optimal for one sampler's error at one budget): a mismatch is refused, with
+    the reason.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"schedule file {str(path)!r} does not exist") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"schedule file {str(path)!r} is not valid JSON: {err}") from None
-    return ScheduleFile.from_dict(data)
+    schedule = ScheduleFile.from_dict(data)
+    if sampler is not None and schedule.sampler != sampler:
+        raise ValueError(
+            f"schedule file {str(path)!r} was tuned for sampler {schedule.sampler!r}, not {sampler!r}: a tuned grid "
+            f"fits the sampler it was tuned for; tune one for {sampler!r} (samplers tune -s {sampler} -n NFE)"
+        )
+    if steps is not None and len(schedule.sigmas) != steps:
+        raise ValueError(
+            f"schedule file {str(path)!r} holds {len(schedule.sigmas)} levels (tuned for {schedule.nfe} NFE of "
+            f"{schedule.sampler!r}), but this run needs {steps}: run the budget it was tuned for, or tune one for "
+            f"this budget (samplers tune; samplers.tune.interpolate_levels resamples a grid)"
+        )
+    return schedule
 
 
 def save(schedule: ScheduleFile, path: str | Path) -> Path:

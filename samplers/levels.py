@@ -253,19 +253,31 @@ def interpolated_levels(schedule: NoiseSchedule, t: torch.Tensor, interpolation:
     return capped_levels(sigma / alpha)
 
 
-def named_grid(name: str, n: int, schedule: NoiseSchedule, level_span: tuple[float, float], **params: Any) -> Levels:
+def named_grid(
+    name: str,
+    n: int,
+    schedule: NoiseSchedule,
+    level_span: tuple[float, float],
+    *,
+    sampler: str | None = None,
+    **params: Any,
+) -> Levels:
     """Levels of a named spacing from ``samplers.grids`` (or a ``"file:PATH"`` schedule file) on this schedule.
 
     Range grids span ``level_span = (sigma_min, sigma_max)``; table grids stride over the training table;
     flow grids (flow times ``t``) keep their noise-to-signal ratio ``t / (1 - t)`` on a non-flow schedule.
+    A schedule file must hold ``n`` levels and, when ``sampler`` (the scheduler's name) is given, have been
+    tuned for that sampler.
     """
     from samplers import grids
 
     table = capped_levels(schedule.sigmas) if isinstance(schedule, DiscreteVPSchedule) else None
     space: grids.Space
     if name.startswith("file:"):
-        values = grids.make(name, n)
-        space = grids.load(name[len("file:") :]).space
+        if params:
+            raise ValueError(f"sigma_schedule={name!r} (a schedule file) takes no sigma_schedule_kwargs, got {params}")
+        loaded = grids.load(name[len("file:") :], sampler=sampler, steps=n)
+        values, space = loaded.grid, loaded.space
     else:
         info = grids.GRIDS.get(name)
         if info is None:

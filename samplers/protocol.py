@@ -343,7 +343,8 @@ class Scheduler:
         named = self.named_spacing()
         if named is not None:
             name, params = named
-            return self._tagged(lv.named_grid(name, n, schedule, self.named_level_span(n), **params), "named")
+            levels = lv.named_grid(name, n, schedule, self.named_level_span(n), sampler=self.name or None, **params)
+            return self._tagged(levels, "named")
         return self._tagged(self.default_levels(n, mu), "spacing")
 
     def _tagged(self, levels: lv.Levels, source: str) -> lv.Levels:

@@ -307,6 +307,32 @@ def render(result: R.BenchResult, console: Console) -> None:
     )
 
 
+def _schedule_file_run(
+    path: str, scheduler: str | None, steps: str | None, schedule: str | None, option: list[str]
+) -> tuple[str, str, str | None, list[str]]:
+    """``--schedule-file``: the file's sampler and step count, its schedule, and ``sigma_schedule=file:PATH``."""
+    from samplers import grids
+
+    try:
+        tuned = grids.load(path)
+    except (OSError, ValueError) as exc:
+        raise R.BenchInputError(f"--schedule-file: {exc}") from None
+    if scheduler is not None and _split(scheduler, "--scheduler") != (tuned.sampler,):
+        raise R.BenchInputError(
+            f"--schedule-file {path!r} was tuned for {tuned.sampler!r}; give -s {tuned.sampler} (or no -s)"
+        )
+    n = str(len(tuned.sigmas))
+    if steps is not None and _split(steps, "--steps") != (n,):
+        raise R.BenchInputError(
+            f"--schedule-file {path!r} holds {n} levels ({tuned.nfe} NFE for {tuned.sampler!r}): give --steps {n} "
+            "(or no --steps)"
+        )
+    if any(o.partition("=")[0].strip() in ("sigma_schedule", "sigma_schedule_kwargs") for o in option):
+        raise R.BenchInputError("--schedule-file sets sigma_schedule itself; drop -o sigma_schedule=...")
+    preset = tuned.meta.get("schedule") if isinstance(tuned.meta, dict) else None
+    return tuned.sampler, n, schedule or preset, [*option, f"sigma_schedule=file:{path}"]
+
+
 def bench(
     scheduler: str | None = typer.Option(
         None,
@@ -376,6 +402,12 @@ def bench(
         help="Scheduler config KEY=VALUE, applied where accepted (repeatable), e.g. use_karras_sigmas=true.",
     ),
     backend: str = typer.Option("auto", "--backend", help="Sampler-update backend: auto, fused or torch."),
+    schedule_file: str | None = typer.Option(
+        None,
+        "--schedule-file",
+        help="Score a tuned grid (a `samplers tune` file): runs its sampler at its step count with "
+        "sigma_schedule=file:PATH (and the schedule it was tuned with, unless --schedule is given).",
+    ),
     ode_samples: int | None = typer.Option(
         None,
         "--ode-samples",
@@ -436,6 +468,8 @@ def bench(
             from samplers.bench.network import MODEL_DEFAULTS
 
             defaults = dict(MODEL_DEFAULTS)
+        if schedule_file is not None:
+            scheduler, steps, schedule, option = _schedule_file_run(schedule_file, scheduler, steps, schedule, option)
         if samples is None:
             samples = defaults["samples"]
         if ode_samples is None:

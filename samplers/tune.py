@@ -1,0 +1,740 @@
+"""Tuned step schedules: the grid of noise levels that minimises a sampler's ODE error for an NFE budget.
+
+At a small budget (10 model evaluations) the grid decides more than the sampler does. This module
+finds, for one sampler, one model and one budget, the sigma levels whose run lands closest to the
+exact probability-flow ODE endpoint from the same initial noise, and writes them as a schedule file
+(:class:`samplers.grids.ScheduleFile`) that every scheduler reads with ``sigma_schedule="file:PATH"``.
+
+**Objective.** The bench's ``ode_error`` (:func:`samplers.bench.metrics.ode_error`): the RMS distance
+between the sampler's outputs and the PF-ODE endpoints from the same initial noise, on a fixed set of
+*tuning* seeds. On the oracle problems (``gmm2d``, ``gaussian``, ...) the endpoint is exact
+(``Problem.ode_solution``); on ``digits`` it is the bench's high-accuracy float64 solve
+(:func:`samplers.bench.reference.solve_reference`), computed once per seed set and start level and
+reused for every candidate grid. Each candidate run is the bench's own loop (the scheduler's plan, the
+oracle called at the plan's own (alpha, sigma)), so ``samplers bench --schedule-file`` reproduces
+the numbers. Stochastic samplers (ancestral, SDE), whose error to one ODE endpoint means nothing, are
+tuned against a distribution metric instead (``metric=``, default ``"sw"``: the bench's sliced
+Wasserstein-2 to the exact mixture, on the oracle problems; the sampler's noise is fixed by the
+per-sample seeds, so the objective is deterministic); on ``digits`` they are refused.
+
+**Method: derivative-free coordinate (pattern) search over log sigma.** Compass search (Hooke & Jeeves
+1961; Kolda, Lewis & Torczon 2003, "Optimization by direct search", SIAM Review 45) on the log levels:
+each sweep tries to move every free level up or down by a fraction ``step`` of the log-gap to its
+neighbour, keeps a move that lowers the objective, and halves ``step`` after a sweep without one.
+Moves are fractions of the gaps, so the grid stays strictly descending by construction; the last
+level never goes below the schedule's lower end (``sigma_min`` of its named grids), and the first
+level is held fixed. The start is the best of every named grid (:data:`NAMED_GRIDS`: default spacing,
+karras, exponential, lu, beta, kl_optimal, the four Align Your Steps tables interpolated, and the
+table strides on a discrete schedule) on the tuning seeds. It needs no gradient through the plan
+(whose coefficients are built in float64 on the host, not differentiably) and works for any
+deterministic scheduler, built-in or plugin; a 10-NFE run on a 2-D oracle costs a few milliseconds,
+so a few hundred evaluations take seconds.
+
+*Why the first level is fixed:* the error is measured against the ODE solution from the grid's own
+start, so lowering the start shortens the path to integrate and would "improve" the error without
+sampling the model's full ODE. The tuned grid starts where its starting grid does.
+
+**Held-out evaluation.** :func:`tune` reports the tuned and every named grid on a second, disjoint
+seed set (by default the bench's own seeds, so ``samplers bench --schedule-file`` is a held-out
+score), and :func:`transfer` scores a tuned grid interpolated in log sigma to other budgets
+(:func:`interpolate_levels`) and on other problems.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplers import grids
+from samplers import levels as lv
+
+F64 = torch.float64
+
+METHOD = "coordinate pattern search over log sigma (compass search; Kolda, Lewis & Torczon 2003)"
+TUNE_SEED = 1  # tuning seeds: batch_seeds(1, n); the bench's default seed 0 is then held out
+HELDOUT_SEED = 0
+# (tuning samples, held-out samples) per kind of problem: the held-out sizes are the bench's ODE samples.
+SAMPLES = {"oracle": (256, 1000), "data": (128, 256), "distribution": (2000, 10000)}
+# Distribution metrics a stochastic sampler is tuned against (oracle problems; exact mixture target where it has one).
+DISTRIBUTION_METRICS = ("sw", "sw1", "mmd", "frechet")
+MAX_EVALS = 800
+MIN_STEP = 1e-3
+FIRST_STEP = 0.3
+
+# Every named grid a tuning run starts from (name, sigma_schedule, sigma_schedule_kwargs); "default" is the
+# scheduler's own spacing. Grids a schedule cannot take (e.g. table strides on a continuous one) are skipped.
+NAMED_GRIDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
+    ("default", None, {}),
+    ("karras", "karras", {}),
+    ("exponential", "exponential", {}),
+    ("lu", "lu", {}),
+    ("beta", "beta", {}),
+    ("kl_optimal", "kl_optimal", {}),
+    *((f"ays:{m}", "ays", {"model": m}) for m in grids.AYS_TABLES),
+    ("simple", "simple", {}),
+    ("normal", "normal", {}),
+    ("sgm_uniform", "sgm_uniform", {}),
+    ("ddim_uniform", "ddim_uniform", {}),
+)
+
+__all__ = [
+    "DISTRIBUTION_METRICS",
+    "HELDOUT_SEED",
+    "METHOD",
+    "NAMED_GRIDS",
+    "TUNE_SEED",
+    "NamedScore",
+    "Objective",
+    "GridRefused",
+    "TuneError",
+    "TuneResult",
+    "apply_to_diffusers",
+    "interpolate_levels",
+    "load_for",
+    "pattern_search",
+    "steps_for_nfe",
+    "transfer",
+    "tune",
+]
+
+
+class TuneError(ValueError):
+    """Bad tuning input (unknown sampler or problem, an NFE the sampler cannot make, a stochastic sampler)."""
+
+
+class GridRefused(ValueError):
+    """The sampler refuses a candidate grid (its ``set_timesteps`` raised): the search treats it as infeasible."""
+
+
+# --------------------------------------------------------------------------------------------
+# The NFE budget
+# --------------------------------------------------------------------------------------------
+
+
+def _calls(scheduler: Any, steps: int) -> int:
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
+def steps_for_nfe(scheduler: Any, nfe: int) -> int:
+    """The step count (grid levels) at which ``scheduler`` makes exactly ``nfe`` model calls.
+
+    Counted at the model: one call per entry of the plan's timesteps (Heun: ``2 N - 1`` for N levels,
+    its last step being an Euler step). An NFE no step count makes is a :class:`TuneError` naming
+    the nearest counts that work.
+    """
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise TuneError(f"-n/--nfe must be an int >= 1, got {nfe!r}")
+    made: dict[int, int] = {}  # NFE -> steps
+    for steps in range(1, nfe + 2):
+        try:
+            calls = _calls(scheduler, steps)
+        except ValueError:
+            continue  # too few steps for this sampler's order
+        made.setdefault(calls, steps)
+        if calls == nfe:
+            return steps
+        if calls > nfe:
+            break
+    below = max((c for c in made if c < nfe), default=None)
+    above = min((c for c in made if c > nfe), default=None)
+    near = " or ".join(f"{c} ({made[c]} steps)" for c in (below, above) if c is not None)
+    per = getattr(scheduler, "nfe_per_step", 1)
+    raise TuneError(
+        f"{scheduler.name} cannot make exactly {nfe} model evaluations (it makes {per} per step"
+        f"{', the last step one' if per == 2 else ''}); nearest valid NFE: {near or 'none'}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The objective
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    samples: torch.Tensor  # [m, d] in the objective's dtype
+    start: tuple[float, float, float, float]  # (init_noise_sigma, input_scale[0], alpha_0, sigma_0)
+    calls: int
+    levels: torch.Tensor  # [N] float64 sigma-space levels of the run
+
+
+class Objective:
+    """The ODE error of one sampler on one problem from fixed noise, as a function of the grid.
+
+    Args:
+        sampler: registry name of a deterministic scheduler.
+        problem: a bench problem spec (``gmm2d``, ``gaussian``, ``digits``, ``gmm2d:layout=ring``, ...).
+        seed: base seed of the per-sample Philox noise (``batch_seeds(seed, samples)``, the bench's).
+        samples: how many initial noises ``m``.
+        schedule: the model's training schedule (a bench preset; default: the problem's, as the bench).
+        options: extra scheduler config (as ``samplers bench -o``).
+        dtype: sample dtype of the run (the bench's float32 by default).
+        heldout: default ``samples`` to the held-out size (the bench's ODE samples) instead of the tuning size.
+        metric: a distribution metric (:data:`DISTRIBUTION_METRICS`) instead of the ODE error; the default for a
+            stochastic sampler is ``"sw"`` (sliced Wasserstein-2 to the exact mixture, oracle problems only).
+
+    ``objective(levels)`` runs the sampler over sigma-space ``levels`` [N] (``set_timesteps(sigmas=)``)
+    and returns the RMS error to the exact endpoints [m, d]; :meth:`named` runs a named grid through
+    the scheduler's own ``sigma_schedule`` path. References are cached per start level.
+    """
+
+    def __init__(
+        self,
+        sampler: str,
+        problem: str = "gmm2d",
+        *,
+        seed: int = TUNE_SEED,
+        samples: int | None = None,
+        schedule: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        dtype: str = "float32",
+        backend: str = "auto",
+        heldout: bool = False,
+        metric: str | None = None,
+    ) -> None:
+        from samplers.bench import runner as R
+        from samplers.bench.problems import get_problem, is_data_problem, is_speed_only
+        from samplers.ops.reference import batch_seeds
+
+        defaults = R.problem_defaults(problem)
+        schedule = schedule if schedule is not None else defaults["schedule"]
+        if schedule not in R.SCHEDULE_PRESETS:
+            raise TuneError(
+                f"--schedule: unknown schedule {schedule!r} (expected one of {', '.join(R.SCHEDULE_PRESETS)})"
+            )
+        if dtype not in R.DTYPES:
+            raise TuneError(f"--dtype: unknown dtype {dtype!r} (expected one of {', '.join(R.DTYPES)})")
+        config = R.BenchConfig(schedulers=(sampler,), problem=problem, schedule=schedule, options=dict(options or {}))
+        try:
+            self.resolved = R.resolve_scheduler(sampler, config)
+            self.problem = get_problem(problem)
+        except (ValueError, TypeError) as exc:
+            raise TuneError(str(exc)) from None
+        if is_speed_only(self.problem):
+            raise TuneError(f"problem {problem!r} is speed only (no reference solution to tune against)")
+        self.data_problem = is_data_problem(self.problem)
+        kind = "data" if self.data_problem else "oracle"
+        self.sampler, self.problem_spec, self.schedule_preset = sampler, problem, schedule
+        self.options = dict(options or {})
+        self.seed, self.dtype, self.backend = int(seed), R.DTYPES[dtype], backend
+        self.scheduler = self.build()
+        if metric is None and self.scheduler.is_stochastic:
+            metric = "sw"  # one ODE endpoint does not score a sampler that draws noise: its distribution does
+        if metric is not None:
+            if metric not in DISTRIBUTION_METRICS:
+                raise TuneError(f"--metric: {metric!r} is not one of {', '.join(DISTRIBUTION_METRICS)}")
+            if self.data_problem or not hasattr(self.problem, "mixture_components"):
+                raise TuneError(
+                    f"tuning against a distribution metric ({metric}, as {sampler!r} draws noise or --metric asks) "
+                    f"is implemented on the oracle problems only, not {problem!r}; tune a deterministic sampler there"
+                )
+            kind = "distribution"
+        self.metric = metric
+        self.samples = int(samples if samples is not None else SAMPLES[kind][1 if heldout else 0])
+        if self.samples < 1:
+            raise TuneError(f"samples must be >= 1, got {self.samples}")
+        probe = self.build()
+        probe.set_timesteps(4)
+        ratio = probe.plan.model_sigma / probe.plan.model_alpha
+        if float(ratio[-1]) > float(ratio[0]):
+            raise TuneError(
+                f"{sampler!r} runs from data to noise (an inversion): there is no generation ODE endpoint to tune "
+                "its grid against; tune the sampler it inverts"
+            )
+        self.seeds = batch_seeds(self.seed, self.samples)
+        from samplers.bench.problems import INIT_STREAM
+        from samplers.ops.reference import philox_normal
+
+        self.noise = philox_normal(self.seeds, INIT_STREAM, self.problem.dim).to(self.dtype)
+        self._target: Any = None
+        if metric is not None:
+            from samplers.bench import metrics as M
+            from samplers.bench.problems import DATA_STREAM
+
+            truth = self.problem.sample(self.samples, self.seeds, DATA_STREAM)
+            components = self.problem.mixture_components()
+            bandwidth = M.median_bandwidth(truth)
+            target = M.ExactTarget(*components, bandwidth=bandwidth) if components is not None else None
+            self._target = (
+                M.METRICS[metric],
+                truth,
+                self.problem.mean(),
+                self.problem.covariance(),
+                bandwidth,
+                target,
+            )
+        self.evaluations = 0
+        self.reference_seconds = 0.0
+        self._references: dict[tuple[str, str], torch.Tensor] = {}
+        self.reference_errors: dict[tuple[str, str], float] = {}
+
+    # -- the runs ---------------------------------------------------------------------------
+
+    def build(self, **config: Any) -> Any:
+        """A fresh scheduler with the tuning config (``config`` overrides, e.g. ``sigma_schedule``)."""
+        cls: Any = self.resolved.cls  # a registered Scheduler class
+        return cls.from_config({**self.resolved.config, **config})
+
+    def run(self, levels: torch.Tensor | None = None, scheduler: Any = None, steps: int | None = None) -> _Run:
+        """One run over ``levels`` [N] (custom sigmas), or ``scheduler`` at ``steps`` (its own grid)."""
+        from samplers.bench.problems import OracleModel
+
+        if levels is not None:
+            sched = self.scheduler
+            try:
+                sched.set_timesteps(sigmas=levels.to(F64))
+            except ValueError as exc:
+                raise GridRefused(str(exc)) from exc
+        else:
+            sched = scheduler
+            sched.set_timesteps(steps)
+        plan = sched.plan
+        model = OracleModel(self.problem, sched.schedule, self.resolved.prediction_type)
+        alpha, sigma = plan.model_alpha.tolist(), plan.model_sigma.tolist()
+        x = self.noise * sched.init_noise_sigma
+        for i, t in enumerate(sched.timesteps):
+            out = model.at(sched.scale_model_input(x, t), alpha[i], sigma[i])
+            x = sched.step(out, t, x, seeds=self.seeds, backend=self.backend).prev_sample
+        self.evaluations += 1
+        start = (float(sched.init_noise_sigma), float(plan.input_scale[0]), alpha[0], sigma[0])
+        grid = levels.to(F64) if levels is not None else _plan_levels(sched)
+        return _Run(x, start, model.calls, grid)
+
+    def reference(self, start: tuple[float, float, float, float]) -> torch.Tensor:
+        """The PF-ODE endpoints [m, d] float64 from this objective's noise at ``start`` (cached per start)."""
+        init_sigma, in_scale, alpha0, sigma0 = start
+        norm = math.hypot(alpha0, sigma0)
+        gain = init_sigma * in_scale / norm
+        key = (f"{gain:.12g}", f"{math.atan2(sigma0, alpha0):.12g}")
+        if key not in self._references:
+            t0 = time.perf_counter()
+            if self.data_problem:  # a network: the bench's high-accuracy float64 solve, with its error estimate
+                data_problem: Any = self.problem  # DigitsProblem (is_data_problem): it has ode_reference
+                sol = data_problem.ode_reference(self.noise.to(F64) * gain, alpha0 / norm, sigma0 / norm)
+                self._references[key], self.reference_errors[key] = sol.x0, float(sol.error)
+            else:  # an oracle: the exact endpoint, as the bench computes it
+                x_start = (self.noise * init_sigma).to(F64) * in_scale
+                self._references[key] = self.problem.ode_solution(x_start, alpha0, sigma0)
+                self.reference_errors[key] = 0.0
+            self.reference_seconds += time.perf_counter() - t0
+        return self._references[key]
+
+    def error(self, run: _Run) -> float:
+        """The objective of one run: ODE error to the references, or the distribution metric."""
+        from samplers.bench import metrics as M
+
+        samples = run.samples.to(F64)
+        if self._target is not None:
+            spec, truth, mean, cov, bandwidth, target = self._target
+            inputs = M.MetricInputs(samples, truth, mean, cov, bandwidth, None, None, False, target)
+            value = float(spec(inputs)) if bool(torch.isfinite(samples).all()) else math.inf
+        else:
+            value = M.ode_error(samples, self.reference(run.start))
+        return value if math.isfinite(value) else math.inf
+
+    @property
+    def objective_name(self) -> str:
+        """``"ode_error"`` or the distribution metric's name."""
+        return self.metric or "ode_error"
+
+    def __call__(self, levels: torch.Tensor) -> float:
+        """ODE error of a run over sigma-space ``levels`` [N] (float64, descending, without the final 0);
+        ``inf`` for a grid the sampler refuses (e.g. a multistep rule's step-ratio limit)."""
+        try:
+            return self.error(self.run(levels))
+        except GridRefused:
+            return math.inf
+
+    def named(self, steps: int) -> dict[str, NamedScore]:
+        """Every applicable named grid (:data:`NAMED_GRIDS`) at ``steps`` levels, scored; skipped ones say why."""
+        out: dict[str, NamedScore] = {}
+        seen: dict[tuple[float, ...], str] = {}
+        for label, name, kwargs in NAMED_GRIDS:
+            try:
+                sched = self.build() if name is None else self.build(sigma_schedule=name, sigma_schedule_kwargs=kwargs)
+                run = self.run(scheduler=sched, steps=steps)
+            except (ValueError, TypeError) as exc:
+                out[label] = NamedScore(label, math.nan, None, f"{type(exc).__name__}: {exc}")
+                continue
+            key = tuple(round(float(v), 10) for v in run.levels)
+            note = f"same levels as {seen[key]}" if key in seen else ""
+            seen.setdefault(key, label)
+            out[label] = NamedScore(label, self.error(run), run.levels, note)
+        return out
+
+
+def _plan_levels(scheduler: Any) -> torch.Tensor:
+    """Sigma-space levels of a scheduler's current run [N] (the distinct call levels of its plan)."""
+    lam_levels = (scheduler.plan.model_sigma / scheduler.plan.model_alpha).to(F64)
+    steps = scheduler.num_inference_steps
+    if len(lam_levels) == steps:
+        return lv.capped_levels(lam_levels)
+    return lv.capped_levels(scheduler.run_levels(steps, None, None, None).level)
+
+
+@dataclass(frozen=True)
+class NamedScore:
+    """A named grid's error (NaN when the scheduler cannot take it; ``note`` says why) and its levels [N]."""
+
+    name: str
+    error: float
+    levels: torch.Tensor | None
+    note: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.levels is not None and math.isfinite(self.error)
+
+
+def best_named(scores: Mapping[str, NamedScore]) -> NamedScore:
+    usable = [s for s in scores.values() if s.usable]
+    if not usable:
+        reasons = "; ".join(f"{s.name}: {s.note}" for s in scores.values())
+        raise TuneError(f"no named grid runs on this scheduler and schedule ({reasons})")
+    return min(usable, key=lambda s: s.error)
+
+
+# --------------------------------------------------------------------------------------------
+# The optimiser
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    levels: torch.Tensor  # [N] float64
+    value: float
+    evaluations: int
+    sweeps: int
+    history: list[float] = field(default_factory=list)  # best value after each sweep
+
+
+def pattern_search(
+    f: Callable[[torch.Tensor], float],
+    levels: torch.Tensor,
+    *,
+    lower: float,
+    max_evals: int = MAX_EVALS,
+    max_seconds: float | None = None,
+    first_step: float = FIRST_STEP,
+    min_step: float = MIN_STEP,
+) -> SearchResult:
+    """Minimise ``f(levels)`` over descending sigma levels [N] by compass search in log sigma.
+
+    Level 0 is held fixed. A move takes level ``i`` a fraction ``step`` of the log-gap towards level
+    ``i - 1`` (up) or towards level ``i + 1`` (down; for the last level, towards ``lower``), so every
+    candidate stays strictly descending and above ``lower``. A sweep tries both moves of every free
+    level in turn and keeps the first that lowers ``f``; after a sweep that moved, the sweep's net move is
+    tried once more (Hooke & Jeeves' pattern move); a sweep without a move halves ``step``. Stops at
+    ``step < min_step``, ``max_evals`` evaluations or ``max_seconds``.
+    """
+    if not (0.0 < first_step < 1.0):
+        raise ValueError(f"first_step must be in (0, 1), got {first_step!r}")
+    top = levels.to(F64)[:1].clone()
+    x = torch.log(levels.to(F64)).clone()
+    n = len(x)
+
+    def grid(logs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([top, torch.exp(logs[1:])])  # the first level exactly as given (no exp-log rounding)
+
+    log_lower = math.log(lower)
+    if n < 2:
+        return SearchResult(levels.to(F64), f(levels.to(F64)), 1, 0)
+    log_lower = min(log_lower, float(x[-1]))  # a start at the very end (rounding) stays feasible
+    best = f(grid(x))
+    evals, sweeps, step = 1, 0, first_step
+    history = [best]
+    t0 = time.perf_counter()
+
+    def out_of_budget() -> bool:
+        return evals >= max_evals or (max_seconds is not None and time.perf_counter() - t0 > max_seconds)
+
+    while step >= min_step and not out_of_budget():
+        improved = False
+        base = x.clone()
+        for i in range(1, n):
+            below = float(x[i + 1]) if i + 1 < n else log_lower
+            for target in (float(x[i - 1]), below):
+                gap = target - float(x[i])
+                if abs(gap) < 1e-12 or out_of_budget():
+                    continue
+                cand = x.clone()
+                cand[i] = x[i] + step * gap
+                value = f(grid(cand))
+                evals += 1
+                if value < best:
+                    x, best, improved = cand, value, True
+                    break
+        if improved and not out_of_budget():
+            # Hooke-Jeeves pattern move: the sweep's net move once more (coupled levels move together)
+            cand = x + (x - base)
+            if _feasible(cand, log_lower):
+                value = f(grid(cand))
+                evals += 1
+                if value < best:
+                    x, best = cand, value
+        sweeps += 1
+        history.append(best)
+        if not improved:
+            step *= 0.5
+    return SearchResult(grid(x), best, evals, sweeps, history)
+
+
+def _feasible(x: torch.Tensor, log_lower: float) -> bool:
+    """Strictly descending log levels, the last one at or above ``log_lower``."""
+    return bool((x[1:] < x[:-1]).all()) and float(x[-1]) >= log_lower
+
+
+# --------------------------------------------------------------------------------------------
+# Tuning, held-out scoring and transfer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found. ``schedule``: the file to save; ``named``: every named grid on the tuning seeds;
+    ``heldout``: ``{"named": {name: error}, "best_named": name, "best_named_error", "tuned", "ratio"}``."""
+
+    schedule: grids.ScheduleFile
+    named: dict[str, NamedScore]
+    start: str
+    heldout: dict[str, Any]
+    seconds: float
+    evaluations: int
+    search: SearchResult
+
+    @property
+    def levels(self) -> torch.Tensor:
+        return self.schedule.grid
+
+
+def _lower_end(objective: Objective) -> float:
+    """The lowest level a tuned grid may reach: the schedule's named-grid range (its ``sigma_min``)."""
+    sched = objective.scheduler
+    lo_named = lv.level_range(sched.schedule, sched.config)[0]
+    lo_reach = lv.reachable_level_range(sched.schedule)[0]
+    return max(lo_named, lo_reach)
+
+
+def tune(
+    sampler: str,
+    nfe: int,
+    problem: str = "gmm2d",
+    *,
+    schedule: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    seed: int = TUNE_SEED,
+    samples: int | None = None,
+    heldout_seed: int | None = HELDOUT_SEED,
+    heldout_samples: int | None = None,
+    max_evals: int = MAX_EVALS,
+    max_seconds: float | None = None,
+    dtype: str = "float32",
+    start: str | None = None,
+    metric: str | None = None,
+) -> TuneResult:
+    """Tune ``sampler``'s grid for ``nfe`` model evaluations on ``problem`` (see the module docstring).
+
+    Args:
+        sampler / problem / schedule / options / dtype: as :class:`Objective`.
+        nfe: the model-evaluation budget; a count the sampler cannot make exactly is a :class:`TuneError`.
+        seed / samples: the tuning seed set. heldout_seed / heldout_samples: the held-out set (None: none).
+        max_evals / max_seconds: the search budget.
+        start: a named grid to start from (a label of :data:`NAMED_GRIDS`); default: the best one.
+    Returns:
+        :class:`TuneResult`; ``result.schedule`` is ready for :func:`samplers.grids.save`.
+    """
+    t0 = time.perf_counter()
+    if seed == heldout_seed:
+        raise TuneError(f"the tuning seed and the held-out seed must differ (both {seed}): nothing would be held out")
+    obj = Objective(
+        sampler, problem, seed=seed, samples=samples, schedule=schedule, options=options, dtype=dtype, metric=metric
+    )
+    steps = steps_for_nfe(obj.scheduler, nfe)
+    named = obj.named(steps)
+    if start is not None:
+        if start not in named:
+            raise TuneError(f"--start: unknown named grid {start!r} (expected one of {', '.join(named)})")
+        if not named[start].usable:
+            raise TuneError(f"--start {start!r} does not run here: {named[start].note}")
+        first = named[start]
+    else:
+        first = best_named(named)
+    assert first.levels is not None
+    search = pattern_search(obj, first.levels, lower=_lower_end(obj), max_evals=max_evals, max_seconds=max_seconds)
+    tuned = search.levels
+    check = obj.run(tuned)
+    if check.calls != nfe:  # counted at the model, never trusted
+        raise RuntimeError(f"the tuned grid made {check.calls} model calls, not {nfe}")
+    timesteps = obj.scheduler.run_levels(None, None, tuned, None).t
+    seconds = time.perf_counter() - t0
+    heldout: dict[str, Any] = {}
+    if heldout_seed is not None:
+        heldout = score_heldout(obj, tuned, steps, heldout_seed, heldout_samples)
+    meta = {
+        "method": METHOD,
+        "objective": obj.objective_name,
+        "schedule": obj.schedule_preset,
+        "scheduler_config": {k: v for k, v in obj.resolved.config.items() if _jsonable(v)},
+        "prediction_type": obj.resolved.prediction_type,
+        "steps": steps,
+        "start": first.name,
+        "tuning_seeds": {"seed": obj.seed, "samples": obj.samples},
+        "heldout_seeds": None if heldout_seed is None else {"seed": heldout["seed"], "samples": heldout["samples"]},
+        "heldout": {k: v for k, v in heldout.items() if k not in ("seed", "samples")} if heldout else None,
+        "named_tuning_errors": {k: v.error for k, v in named.items() if v.usable},
+        "evaluations": search.evaluations,
+        "seconds": seconds,
+        "dtype": str(obj.dtype).removeprefix("torch."),
+    }
+    schedule_file = grids.ScheduleFile(
+        sampler=obj.scheduler.name,
+        nfe=nfe,
+        sigmas=tuple(float(v) for v in tuned),
+        timesteps=tuple(float(v) for v in timesteps),
+        problem=problem,
+        model=_model_label(obj),
+        objective_before=first.error,
+        objective_after=search.value,
+        meta=meta,
+    )
+    return TuneResult(schedule_file, named, first.name, heldout, seconds, search.evaluations, search)
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _model_label(obj: Objective) -> str:
+    describe = obj.problem.describe() if hasattr(obj.problem, "describe") else {}
+    if obj.data_problem:
+        return f"{describe.get('name', obj.problem_spec)} denoiser ({describe.get('parameterization', 'network')})"
+    return f"exact oracle, {obj.schedule_preset} schedule"
+
+
+def score_heldout(
+    tuning: Objective, levels: torch.Tensor, steps: int, seed: int, samples: int | None = None
+) -> dict[str, Any]:
+    """The tuned ``levels`` and every named grid scored on the held-out seed set ``seed``."""
+    obj = Objective(
+        tuning.sampler,
+        tuning.problem_spec,
+        seed=seed,
+        samples=samples,
+        heldout=True,
+        schedule=tuning.schedule_preset,
+        options=tuning.options,
+        dtype=str(tuning.dtype).removeprefix("torch."),
+        metric=tuning.metric,
+    )
+    named = obj.named(steps)
+    best = best_named(named)
+    tuned = obj(levels)
+    return {
+        "seed": seed,
+        "samples": obj.samples,
+        "named": {k: v.error for k, v in named.items() if v.usable},
+        "best_named": best.name,
+        "best_named_error": best.error,
+        "tuned": tuned,
+        "ratio": best.error / tuned if tuned > 0 else math.inf,
+        "reference_error": max(obj.reference_errors.values(), default=0.0),
+    }
+
+
+def interpolate_levels(levels: torch.Tensor, n: int) -> torch.Tensor:
+    """``levels`` [N] resampled to ``n`` levels, linearly in log sigma over evenly spaced positions [n].
+
+    Both ends are kept (position 0 is the first level, position 1 the last), so a grid tuned at one
+    budget transfers to a neighbouring one with the same start and end.
+    """
+    grids._check_n(n)
+    x = torch.log(levels.to(F64))
+    if len(x) == 1 or n == 1:
+        return torch.exp(x[:1].repeat(n)) if n == 1 else torch.exp(torch.linspace(float(x[0]), float(x[0]), n))
+    pos = torch.linspace(0.0, len(x) - 1.0, n, dtype=F64)
+    low = pos.floor().long().clamp(max=len(x) - 2)
+    w = pos - low.to(F64)
+    out = torch.exp(x[low] * (1 - w) + x[low + 1] * w)
+    out = torch.where(w == 0, levels.to(F64)[low], out)  # nodes exactly (no exp-log rounding)
+    out[-1] = levels[-1]
+    return out
+
+
+def transfer(
+    schedule: grids.ScheduleFile,
+    *,
+    nfe: int | None = None,
+    problem: str | None = None,
+    seed: int = HELDOUT_SEED,
+    samples: int | None = None,
+) -> dict[str, Any]:
+    """Score a tuned grid away from where it was tuned: at another ``nfe`` (interpolated in log sigma,
+    :func:`interpolate_levels`) and/or on another ``problem``, against the best named grid there.
+
+    Returns ``{"sampler", "problem", "nfe", "steps", "tuned", "best_named", "best_named_error", "ratio"}``,
+    or the same with ``"error"`` (and no scores) when the grid does not fit (e.g. outside the schedule's range).
+    """
+    meta = dict(schedule.meta)
+    problem = problem or schedule.problem or "gmm2d"
+    same_problem = problem == schedule.problem
+    obj = Objective(
+        schedule.sampler,
+        problem,
+        seed=seed,
+        samples=samples,
+        heldout=True,
+        schedule=meta.get("schedule") if same_problem else None,
+        dtype=str(meta.get("dtype", "float32")),
+        metric=None if meta.get("objective", "ode_error") == "ode_error" else str(meta["objective"]),
+    )
+    nfe = nfe if nfe is not None else schedule.nfe
+    steps = steps_for_nfe(obj.scheduler, nfe)
+    levels = interpolate_levels(schedule.grid, steps)
+    out: dict[str, Any] = {"sampler": schedule.sampler, "problem": problem, "nfe": nfe, "steps": steps}
+    try:
+        tuned = obj.error(obj.run(levels))
+    except ValueError as exc:  # outside the schedule's range, or a grid the sampler refuses
+        return {**out, "error": str(exc)}
+    best = best_named(obj.named(steps))
+    return {
+        **out,
+        "tuned": tuned,
+        "best_named": best.name,
+        "best_named_error": best.error,
+        "ratio": best.error / tuned if tuned > 0 else math.inf,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule files for a scheduler, and into diffusers
+# --------------------------------------------------------------------------------------------
+
+
+def load_for(path: str | Path, sampler: str, steps: int | None = None) -> grids.ScheduleFile:
+    """:func:`samplers.grids.load` for ``sampler`` at ``steps`` levels: a file tuned for another sampler or
+    step count is refused with the reason (a grid is tuned to one sampler's error and one budget)."""
+    return grids.load(path, sampler=sampler, steps=steps)
+
+
+def apply_to_diffusers(scheduler: Any, path: str | Path, device: str | torch.device | None = None) -> None:
+    """``set_timesteps`` on a *diffusers* scheduler with a schedule file's grid (the final 0 appended).
+
+    For diffusers classes whose ``set_timesteps`` takes ``sigmas=`` (Euler, Heun, DPM-Solver++, UniPC with
+    sigma-space flags, ...). The file must have been tuned for the matching samplers scheduler; a class without
+    custom sigmas raises :class:`TuneError`. (Our own wrapper, ``to_diffusers(samplers.get(name,
+    sigma_schedule="file:PATH"))``, carries the file in its config and needs none of this.)
+    """
+    import inspect
+
+    schedule = grids.load(path)
+    if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
+        raise TuneError(f"diffusers' {type(scheduler).__name__}.set_timesteps takes no custom sigmas")
+    sigmas = [*schedule.sigmas, 0.0]
+    scheduler.set_timesteps(sigmas=sigmas, device=device)

@@ -1,0 +1,216 @@
+"""samplers tune: the tuned grid beats its start on held-out noise, schedule files round-trip and are refused for
+another sampler or budget, every scheduler reads them, and diffusers gets them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import samplers
+from samplers import grids
+from samplers import levels as lv
+from samplers import tune as T
+from samplers.registry import registry
+
+# one torch thread, as the bench and `samplers tune` run: OpenMP workers on a shared 2-core box slow small ops 10x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def euler_gmm() -> T.TuneResult:
+    # small sample counts keep this fast; held-out seeds (0) differ from the tuning seeds (1)
+    return T.tune("euler", 8, "gmm2d", samples=64, heldout_samples=128, max_evals=60)
+
+
+def test_tuned_beats_its_start_on_heldout_seeds(euler_gmm: T.TuneResult) -> None:
+    r = euler_gmm
+    held = r.heldout
+    assert held["seed"] == 0 and r.schedule.meta["tuning_seeds"] == {"seed": 1, "samples": 64}
+    assert r.search.value < r.schedule.objective_before  # on the tuning seeds
+    start_heldout = held["named"][r.start]
+    assert held["tuned"] < start_heldout  # and on seeds it never saw
+    assert held["best_named_error"] == min(held["named"].values())
+    # monotone, inside the schedule's domain, the start level kept
+    levels = torch.tensor(r.schedule.sigmas, dtype=torch.float64)
+    assert bool((levels[1:] < levels[:-1]).all())
+    lo, hi = lv.reachable_level_range(samplers.get("euler", **_linear()).schedule)
+    assert lo <= float(levels.min()) and float(levels.max()) <= hi
+    assert float(levels[0]) == pytest.approx(float(r.named[r.start].levels[0]), rel=1e-12)
+
+
+def _linear() -> dict:
+    from samplers.bench.runner import SCHEDULE_PRESETS
+
+    return dict(SCHEDULE_PRESETS["linear"])
+
+
+def test_schedule_file_round_trip_and_scores_the_same(euler_gmm: T.TuneResult, tmp_path) -> None:
+    path = grids.save(euler_gmm.schedule, tmp_path / "euler.json")
+    loaded = grids.load(path)
+    assert loaded == euler_gmm.schedule
+    data = json.loads(path.read_text())
+    for key in ("sampler", "nfe", "sigmas", "timesteps", "problem", "model", "objective_before", "objective_after"):
+        assert data[key] is not None
+    assert data["meta"]["method"] == T.METHOD and data["meta"]["heldout_seeds"]["seed"] == 0
+    # the file through sigma_schedule= gives the same run as the tuned levels through sigmas=
+    obj = T.Objective("euler", "gmm2d", seed=0, samples=128)
+    by_file = obj.error(obj.run(scheduler=obj.build(sigma_schedule=f"file:{path}"), steps=len(loaded.sigmas)))
+    assert by_file == pytest.approx(euler_gmm.heldout["tuned"], rel=1e-6)
+    # timesteps are the model times of the same levels on the tuned schedule
+    sched = samplers.get("euler", **_linear(), sigma_schedule=f"file:{path}")
+    sched.set_timesteps(len(loaded.sigmas))
+    assert torch.allclose(sched.plan.timesteps.to(torch.float64), torch.tensor(loaded.timesteps, dtype=torch.float64))
+
+
+def test_file_refused_for_another_sampler_or_budget(euler_gmm: T.TuneResult, tmp_path) -> None:
+    path = grids.save(euler_gmm.schedule, tmp_path / "euler.json")
+    n = len(euler_gmm.schedule.sigmas)
+    other = samplers.get("dpmpp_2m", **_linear(), sigma_schedule=f"file:{path}")
+    with pytest.raises(ValueError, match="tuned for sampler 'euler', not 'dpmpp_2m'"):
+        other.set_timesteps(n)
+    same = samplers.get("euler", **_linear(), sigma_schedule=f"file:{path}")
+    with pytest.raises(ValueError, match=f"holds {n} levels .* but this run needs {n + 2}"):
+        same.set_timesteps(n + 2)
+    with pytest.raises(ValueError, match="tuned for sampler 'euler'"):
+        T.load_for(path, "heun")
+    same.set_timesteps(n)  # the right sampler and budget: accepted
+
+
+def test_heun_odd_nfe_names_the_nearest_counts() -> None:
+    with pytest.raises(T.TuneError, match=r"heun cannot make exactly 10 .*nearest valid NFE: 9 \(5 steps\) or 11 \(6"):
+        T.steps_for_nfe(samplers.get("heun"), 10)
+    assert T.steps_for_nfe(samplers.get("heun"), 9) == 5
+    assert T.steps_for_nfe(samplers.get("dpmpp_2m"), 10) == 10
+    with pytest.raises(T.TuneError, match="-n/--nfe must be an int >= 1"):
+        T.steps_for_nfe(samplers.get("euler"), 0)
+
+
+@pytest.mark.slow  # 2,000 tuning and 10,000 held-out samples (fewer overfit the metric's sampling noise): ~4 s
+def test_stochastic_sampler_is_tuned_on_a_distribution_metric() -> None:
+    r = T.tune("euler_ancestral", 10, "gmm2d", max_evals=100)
+    assert r.schedule.meta["objective"] == "sw"  # one ODE endpoint does not score a sampler that draws noise
+    assert r.search.value < r.schedule.objective_before
+    assert r.heldout["samples"] == 10000
+    assert r.heldout["tuned"] < 0.9 * r.heldout["named"][r.start]  # held out: SW to the exact mixture, fresh noise
+
+
+def test_distribution_metric_refusals() -> None:
+    with pytest.raises(T.TuneError, match="distribution metric .* oracle problems only, not 'digits'"):
+        T.Objective("euler_ancestral", "digits", samples=4)
+    with pytest.raises(T.TuneError, match="--metric: 'fid' is not one of sw, sw1, mmd, frechet"):
+        T.Objective("euler", "gmm2d", samples=4, metric="fid")
+
+
+def test_inversions_are_refused_with_the_reason() -> None:
+    with pytest.raises(T.TuneError, match="runs from data to noise"):
+        T.Objective("ddim_inverse", "gmm2d", samples=4)
+
+
+@pytest.mark.parametrize("name", sorted(registry().available()))
+def test_every_scheduler_reads_a_schedule_file(name: str, tmp_path) -> None:
+    probe = samplers.get(name)
+    n = len(probe.run_levels(6, None, None, None))  # the levels a 6-step run visits (boundaries for some)
+    lo, hi = lv.reachable_level_range(probe.schedule)
+    lo2, hi2 = lv.level_range(probe.schedule, probe.config)
+    levels = grids.exponential(n, sigma_min=max(lo, lo2) * 1.5, sigma_max=min(hi, hi2) / 1.5)
+    path = grids.save(
+        grids.ScheduleFile(sampler=probe.name, nfe=6, sigmas=tuple(levels.tolist())), tmp_path / "g.json"
+    )
+    sched = samplers.get(name, sigma_schedule=f"file:{path}")
+    sched.set_timesteps(6)
+    got = sched.run_levels(6, None, None, None).level.sort(descending=True).values  # inverse samplers ascend
+    assert torch.allclose(got.log(), levels.log(), atol=1e-9, rtol=0)
+
+
+def test_to_diffusers_carries_the_file(euler_gmm: T.TuneResult, tmp_path) -> None:
+    pytest.importorskip("diffusers")
+    import diffusers
+
+    from samplers.integrations.diffusers import to_diffusers
+
+    path = grids.save(euler_gmm.schedule, tmp_path / "euler.json")
+    n = len(euler_gmm.schedule.sigmas)
+    want = torch.tensor([*euler_gmm.schedule.sigmas, 0.0])
+    wrapper = to_diffusers(samplers.get("euler", **_linear(), sigma_schedule=f"file:{path}"))
+    wrapper.set_timesteps(n)
+    assert torch.allclose(wrapper.sigmas.to(torch.float64), want.to(torch.float64), rtol=1e-6)
+    # diffusers' own Euler with the same training table takes the file's levels as custom sigmas
+    native = diffusers.EulerDiscreteScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    T.apply_to_diffusers(native, path)
+    assert torch.allclose(native.sigmas.to(torch.float64), want.to(torch.float64), rtol=1e-6)
+    assert len(native.timesteps) == n
+
+
+def test_interpolate_levels_keeps_the_ends_and_is_log_linear() -> None:
+    levels = torch.tensor([100.0, 10.0, 1.0, 0.1], dtype=torch.float64)
+    out = T.interpolate_levels(levels, 7)
+    assert out.shape == (7,)
+    assert float(out[0]) == pytest.approx(100.0) and float(out[-1]) == pytest.approx(0.1)
+    assert torch.allclose(out.log().diff(), torch.full((6,), -math.log(10) / 2, dtype=torch.float64))
+    assert torch.equal(T.interpolate_levels(levels, 4), levels)
+
+
+def test_pattern_search_finds_a_known_minimum() -> None:
+    # a separable quadratic in log sigma with its minimum at known levels: the search must get there
+    target = torch.log(torch.tensor([50.0, 12.0, 3.0, 0.7, 0.2], dtype=torch.float64))
+
+    def f(levels: torch.Tensor) -> float:
+        return float(((levels.log() - target) ** 2).sum())
+
+    start = torch.tensor([50.0, 20.0, 8.0, 2.0, 0.5], dtype=torch.float64)
+    res = T.pattern_search(f, start, lower=0.05, max_evals=2000, min_step=1e-5)
+    assert res.value < 1e-6 and float(res.levels[0]) == 50.0
+    assert bool((res.levels[1:] < res.levels[:-1]).all())
+
+
+def test_cli_tune_writes_a_file_bench_scores(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from samplers.cli import app
+
+    out = tmp_path / "t.json"
+    args = ["tune", "-s", "dpmpp_2m", "-n", "6", "--samples", "32", "--heldout-samples", "64", "--max-evals", "30"]
+    res = CliRunner().invoke(app, [*args, "--no-transfer", "-O", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "held out: tuned" in res.output and out.exists()
+    loaded = grids.load(out)
+    assert loaded.sampler == "dpmpp_2m" and loaded.nfe == 6
+    bench = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--schedule-file",
+            str(out),
+            "--samples",
+            "64",
+            "-m",
+            "ode_error",
+            "-q",
+            "--json",
+            str(tmp_path / "b.json"),
+        ],
+    )
+    assert bench.exit_code == 0, bench.output
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["scheduler"] == "dpmpp_2m" and row["steps"] == 6 and row["nfe"] == 6
+    assert row["metrics"]["ode_error"] == pytest.approx(loaded.meta["heldout"]["tuned"], rel=1e-5)
+    wrong = CliRunner().invoke(app, ["bench", "--schedule-file", str(out), "-s", "euler"])
+    assert wrong.exit_code == 2 and "tuned for 'dpmpp_2m'" in wrong.output
+    odd = CliRunner().invoke(app, ["tune", "-s", "heun", "-n", "10", "-O", str(tmp_path / "h.json")])
+    assert odd.exit_code == 2 and "nearest valid NFE: 9" in odd.output
+
+
+def test_docs_snippet_runs(tmp_path, monkeypatch) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tune.md").read_text()
+    (code,) = re.findall(r"<!-- snippet: use -->\s*```python\n(.*?)```", text, re.S)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/tune.md", "exec"), namespace)
+    assert (tmp_path / "euler-8.json").exists()
+    assert namespace["native"].sigmas[0] == pytest.approx(namespace["result"].schedule.sigmas[0], rel=1e-6)
