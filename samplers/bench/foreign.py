@@ -445,7 +445,7 @@ def _unimportable(spec: str, module: str, attr: str, own: dict[str, Any], messag
     unimportable.__module__ = mod_name
     return ForeignScheduler(
         name=_label(dist, "?", attr, own),
-        cls=unimportable,
+        cls=cast(Any, unimportable),
         config={},
         schedule_label="unknown",
         prediction_type="sample",
