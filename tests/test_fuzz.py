@@ -104,10 +104,17 @@ def _run(s: samplers.Scheduler, shape, dtype, seeds) -> torch.Tensor:
 
 
 def _is_inversion(s: samplers.Scheduler) -> bool:
-    """Whether the sampler runs from data to noise (its level rises over a 4-step plan of its own config)."""
-    probe = type(s).from_config(s.config)
-    probe.set_timesteps(4)
-    ratio = probe.plan.model_sigma / probe.plan.model_alpha
+    """Whether the sampler runs from data to noise: its level rises over its plan (over a 4-step plan of its
+    own config when the case makes one call; a config whose default grid is refused is no inversion)."""
+    plan = s.plan
+    if len(plan.timesteps) < 2:
+        probe = type(s).from_config(s.config)
+        try:
+            probe.set_timesteps(4)
+        except ValueError:
+            return False
+        plan = probe.plan
+    ratio = plan.model_sigma / plan.model_alpha
     return float(ratio[-1]) > float(ratio[0])
 
 
