@@ -156,7 +156,9 @@ def _fmt_bytes(n: int) -> str:
 
 def _within_floor(result: R.BenchResult, metric: str, value: float) -> bool:
     floor = result.noise_floor.get(metric)
-    return bool(floor) and math.isfinite(value) and value <= floor["mean"] + 2 * floor["std"]
+    if not floor:
+        return False
+    return math.isfinite(value) and value <= floor["mean"] + 2 * floor["std"]
 
 
 def render(result: R.BenchResult, console: Console) -> None:

@@ -765,6 +765,8 @@ class ForeignRun:
                 if schedule is None:
                     schedule = DiscreteVPSchedule(alphas_cumprod=abar)
                 else:
+                    # attr-defined: NoiseSchedule declares no alphas_cumprod; a beta-schedule class checked
+                    # here runs on the model's discrete schedule (DISCRETE_KEYS), which has one
                     ours = schedule.alphas_cumprod  # type: ignore[attr-defined]
                     if abar.shape != ours.shape or not torch.allclose(abar, ours, rtol=1e-5, atol=1e-7):
                         raise ForeignRunError(
@@ -810,6 +812,8 @@ class ForeignRun:
             train = schedule.sigmas  # ascending in the training timestep
             s_min, s_max = float(train[0]), float(train[-1])
         else:
+            # attr-defined: NoiseSchedule declares no sigma range; the continuous schedules a k-diffusion row
+            # runs on (VE, EDM) have sigma_min / sigma_max
             s_min, s_max = (float(v) for v in (schedule.sigma_min, schedule.sigma_max))  # type: ignore[attr-defined]
         rho = float(rs.grid.get("rho", 7.0))
         if rs.grid.get("use_karras_sigmas") or not isinstance(schedule, DiscreteVPSchedule):

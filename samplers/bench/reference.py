@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -206,8 +207,9 @@ def solve_reference(
 
 
 def reference_solution(
-    denoiser: Denoiser, x_start: torch.Tensor, alpha: float, sigma: float, tol: float = 1e-7, **kwargs: float
+    denoiser: Denoiser, x_start: torch.Tensor, alpha: float, sigma: float, tol: float = 1e-7, **kwargs: Any
 ) -> tuple[torch.Tensor, float]:
-    """``(x0_ref [B, ...] float64, estimated RMS error)``: :func:`solve_reference` in short."""
-    sol = solve_reference(denoiser, x_start, alpha, sigma, tol=tol, **kwargs)  # type: ignore[arg-type]
+    """``(x0_ref [B, ...] float64, estimated RMS error)``: :func:`solve_reference` in short (``kwargs``: its
+    other keywords)."""
+    sol = solve_reference(denoiser, x_start, alpha, sigma, tol=tol, **kwargs)
     return sol.x0, sol.error

@@ -56,11 +56,14 @@ from samplers.bench.problems import (
     DATA_STREAM,
     INIT_STREAM,
     REFERENCE_STREAM,
+    BenchProblem,
+    FeatureProblem,
     GaussianProblem,
-    ModelProblem,
+    MixtureProblem,
     NetworkModel,
     OracleModel,
-    Problem,
+    OracleProblem,
+    SampledProblem,
     get_problem,
     is_data_problem,
     is_speed_only,
@@ -238,7 +241,7 @@ class Prepared:
     """A validated configuration: the problem, scheduler configs and metric specs."""
 
     config: BenchConfig
-    problem: Problem | ModelProblem
+    problem: BenchProblem
     schedulers: list[ResolvedScheduler]
     metrics: list[M.MetricSpec]
     device: torch.device
@@ -252,7 +255,7 @@ def _close(value: str, choices: Sequence[str]) -> str:
     return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
-def _accepted_options(cls: type) -> set[str]:
+def _accepted_options(cls: type[Any]) -> set[str]:
     defaults = getattr(cls, "_signature_defaults", None)
     if defaults is not None:
         return set(defaults())
@@ -333,7 +336,7 @@ def resolve_scheduler(name: str, config: BenchConfig, problem: Any = None) -> Re
 
 
 def _default_prediction_type(cls: type) -> str:
-    defaults = getattr(cls, "_signature_defaults", dict)()
+    defaults: dict[str, Any] = getattr(cls, "_signature_defaults", dict)()
     return str(defaults.get("prediction_type", "epsilon"))
 
 
@@ -379,6 +382,7 @@ def prepare(config: BenchConfig) -> Prepared:
         raise BenchInputError("--device cuda: no CUDA device is available to torch here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise BenchInputError(f"--device must be cpu or cuda, got {config.device!r}")
+    problem: BenchProblem
     try:
         if config.model is not None:  # a trained network: loaded and probed here, before any sampling
             problem = load_model_problem(config.model, config.data)
@@ -471,7 +475,7 @@ def _check_memory(prepared: Prepared) -> Prepared:
     cfg = prepared.config
     gib = 2**30
     if total > limit:
-        cause = max(parts, key=parts.get)  # type: ignore[arg-type]
+        cause = max(parts, key=lambda k: parts[k])
         if cause == "mixture":
             what = f"problem {cfg.problem!r} ({getattr(prepared.problem, 'num_components', '?')} components)"
             fix = "use fewer components or a smaller dimension"
@@ -840,7 +844,7 @@ class SampleRun:
 
 def sample_oracle(
     scheduler: Any,
-    problem: Problem,
+    problem: BenchProblem,
     noise: torch.Tensor,
     seeds: torch.Tensor,
     steps: int,
@@ -861,13 +865,17 @@ def sample_oracle(
     if isinstance(scheduler, ForeignRun):  # diffusers / k-diffusion loop, NFE counted at the model
         return scheduler.run(problem, noise, seeds, steps, progress, measure_memory, model)
     device = noise.device
-    network = model is not None
+    oracle: OracleModel | None = None
+    call: OracleModel | NetworkModel
     if model is None:
+        assert not is_speed_only(problem), "a speed-only problem has no oracle: pass its network as model"
         prediction_type = getattr(scheduler, "prediction_type", None) or scheduler.config.get(
             "prediction_type", "epsilon"
         )
-        model = OracleModel(problem, scheduler.schedule, prediction_type)
-    calls_before = model.calls
+        oracle = call = OracleModel(problem, scheduler.schedule, prediction_type)
+    else:
+        call = model
+    calls_before = call.calls
     on_cuda = device.type == "cuda"
     clock = time.perf_counter
     mem = _PeakMemory(device) if measure_memory else None
@@ -881,7 +889,7 @@ def sample_oracle(
     scheduler.set_timesteps(steps, device=device)
     plan = getattr(scheduler, "plan", None)
     table = None
-    if not network and plan is not None and getattr(plan, "model_alpha", None) is not None:
+    if oracle is not None and plan is not None and getattr(plan, "model_alpha", None) is not None:
         table = (plan.model_alpha.tolist(), plan.model_sigma.tolist())
     x = noise * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
@@ -896,7 +904,10 @@ def sample_oracle(
             start_ev.record()
         else:
             m0 = clock()
-        out = model.at(x_in, table[0][i], table[1][i]) if table is not None else model(x_in, t)
+        if oracle is not None and table is not None:  # the oracle at the sampler's own (alpha, sigma)
+            out = oracle.at(x_in, table[0][i], table[1][i])
+        else:
+            out = call(x_in, t)
         if on_cuda:
             end_ev.record()
             ev_pairs.append((start_ev, end_ev))
@@ -930,9 +941,7 @@ def sample_oracle(
     else:
         a0, s0 = scheduler.schedule.alpha_sigma(torch.as_tensor(timesteps[0]).cpu())
         start = (float(scheduler.init_noise_sigma), 1.0, float(a0), float(s0))
-    return SampleRun(
-        x, model.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start
-    )
+    return SampleRun(x, call.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1082,10 +1091,13 @@ def run_benchmark(
     }
     speed_only = is_speed_only(problem)
     network: NetworkModel | None = None
-    if speed_only:  # the network is built (weights drawn, moved to the device) once, outside the rows
+    oracle: OracleProblem | None = None
+    if is_speed_only(problem):  # the network is built (weights drawn, moved to the device) once, outside the rows
         t_init = time.perf_counter()
         network = problem.make_model(device, dtype)
         timing["model_init_s"] = time.perf_counter() - t_init
+    else:
+        oracle = problem
 
     # Exact references, on rank 0 only (they do not depend on the split).
     t_ref = time.perf_counter()
@@ -1093,33 +1105,35 @@ def run_benchmark(
     bandwidth = 1.0
     data_problem = is_data_problem(problem)
     # a --model network without --data: no samples to compare with, the ODE error only
-    truthless = not speed_only and not data_problem and not hasattr(problem, "sample")
-    mean, cov = (None, None) if speed_only or truthless else (problem.mean(), problem.covariance())
+    truthless = oracle is not None and not data_problem and not isinstance(oracle, SampledProblem)
+    mean, cov = (None, None) if oracle is None or truthless else (oracle.mean(), oracle.covariance())
     noise_floor: dict[str, dict[str, float]] = {}
     want = {s.name for s in prepared.metrics}
     features = feature_ref = truth_kernel = None
     floor_info: dict[str, Any] = {"sets": FLOOR_SETS}
-    if main and not speed_only and not truthless:
+    if main and oracle is not None and not truthless:
         all_seeds = batch_seeds(config.seed, n)
-        if data_problem:  # real data: the training split is the reference, the held-out split the floor
-            truth = problem.reference_data()
-            floor_sets, floor_info = _heldout_sets(problem.heldout_data(), n, config.seed)
+        if is_data_problem(oracle):  # real data: the training split is the reference, the held-out split the floor
+            truth = oracle.reference_data()
+            floor_sets, floor_info = _heldout_sets(oracle.heldout_data(), n, config.seed)
             if want & set(M.FEATURE_METRICS):
-                features = problem.features
+                assert isinstance(oracle, FeatureProblem), "prepare() refuses a feature metric without features"
+                features = oracle.features
                 feature_ref = M.gaussian_fit(features(truth))
         else:
-            truth = problem.sample(n, all_seeds, DATA_STREAM)
-            floor_sets = [problem.sample(n, all_seeds, REFERENCE_STREAM + r) for r in range(FLOOR_SETS)]
+            assert isinstance(oracle, SampledProblem), "not truthless and not a data problem: it samples"
+            truth = oracle.sample(n, all_seeds, DATA_STREAM)
+            floor_sets = [oracle.sample(n, all_seeds, REFERENCE_STREAM + r) for r in range(FLOOR_SETS)]
         bandwidth = M.median_bandwidth(truth)
         if data_problem and "mmd" in want:  # one fixed data set: its kernel term once, not per row
             truth_kernel = M.rbf_self_mean(truth, bandwidth)
-        components = problem.mixture_components() if hasattr(problem, "mixture_components") else None
+        components = oracle.mixture_components() if isinstance(oracle, MixtureProblem) else None
         if components is not None and want & {"sw", "sw1", "mmd"}:
             target = M.ExactTarget(*components, bandwidth=bandwidth)
         for spec in prepared.metrics:
             if spec.name in ("ode_error", "kl_exact"):
                 continue  # exact references: no sampling noise floor
-            values = [
+            floor_values = [
                 spec(
                     M.MetricInputs(
                         fs,
@@ -1135,14 +1149,15 @@ def run_benchmark(
                 )
                 for fs in floor_sets
             ]
-            vt = torch.tensor(values, dtype=F64)
-            std = float(vt.std()) if len(values) > 1 else 0.0
+            vt = torch.tensor(floor_values, dtype=F64)
+            std = float(vt.std()) if len(floor_values) > 1 else 0.0
             noise_floor[spec.name] = {"mean": float(vt.mean()), "std": std, **floor_info}
+    ode_noise: torch.Tensor | None = None
     if main and not speed_only:
         m_ode = min(config.ode_samples, n)
         ode_noise = _initial_noise(batch_seeds(config.seed, m_ode), d, dtype) if "ode_error" in want else None
     ode_cache: dict[tuple, torch.Tensor] = {}
-    solves = _ReferenceSolves(problem) if data_problem or truthless else None
+    solves = _ReferenceSolves(oracle) if oracle is not None and (data_problem or truthless) else None
     solved_rows: list[tuple[int, tuple[str, str], torch.Tensor]] = []  # (row, reference key, samples)
     timing["reference_s"] += time.perf_counter() - t_ref
 
@@ -1201,17 +1216,18 @@ def run_benchmark(
                 timing["gather_s"] += time.perf_counter() - t_g
             t_m = time.perf_counter()
             ref_s = 0.0
-            if main and not speed_only:
+            if main and oracle is not None:
                 assert gathered is not None and (truth is not None or truthless)
                 ode_ref = None
                 if "ode_error" in want and not run.stochastic and math.isfinite(run.start[0]):
+                    assert ode_noise is not None, "drawn above whenever ode_error is wanted"
                     t_r = time.perf_counter()
                     if solves is not None:
                         key = solves.solve(ode_noise, run.start)
                         ode_ref = solves.x0(key)
                         solved_rows.append((len(rows), key, gathered[: ode_ref.shape[0]].cpu()))
                     else:
-                        ode_ref = _ode_reference(problem, ode_noise, run.start, dtype, ode_cache)
+                        ode_ref = _ode_reference(oracle, ode_noise, run.start, dtype, ode_cache)
                     ref_s += time.perf_counter() - t_r
                 exact = None
                 if "kl_exact" in want and isinstance(problem, GaussianProblem) and not run.stochastic:
@@ -1297,7 +1313,7 @@ def run_benchmark(
 
 
 def _ode_reference(
-    problem: Problem,
+    problem: OracleProblem,
     noise: torch.Tensor,
     start: tuple[float, float, float, float],
     dtype: torch.dtype,
