@@ -6,6 +6,7 @@ Under torchrun (``WORLD_SIZE > 1``) it shards the samples across ranks; only ran
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -17,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from samplers.bench import runner as R
+from samplers.bench.distributed import DistContext
 from samplers.bench.foreign import split_scheduler_list
 from samplers.bench.metrics import METRICS
 
@@ -156,15 +158,43 @@ def _fmt_bytes(n: int) -> str:
 
 def _within_floor(result: R.BenchResult, metric: str, value: float) -> bool:
     floor = result.noise_floor.get(metric)
-    return bool(floor) and math.isfinite(value) and value <= floor["mean"] + 2 * floor["std"]
+    if not floor:
+        return False
+    return math.isfinite(value) and value <= floor["mean"] + 2 * floor["std"]
 
 
 def render(result: R.BenchResult, console: Console) -> None:
     """Print the result table, the noise floor, the fitted orders and where the time went."""
-    cfg, env, timing = result.config, result.environment, result.timing
-    problem = result.problem
-    speed_only = bool(problem.get("speed_only"))
-    if speed_only:  # a network: say which, and its size
+    _print_header(result, console)
+    console.print(_result_table(result))
+    for r in result.rows:  # a foreign sampler that failed: its row is blank, the reason here
+        if r.error:
+            console.print(f"[red]error[/red] {escape(r.scheduler)} x{r.steps}: {escape(r.error)}", soft_wrap=True)
+    if result.noise_floor:
+        _print_noise_floor(result, console)
+    ref = result.problem.get("ode_reference")
+    if isinstance(ref, dict):
+        _print_ode_reference(ref, console)
+    if result.orders:
+        _print_orders(result, console)
+    attn = result.environment.get("attention")
+    if isinstance(attn, dict):  # speed-only runs: what the attention dispatcher did
+        picks = [
+            f"{key}: {c.get('backend')}" + (f" ({c['kernel']})" if c.get("kernel") else "")
+            for key, c in attn.get("choices", {}).items()
+        ]
+        console.print(
+            f"attention: {attn.get('kernel')}" + (f"; dispatch {'; '.join(picks)}" if picks else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    _print_timing(result, console)
+
+
+def _print_header(result: R.BenchResult, console: Console) -> None:
+    """The run in one line (problem, samples, device, schedule, backend), and a note when the machine is busy."""
+    cfg, env, problem = result.config, result.environment, result.problem
+    if problem.get("speed_only"):  # a network: say which, and its size
         shape = "x".join(map(str, problem.get("sample_shape", [problem.get("dim")])))
         params = problem.get("params")
         what = f"{problem.get('model', problem.get('name'))}" + (f", {params / 1e6:.2f} M params" if params else "")
@@ -187,6 +217,10 @@ def render(result: R.BenchResult, console: Console) -> None:
             f"[yellow]note:[/yellow] load average {load} on {cores} cores when the run began: timings are noisy",
             soft_wrap=True,
         )
+
+
+def _result_table(result: R.BenchResult) -> Table:
+    """One row per (scheduler, steps), a section per scheduler; ``*`` marks a value within the noise floor."""
     table = Table(show_lines=False, header_style="bold")
     for col in ("scheduler", "steps", "NFE"):
         table.add_column(col, justify="right" if col != "scheduler" else "left", no_wrap=True)
@@ -212,7 +246,7 @@ def render(result: R.BenchResult, console: Console) -> None:
         cells += [f"{r.wall_s:.3f}", rate, f"{r.step_overhead_ms:.3f}", _fmt_bytes(r.peak_mem_bytes)]
         table.add_row(*cells)
     notes = []
-    if speed_only:
+    if result.problem.get("speed_only"):
         notes.append("speed only: a random-weight network has no exact answer, so no accuracy metrics")
     if marked:
         notes.append("* within the sampling noise floor (<= floor mean + 2 sd)")
@@ -223,75 +257,73 @@ def render(result: R.BenchResult, console: Console) -> None:
         notes.append("peak mem: CUDA max_memory_allocated above the run's start")
     if notes:
         table.caption = "; ".join(notes)
-    console.print(table)
-    for r in result.rows:  # a foreign sampler that failed: its row is blank, the reason here
-        if r.error:
-            console.print(f"[red]error[/red] {escape(r.scheduler)} x{r.steps}: {escape(r.error)}", soft_wrap=True)
-    if result.noise_floor:
-        parts = [f"{METRICS[m].label} {_fmt(f['mean'])} ± {_fmt(f['std'])}" for m, f in result.noise_floor.items()]
-        first = next(iter(result.noise_floor.values()))
-        if first.get("source") == "held-out split":
-            held = first.get("samples")
-            what = (
-                f"noise floor from the held-out split (the metric on {held} held-out samples against the "
-                f"training split, mean ± sd over {first['sets']} subset(s)"
-                + (f"; {cfg['samples']} samples asked, fewer held-out exist" if held < cfg["samples"] else "")
-                + "): "
-            )
-        else:
-            what = (
-                f"sampling noise floor (the metric on {cfg['samples']} exact samples, mean ± sd over "
-                f"{first['sets']} sets): "
-            )
-        console.print(what + ", ".join(parts), highlight=False, soft_wrap=True)
-    ref = problem.get("ode_reference")
-    if isinstance(ref, dict):
-        solves = ref.get("solves", [])
-        margin = ref.get("margin")
-        calls = sum(int(s.get("evaluations", 0)) for s in solves)
-        seconds = sum(float(s.get("seconds", 0.0)) for s in solves)
-        steps = ", ".join(str(s.get("steps")) for s in solves)
-        line = (
-            f"ODE reference: {ref.get('method')}; {len(solves)} solve(s) ({steps} steps, {calls} model calls, "
-            f"{seconds:.1f} s); its estimated error {_fmt(ref.get('estimated_error'))}"
+    return table
+
+
+def _print_noise_floor(result: R.BenchResult, console: Console) -> None:
+    """The sampling noise floor (exact sample sets), or a real-data problem's held-out split."""
+    cfg = result.config
+    parts = [f"{METRICS[m].label} {_fmt(f['mean'])} ± {_fmt(f['std'])}" for m, f in result.noise_floor.items()]
+    first = next(iter(result.noise_floor.values()))
+    if first.get("source") == "held-out split":
+        held = first.get("samples")
+        what = (
+            f"noise floor from the held-out split (the metric on {held} held-out samples against the "
+            f"training split, mean ± sd over {first['sets']} subset(s)"
+            + (f"; {cfg['samples']} samples asked, fewer held-out exist" if held < cfg["samples"] else "")
+            + "): "
         )
-        if margin is not None and math.isfinite(margin):
-            line += (
-                f", {margin:,.0f}x below the smallest ODE error in the table ({_fmt(ref.get('smallest_table_error'))})"
-            )
-        if margin is not None and math.isfinite(margin) and margin < 10:
-            line = f"[yellow]warning:[/yellow] {escape(line)} — less than 10x: the smallest errors are not resolved"
-        else:
-            line = escape(line)
-        console.print(line, highlight=False, soft_wrap=True)
-    if result.orders:
-        for metric in dict.fromkeys(m for fits in result.orders.values() for m in fits):
-            parts = [
-                f"{name} {fits[metric]['order']:.2f} (R² {fits[metric]['r2']:.3f})"
-                for name, fits in result.orders.items()
-                if metric in fits
-            ]
-            console.print(
-                f"empirical order ({METRICS[metric].label} vs NFE): " + ", ".join(parts),
-                highlight=False,
-                soft_wrap=True,
-            )
-    attn = env.get("attention")
-    if isinstance(attn, dict):  # speed-only runs: what the attention dispatcher did
-        picks = [
-            f"{key}: {c.get('backend')}" + (f" ({c['kernel']})" if c.get("kernel") else "")
-            for key, c in attn.get("choices", {}).items()
+    else:
+        what = (
+            f"sampling noise floor (the metric on {cfg['samples']} exact samples, mean ± sd over "
+            f"{first['sets']} sets): "
+        )
+    console.print(what + ", ".join(parts), highlight=False, soft_wrap=True)
+
+
+def _print_ode_reference(ref: dict[str, Any], console: Console) -> None:
+    """A network problem's ODE reference solves, and a warning when they are not 10x below the table."""
+    solves = ref.get("solves", [])
+    margin = ref.get("margin")
+    calls = sum(int(s.get("evaluations", 0)) for s in solves)
+    seconds = sum(float(s.get("seconds", 0.0)) for s in solves)
+    steps = ", ".join(str(s.get("steps")) for s in solves)
+    line = (
+        f"ODE reference: {ref.get('method')}; {len(solves)} solve(s) ({steps} steps, {calls} model calls, "
+        f"{seconds:.1f} s); its estimated error {_fmt(ref.get('estimated_error'))}"
+    )
+    if margin is not None and math.isfinite(margin):
+        line += f", {margin:,.0f}x below the smallest ODE error in the table ({_fmt(ref.get('smallest_table_error'))})"
+    if margin is not None and math.isfinite(margin) and margin < 10:
+        line = f"[yellow]warning:[/yellow] {escape(line)} — less than 10x: the smallest errors are not resolved"
+    else:
+        line = escape(line)
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _print_orders(result: R.BenchResult, console: Console) -> None:
+    """The fitted convergence order of each scheduler, one line per order metric."""
+    for metric in dict.fromkeys(m for fits in result.orders.values() for m in fits):
+        parts = [
+            f"{name} {fits[metric]['order']:.2f} (R² {fits[metric]['r2']:.3f})"
+            for name, fits in result.orders.items()
+            if metric in fits
         ]
         console.print(
-            f"attention: {attn.get('kernel')}" + (f"; dispatch {'; '.join(picks)}" if picks else ""),
+            f"empirical order ({METRICS[metric].label} vs NFE): " + ", ".join(parts),
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _print_timing(result: R.BenchResult, console: Console) -> None:
+    """Where the time went: sampling, model, metrics or model init, references, warm-up, ranks, bookkeeping."""
+    env, timing = result.environment, result.timing
     console.print(
         f"time {timing['total_s']:.2f} s: sampling {timing['sampling_s']:.2f} s (model {timing['model_s']:.2f} s), "
         + (
             f"model init {timing.get('model_init_s', 0.0):.2f} s, "
-            if speed_only
+            if result.problem.get("speed_only")
             else f"metrics {timing['metrics_s']:.2f} s, exact references {timing['reference_s']:.2f} s, "
         )
         + f"warm-up {timing['warmup_s']:.2f} s, "
@@ -333,6 +365,7 @@ def _schedule_file_run(
     return tuned.sampler, n, schedule or preset, [*option, f"sigma_schedule=file:{path}"]
 
 
+# The signature is the CLI's option list (typer reads it); the body below it is under 80 lines.
 def bench(
     scheduler: str | None = typer.Option(
         None,
@@ -495,62 +528,16 @@ def bench(
             data=data,
         )
         if search is not None:  # --steps bounds the search: prepare() checks both bounds, warm-up runs the lower
-            import dataclasses
-
             config = dataclasses.replace(config, steps=(search.spec.lo, search.spec.hi))
-        R.check_threads(threads)
-        # every output checked (a regular file or a new one in an existing folder, each its own) before any work
-        R.check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
-        if plot_path is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise R.BenchInputError("--plot needs matplotlib (pip install 'samplers[bench]')") from None
-        prepared = R.prepare(config)  # every name and number checked before any process group or sampling
-        if plot_path is not None and not prepared.metrics:
-            raise R.BenchInputError(f"--plot: problem {problem!r} is speed only; there is no accuracy to plot")
-        if search is not None:
-            from samplers.bench.until import check_metrics
-
-            check_metrics(search.spec, [m.name for m in prepared.metrics])
+        _check_before_running(config, search, threads, json_path, csv_path, plot_path)
         _set_threads(threads)
 
         from samplers.bench.distributed import init_from_env
 
         dist = init_from_env(device)
         if dist.active and device.startswith("cuda") and ":" not in device:
-            import dataclasses
-
             config = dataclasses.replace(config, device=f"cuda:{dist.local_rank}")
-        main = dist.is_main
-        out = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
-        show_progress = main and not quiet and err.is_terminal
-        total_rows = len(config.schedulers) * len(config.steps) if search is None else None  # --until: unknown
-        keep = 2000 if plot_path is not None else 0
-        t0 = time.perf_counter()
-        if show_progress:
-            with _RichProgress(total_rows, err) as progress:
-                result = R.run_benchmark(config, progress=progress, dist=dist, keep_samples=keep, search=search)
-        else:
-            result = R.run_benchmark(config, dist=dist, keep_samples=keep, search=search)
-        if main:
-            render(result, out)
-            if search is not None:
-                from samplers.bench import until as U
-
-                result.until = U.summarize(result, search.spec)
-                U.render(result, out)
-            if json_path is not None:
-                R.write_json(result, json_path)
-            if csv_path is not None:
-                R.write_csv(result, csv_path)
-            if plot_path is not None:
-                from samplers.bench.plots import plot_result
-
-                plot_result(result, plot_path)
-            written = [p for p in (json_path, csv_path, plot_path) if p is not None]
-            if written:
-                out.print(f"wrote {', '.join(written)} ({time.perf_counter() - t0:.1f} s in all)")
+        _run_and_report(config, search, dist, quiet, err, json_path, csv_path, plot_path)
     except R.BenchInputError as exc:
         if debug:
             raise
@@ -572,3 +559,73 @@ def bench(
         torch.set_num_threads(threads_before)
         if dist is not None:
             dist.close()
+
+
+def _check_before_running(
+    config: R.BenchConfig,
+    search: Any,
+    threads: int,
+    json_path: str | None,
+    csv_path: str | None,
+    plot_path: str | None,
+) -> R.Prepared:
+    """Every name, number and output path checked before any process group or sampling."""
+    R.check_threads(threads)
+    # every output checked (a regular file or a new one in an existing folder, each its own) before any work
+    R.check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise R.BenchInputError("--plot needs matplotlib (pip install 'samplers[bench]')") from None
+    prepared = R.prepare(config)
+    if plot_path is not None and not prepared.metrics:
+        raise R.BenchInputError(f"--plot: problem {config.problem!r} is speed only; there is no accuracy to plot")
+    if search is not None:
+        from samplers.bench.until import check_metrics
+
+        check_metrics(search.spec, [m.name for m in prepared.metrics])
+    return prepared
+
+
+def _run_and_report(
+    config: R.BenchConfig,
+    search: Any,
+    dist: DistContext,
+    quiet: bool,
+    err: Console,
+    json_path: str | None,
+    csv_path: str | None,
+    plot_path: str | None,
+) -> None:
+    """Run the benchmark (with progress bars on a terminal) and, on the main rank, print and write the result."""
+    main = dist.is_main
+    out = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    show_progress = main and not quiet and err.is_terminal
+    total_rows = len(config.schedulers) * len(config.steps) if search is None else None  # --until: unknown
+    keep = 2000 if plot_path is not None else 0
+    t0 = time.perf_counter()
+    if show_progress:
+        with _RichProgress(total_rows, err) as progress:
+            result = R.run_benchmark(config, progress=progress, dist=dist, keep_samples=keep, search=search)
+    else:
+        result = R.run_benchmark(config, dist=dist, keep_samples=keep, search=search)
+    if not main:
+        return
+    render(result, out)
+    if search is not None:
+        from samplers.bench import until as U
+
+        result.until = U.summarize(result, search.spec)
+        U.render(result, out)
+    if json_path is not None:
+        R.write_json(result, json_path)
+    if csv_path is not None:
+        R.write_csv(result, csv_path)
+    if plot_path is not None:
+        from samplers.bench.plots import plot_result
+
+        plot_result(result, plot_path)
+    written = [p for p in (json_path, csv_path, plot_path) if p is not None]
+    if written:
+        out.print(f"wrote {', '.join(written)} ({time.perf_counter() - t0:.1f} s in all)")

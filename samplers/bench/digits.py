@@ -138,6 +138,8 @@ class DigitsDenoiser(nn.Module):
     added before every block.
     """
 
+    freqs: torch.Tensor  # a buffer (register_buffer): nn.Module's attribute type would be Tensor | Module
+
     def __init__(self, width: int = 160, depth: int = 3, frequencies: int = 6, embedding: int = 96) -> None:
         super().__init__()
         self.width, self.depth, self.frequencies, self.embedding = width, depth, frequencies, embedding

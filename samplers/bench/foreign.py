@@ -505,39 +505,9 @@ def _resolve_diffusers(
             f"--scheduler {spec!r}: {cls.__name__} takes no option {', '.join(map(repr, bad))} "
             f"(its options: {', '.join(sorted(accepted))})"
         )
+    family, schedule, schedule_label, check, keys = _diffusers_schedule(spec, cls, init, config, problem)
     kwargs: dict[str, Any] = {k: v for k, v in BENCH_SCHEDULER_DEFAULTS.items() if k in init}
-    preset, model_schedule, preset_label = _model_schedule(config, problem)
-    schedule: NoiseSchedule | None
-    check = True
-    if "beta_schedule" in init:
-        family = "vp"
-        if preset.get("schedule") == "discrete":
-            keys = {k: preset[k] for k in (*DISCRETE_KEYS, *MODEL_BETA_KEYS) if k in preset}
-            missing = sorted(set(keys) - init)
-            if missing:
-                raise BenchInputError(
-                    f"--scheduler {spec!r}: {cls.__name__} takes no {', '.join(missing)}, which the model's "
-                    f"schedule ({preset_label}) needs"
-                )
-            kwargs.update(keys)
-            schedule = model_schedule or DiscreteVPSchedule.from_config(**keys)
-            schedule_label = preset_label
-        elif not preset:  # --schedule default: the class's own betas, read from the instance at run time
-            schedule, schedule_label, check = None, "own default", False
-        else:
-            raise BenchInputError(
-                f"--scheduler {spec!r}: {cls.__name__} takes a discrete beta schedule, which cannot express the "
-                f"model's schedule ({preset_label}); use --schedule linear, scaled_linear, cosine or default, or "
-                "for a flow-matching model a flow-matching class"
-            )
-    elif "shift" in init:  # flow matching: tied to its family, like our flow_* schedulers
-        family, schedule_label, check = "flow", "own default", False
-        schedule = None
-    else:
-        raise BenchInputError(
-            f"--scheduler {spec!r}: {cls.__name__} takes neither a beta schedule nor a flow shift, so the bench "
-            "cannot give it the model's schedule (e.g. EDM-preconditioned classes, IPNDM with its own levels)"
-        )
+    kwargs.update(keys)
     pt = _prediction_type(
         spec, config, ("epsilon", "sample", "v_prediction", "flow") if "prediction_type" in init else None
     )
@@ -546,24 +516,12 @@ def _resolve_diffusers(
     options = {**{k: v for k, v in config.options.items() if k in accepted}, **own}
     kwargs.update({k: v for k, v in options.items() if k in init})
     step_options = {k: v for k, v in options.items() if k in step}
-    if family == "flow":
-        prediction = "flow"
-        if pt not in (None, "flow"):
-            raise BenchInputError(f"scheduler {spec!r} is a flow-matching class: it takes prediction type 'flow' only")
-    else:
-        raw = kwargs.get("prediction_type", _init_default(cls, "prediction_type", "epsilon"))
-        from samplers.parameterization import canonical_prediction_type
-
-        try:
-            prediction = canonical_prediction_type(str(raw))
-        except ValueError as exc:
-            raise BenchInputError(f"--scheduler {spec!r}: {exc}") from None
     return ForeignScheduler(
         name=label,
         cls=cls,
         config=kwargs,
         schedule_label=schedule_label,
-        prediction_type=prediction,
+        prediction_type=_diffusers_prediction(spec, cls, family, pt, kwargs),
         spec=spec,
         kind="diffusers",
         library=dist,
@@ -574,6 +532,55 @@ def _resolve_diffusers(
         family=family,
         check_betas=check,
     )
+
+
+def _diffusers_schedule(
+    spec: str, cls: Any, init: set[str], config: BenchConfig, problem: Any
+) -> tuple[str, NoiseSchedule | None, str, bool, dict[str, Any]]:
+    """How a diffusers class gets the model's schedule: ``(family, schedule, label, check_betas, config keys)``.
+
+    A beta-schedule class takes the model's discrete betas (or keeps its own with ``--schedule default``,
+    read from the instance at run time); a flow-matching class keeps its own shift, like our flow_* schedulers.
+    """
+    preset, model_schedule, preset_label = _model_schedule(config, problem)
+    if "beta_schedule" in init:
+        if preset.get("schedule") == "discrete":
+            keys = {k: preset[k] for k in (*DISCRETE_KEYS, *MODEL_BETA_KEYS) if k in preset}
+            missing = sorted(set(keys) - init)
+            if missing:
+                raise BenchInputError(
+                    f"--scheduler {spec!r}: {cls.__name__} takes no {', '.join(missing)}, which the model's "
+                    f"schedule ({preset_label}) needs"
+                )
+            return "vp", model_schedule or DiscreteVPSchedule.from_config(**keys), preset_label, True, keys
+        if not preset:  # --schedule default
+            return "vp", None, "own default", False, {}
+        raise BenchInputError(
+            f"--scheduler {spec!r}: {cls.__name__} takes a discrete beta schedule, which cannot express the "
+            f"model's schedule ({preset_label}); use --schedule linear, scaled_linear, cosine or default, or "
+            "for a flow-matching model a flow-matching class"
+        )
+    if "shift" in init:
+        return "flow", None, "own default", False, {}
+    raise BenchInputError(
+        f"--scheduler {spec!r}: {cls.__name__} takes neither a beta schedule nor a flow shift, so the bench "
+        "cannot give it the model's schedule (e.g. EDM-preconditioned classes, IPNDM with its own levels)"
+    )
+
+
+def _diffusers_prediction(spec: str, cls: Any, family: str, pt: str | None, kwargs: dict[str, Any]) -> str:
+    """The canonical prediction type a diffusers class runs with (``pt``: the one ``--prediction-type`` asked)."""
+    if family == "flow":
+        if pt not in (None, "flow"):
+            raise BenchInputError(f"scheduler {spec!r} is a flow-matching class: it takes prediction type 'flow' only")
+        return "flow"
+    raw = kwargs.get("prediction_type", _init_default(cls, "prediction_type", "epsilon"))
+    from samplers.parameterization import canonical_prediction_type
+
+    try:
+        return canonical_prediction_type(str(raw))
+    except ValueError as exc:
+        raise BenchInputError(f"--scheduler {spec!r}: {exc}") from None
 
 
 def _resolve_k(
@@ -765,6 +772,8 @@ class ForeignRun:
                 if schedule is None:
                     schedule = DiscreteVPSchedule(alphas_cumprod=abar)
                 else:
+                    # attr-defined: NoiseSchedule declares no alphas_cumprod; a beta-schedule class checked
+                    # here runs on the model's discrete schedule (DISCRETE_KEYS), which has one
                     ours = schedule.alphas_cumprod  # type: ignore[attr-defined]
                     if abar.shape != ours.shape or not torch.allclose(abar, ours, rtol=1e-5, atol=1e-7):
                         raise ForeignRunError(
@@ -810,6 +819,8 @@ class ForeignRun:
             train = schedule.sigmas  # ascending in the training timestep
             s_min, s_max = float(train[0]), float(train[-1])
         else:
+            # attr-defined: NoiseSchedule declares no sigma range; the continuous schedules a k-diffusion row
+            # runs on (VE, EDM) have sigma_min / sigma_max
             s_min, s_max = (float(v) for v in (schedule.sigma_min, schedule.sigma_max))  # type: ignore[attr-defined]
         rho = float(rs.grid.get("rho", 7.0))
         if rs.grid.get("use_karras_sigmas") or not isinstance(schedule, DiscreteVPSchedule):

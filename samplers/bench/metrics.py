@@ -445,8 +445,9 @@ class MetricInputs:
 
     Attributes:
         samples: the sampler's output.
-        truth: independent exact samples from the problem (same n).
-        mean, cov: exact moments of the problem ([d], [d, d]).
+        truth: independent exact samples from the problem (same n); None for a ``--model`` network without
+            ``--data``, whose only metric is ``ode_error``.
+        mean, cov: exact moments of the problem ([d], [d, d]); None where ``truth`` is.
         bandwidth: RBF bandwidth shared by every row of a benchmark (median heuristic on truth).
         ode_reference: exact PF-ODE endpoints for the first ``len(ode_reference)`` samples, or None.
         exact_output: ``(mean, cov)`` of the sampler's exact output distribution, or None
@@ -461,9 +462,9 @@ class MetricInputs:
     """
 
     samples: torch.Tensor
-    truth: torch.Tensor
-    mean: torch.Tensor
-    cov: torch.Tensor
+    truth: torch.Tensor | None
+    mean: torch.Tensor | None
+    cov: torch.Tensor | None
     bandwidth: float
     ode_reference: torch.Tensor | None = None
     exact_output: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -486,11 +487,20 @@ class MetricSpec:
         return self.compute(inputs)
 
 
+def _known(value: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``value``, or a clear error where the problem has none (a ``--model`` run without ``--data``)."""
+    if value is None:
+        raise ValueError(
+            f"this metric needs the problem's {what}; a --model run without --data measures ode_error only"
+        )
+    return value
+
+
 def _sw(p: int) -> Callable[[MetricInputs], float]:
     def compute(m: MetricInputs) -> float:
         if m.target is not None:
             return m.target.sliced_wasserstein(m.samples, p)
-        return sliced_wasserstein(m.samples, m.truth, p=p)
+        return sliced_wasserstein(m.samples, _known(m.truth, "data samples"), p=p)
 
     return compute
 
@@ -498,18 +508,18 @@ def _sw(p: int) -> Callable[[MetricInputs], float]:
 def _mmd(m: MetricInputs) -> float:
     if m.target is not None:
         return m.target.mmd(m.samples)
-    return mmd_rbf(m.samples, m.truth, m.bandwidth, yy=m.truth_kernel)
+    return mmd_rbf(m.samples, _known(m.truth, "data samples"), m.bandwidth, yy=m.truth_kernel)
 
 
 def _kl_fit(m: MetricInputs) -> float:
     mean, cov = gaussian_fit(m.samples)
-    return kl_gaussian(mean, cov, m.mean, m.cov)
+    return kl_gaussian(mean, cov, _known(m.mean, "mean"), _known(m.cov, "covariance"))
 
 
 def _kl_exact(m: MetricInputs) -> float:
     if m.exact_output is None:
         return math.nan
-    return kl_gaussian(m.exact_output[0], m.exact_output[1], m.mean, m.cov)
+    return kl_gaussian(m.exact_output[0], m.exact_output[1], _known(m.mean, "mean"), _known(m.cov, "covariance"))
 
 
 def _ode(m: MetricInputs) -> float:
@@ -534,7 +544,7 @@ METRICS: dict[str, MetricSpec] = {
         "frechet",
         "Frechet",
         "Frechet distance of the sample fit to the exact moments",
-        lambda m: frechet_distance(*gaussian_fit(m.samples), m.mean, m.cov),
+        lambda m: frechet_distance(*gaussian_fit(m.samples), _known(m.mean, "mean"), _known(m.cov, "covariance")),
     ),
     "kl": MetricSpec("kl", "KL", "KL(Gaussian fit of samples || Gaussian with the exact moments), nats", _kl_fit),
     "kl_exact": MetricSpec(

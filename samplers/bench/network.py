@@ -358,7 +358,7 @@ def _load_diffusers_folder(folder: Path, where: str) -> LoadedModel:
     pt = sched.prediction_type or "epsilon"
     params = sum(p.numel() for p in net.parameters())
     info = {"class": class_name, "folder": str(folder), "scheduler_config": str(sched_path), "params": params}
-    return LoadedModel(net.eval(), pt, sched, (int(channels), *hw), class_name, info)
+    return LoadedModel(net.eval(), pt, sched, (int(channels), *hw), str(class_name), info)
 
 
 def _load_factory(spec: str, where: str) -> LoadedModel:
@@ -379,7 +379,7 @@ def _load_factory(spec: str, where: str) -> LoadedModel:
     except Exception as exc:
         raise ModelInputError(f"{where}: the factory {spec!r} raised {type(exc).__name__}: {exc}") from None
     fields = ("model", "prediction_type", "schedule", "sample_shape")
-    get = made.get if isinstance(made, Mapping) else (lambda k: getattr(made, k, None))
+    get: Callable[[str], Any] = made.get if isinstance(made, Mapping) else (lambda k: getattr(made, k, None))
     missing = [k for k in fields if get(k) is None]
     if missing:
         raise ModelInputError(
@@ -545,9 +545,11 @@ class NetworkDenoiser:
         self.level_hi = float(s[1] / a[1]) if float(a[1]) > 0 else math.inf
         self.calls = 0
         smooth = isinstance(schedule, DiscreteVPSchedule) and schedule.num_train_timesteps >= 3
-        self.time_at_level: Callable[[torch.Tensor], torch.Tensor] = (
-            SplineTime(schedule) if smooth else schedule.time_at_level  # type: ignore[arg-type]
-        )
+        self.time_at_level: Callable[[torch.Tensor], torch.Tensor]
+        if isinstance(schedule, DiscreteVPSchedule) and smooth:
+            self.time_at_level = SplineTime(schedule)
+        else:
+            self.time_at_level = schedule.time_at_level
         self.extrapolates = smooth  # below the least noisy timestep t goes on (linearly in log sigma, t < 0)
 
     def net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -28,13 +28,20 @@ from __future__ import annotations
 import difflib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from samplers.ops.reference import _MASK32, batch_seeds, philox4x32, philox_normal
+
+if TYPE_CHECKING:  # annotations only (postponed by the __future__ import): no runtime dependency
+    from typing import TypeGuard
+
+    from typing_extensions import TypeIs
+
+    from samplers.bench.reference import ReferenceSolution
 
 F64 = torch.float64
 Scalar = float | torch.Tensor
@@ -85,8 +92,9 @@ def _as_column(value: Scalar, batch: int, device: torch.device) -> torch.Tensor 
     return t.view(batch, 1)
 
 
-def _is_scalar(v: Scalar) -> bool:
-    return not isinstance(v, torch.Tensor) or v.dim() == 0
+def _per_sample(v: Scalar) -> TypeIs[torch.Tensor]:
+    """True when ``v`` holds one value per sample (a tensor with a batch dimension), not one for all."""
+    return isinstance(v, torch.Tensor) and v.dim() > 0
 
 
 def _check_x(x: torch.Tensor, dim: int) -> None:
@@ -189,6 +197,7 @@ class Problem(ABC):
         x_t: torch.Tensor,
         alpha_t: float,
         sigma_t: float,
+        *,
         steps_per_unit: int = 16,
         s_min: float | None = None,
     ) -> torch.Tensor:
@@ -422,12 +431,12 @@ class GaussianMixtureProblem(Problem):
         if x.shape[0] > chunk:
             pieces = []
             for i in range(0, x.shape[0], chunk):
-                a = alpha if _is_scalar(alpha) else alpha[i : i + chunk]
-                s = sigma if _is_scalar(sigma) else sigma[i : i + chunk]
+                a = alpha[i : i + chunk] if _per_sample(alpha) else alpha
+                s = sigma[i : i + chunk] if _per_sample(sigma) else sigma
                 pieces.append(self._denoise64(x[i : i + chunk], a, s))
             return torch.cat(pieces)
-        a = alpha if _is_scalar(alpha) else alpha.unsqueeze(-1)  # [B, 1, 1] or scalar
-        s = sigma if _is_scalar(sigma) else sigma.unsqueeze(-1)
+        a = alpha.unsqueeze(-1) if _per_sample(alpha) else alpha  # [B, 1, 1] or scalar
+        s = sigma.unsqueeze(-1) if _per_sample(sigma) else sigma
         diff = x.unsqueeze(1) - a * mu  # [B, K, d]
         vec = vec_all if self.rotated else None
         y = (diff.unsqueeze(-1) * vec).sum(-2) if vec is not None else diff  # eigen coordinates
@@ -502,7 +511,8 @@ class OptionSpec:
         def num(v: float) -> str:
             return "2**63 - 1" if v == SEED_MAX else f"{v:g}"
 
-        return f"{'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}]"  # type: ignore[arg-type]
+        assert self.low is not None and self.high is not None, "range_text is for numeric options (describe checks)"
+        return f"{'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}]"
 
     def describe(self, resolve: bool = True) -> str:
         """``"an integer in [1, 4096] or none"``: what the option accepts (``resolve=False``: no import for
@@ -565,35 +575,38 @@ def _seed_spec() -> OptionSpec:
     return OptionSpec(int, 0, SEED_MAX, help="seed of the random layout / covariances")
 
 
-_FLOAT_POS = {"kind": float, "low": 0.0, "high": 1000.0, "low_open": True}
+def _positive(help: str, none_ok: bool = False) -> OptionSpec:
+    """A number in (0, 1000]."""
+    return OptionSpec(float, 0.0, 1000.0, low_open=True, none_ok=none_ok, help=help)
+
 
 OPTION_SPECS: dict[str, dict[str, OptionSpec]] = {
     "gaussian": {
         "dim": OptionSpec(int, 1, 1024, help="dimension"),
         "seed": _seed_spec(),
-        "std": OptionSpec(**_FLOAT_POS, help="typical standard deviation"),
+        "std": _positive("typical standard deviation"),
         "anisotropy": OptionSpec(float, 1.0, 1e6, help="ratio of the largest to the typical variance"),
         "shift": OptionSpec(float, 0.0, 1000.0, help="norm of the mean"),
     },
     "gmm2d": {
         "layout": OptionSpec(str, choices=("8gaussians", "grid", "ring", "random"), help="arrangement of the means"),
         "components": OptionSpec(int, 1, 4096, none_ok=True, help="number of components (none: the layout's)"),
-        "std": OptionSpec(**_FLOAT_POS, none_ok=True, help="component standard deviation (none: the layout's)"),
-        "radius": OptionSpec(**_FLOAT_POS, help="size of the layout"),
+        "std": _positive("component standard deviation (none: the layout's)", none_ok=True),
+        "radius": _positive("size of the layout"),
         "seed": _seed_spec(),
     },
     "gmm_nd": {
         "dim": OptionSpec(int, 1, 1024, help="dimension"),
         "layout": OptionSpec(str, choices=("random", "axes"), help="arrangement of the means"),
         "components": OptionSpec(int, 1, 4096, none_ok=True, help="number of components, random layout"),
-        "std": OptionSpec(**_FLOAT_POS, none_ok=True, help="component standard deviation (none: the layout's)"),
-        "radius": OptionSpec(**_FLOAT_POS, help="size of the layout"),
+        "std": _positive("component standard deviation (none: the layout's)", none_ok=True),
+        "radius": _positive("size of the layout"),
         "seed": _seed_spec(),
     },
     "swissroll": {
         "components": OptionSpec(int, 1, 4096, help="Gaussians along the curve"),
         "std": OptionSpec(float, 0.0, 10.0, low_open=True, help="their standard deviation"),
-        "scale": OptionSpec(**_FLOAT_POS, help="overall size"),
+        "scale": _positive("overall size"),
         "turns": OptionSpec(float, 0.0, 100.0, low_open=True, help="length of the roll in turns"),
     },
     "dit": {
@@ -646,7 +659,7 @@ def _checked(problem: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             specs = OPTION_SPECS[problem]
             values = {k: specs[k].check(problem, k, v) if k in specs else v for k, v in bound.arguments.items()}
             layout = values.get("layout")
-            unused = _UNUSED_BY_LAYOUT.get(problem, {}).get(layout, ())
+            unused = _UNUSED_BY_LAYOUT.get(problem, {}).get(layout, ()) if isinstance(layout, str) else ()
             for key in sorted(given & set(unused)):
                 if bound.arguments[key] is not None:
                     raise ValueError(f"problem {problem!r} option {key!r} has no effect with layout {layout!r}")
@@ -829,7 +842,7 @@ class ModelProblem:
         }
 
 
-def is_speed_only(problem: Any) -> bool:
+def is_speed_only(problem: object) -> TypeIs[SpeedOnlyProblem]:
     """True for problems with no exact denoiser (a network benchmark: timings only)."""
     return bool(getattr(problem, "speed_only", False))
 
@@ -865,7 +878,7 @@ def make_dit(
     """
     from dataclasses import replace
 
-    from samplers.models.dit import DIT_PRESETS, build_dit
+    from samplers.models.dit import DIT_PRESETS, Init, build_dit
 
     key = str(preset).lower().replace("_", "-")
     if key not in DIT_PRESETS:
@@ -875,8 +888,10 @@ def make_dit(
     # Config errors (an image size the patch size does not divide) surface here, before any run.
     cfg = replace(DIT_PRESETS[key], **({} if image_size is None else {"input_size": int(image_size)}))
 
+    init_kind: Init = "adaln_zero" if init == "adaln_zero" else "random"  # one of the two (checked above)
+
     def build(device: torch.device, dtype: torch.dtype) -> Any:
-        return build_dit(cfg, seed=seed, init=init, device=device, dtype=dtype)  # type: ignore[arg-type]
+        return build_dit(cfg, seed=seed, init=init_kind, device=device, dtype=dtype)
 
     info = {"model": key, "seed": seed, "init": init, "config": cfg.to_dict()}
     return ModelProblem("dit", (cfg.in_channels, cfg.input_size, cfg.input_size), build, info)
@@ -1011,9 +1026,108 @@ def make_digits() -> DigitsProblem:
         raise ValueError(f"problem 'digits': {exc}") from None
 
 
-def is_data_problem(problem: Any) -> bool:
+def is_data_problem(problem: object) -> TypeGuard[DataProblem]:
     """True for problems scored against real data (a reference set, a held-out noise floor, a reference ODE solve)."""
     return bool(getattr(problem, "has_data", False))
+
+
+# --------------------------------------------------------------------------------------------
+# What the benchmark uses of a problem (built-in, plugin, or a --model network)
+# --------------------------------------------------------------------------------------------
+
+
+class OracleProblem(Protocol):
+    """A problem with a denoiser: a built-in :class:`Problem`, a plugin's object, or a ``--model`` network
+    (:class:`samplers.bench.network.NetworkProblem`). :class:`OracleModel` and the runner use these."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def denoise(self, x: torch.Tensor, alpha: Scalar, sigma: Scalar) -> torch.Tensor:
+        """``E[x0 | x]`` [B, dim] for noisy ``x`` [B, dim] at (alpha, sigma)."""
+        ...
+
+    def mean(self) -> torch.Tensor:
+        """The data mean [dim] float64."""
+        ...
+
+    def covariance(self) -> torch.Tensor:
+        """The data covariance [dim, dim] float64."""
+        ...
+
+    def ode_solution(self, x_t: torch.Tensor, alpha_t: float, sigma_t: float) -> torch.Tensor:
+        """The PF-ODE endpoint [B, dim] float64 from model-space ``x_t`` [B, dim] at (alpha_t, sigma_t)."""
+        ...
+
+
+@runtime_checkable
+class SampledProblem(Protocol):
+    """A problem that draws exact data samples (the runner's truth and noise-floor sets)."""
+
+    def sample(self, n: int, seeds: torch.Tensor | None = None, stream: int = DATA_STREAM) -> torch.Tensor:
+        """``n`` samples [n, dim] float64 from per-sample ``seeds`` [n] on Philox ``stream``."""
+        ...
+
+
+@runtime_checkable
+class MixtureProblem(Protocol):
+    """A problem that may know its data as a Gaussian mixture (metrics then use the exact distribution)."""
+
+    def mixture_components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(weights [K], means [K, dim], covs [K, dim, dim])`` float64, or None."""
+        ...
+
+
+@runtime_checkable
+class FeatureProblem(Protocol):
+    """A problem with a feature extractor (the Frechet distance in feature space)."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [n, f] float64 of samples [n, dim]."""
+        ...
+
+
+class DataProblem(OracleProblem, Protocol):
+    """A trained network scored against real data (:func:`is_data_problem`): ``digits`` or ``--model --data``."""
+
+    def reference_data(self) -> torch.Tensor:
+        """The data set the samples are compared with [N, dim] float64."""
+        ...
+
+    def heldout_data(self) -> torch.Tensor:
+        """Held-out data [M, dim] float64: the noise floor."""
+        ...
+
+    def ode_reference(
+        self, x_t: torch.Tensor, alpha_t: float, sigma_t: float, tol: float | None = None, resume: Any = None
+    ) -> ReferenceSolution:
+        """A high-accuracy PF-ODE solve from ``x_t`` [B, dim] to ``sigma = 0`` with its error estimate."""
+        ...
+
+
+class SpeedOnlyProblem(Protocol):
+    """A problem with no exact answer (:func:`is_speed_only`): a network timed end to end (:class:`ModelProblem`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def make_model(self, device: torch.device, dtype: torch.dtype) -> NetworkModel:
+        """The network on ``device`` in ``dtype``, taking and returning flat [B, dim] samples."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description for benchmark records."""
+        ...
+
+
+# Every problem a benchmark runs: one with a denoiser, or a speed-only network.
+BenchProblem = OracleProblem | SpeedOnlyProblem
 
 
 ProblemFactory = Callable[..., Problem]
@@ -1151,6 +1265,7 @@ def get_problem(spec: str, **options: Any) -> Problem:
     factory = table[name]
     import inspect
 
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(factory).parameters
         known = True
@@ -1196,7 +1311,7 @@ class OracleModel:
     timesteps can make the oracle disagree with the sampler about the noise level.
     """
 
-    def __init__(self, problem: Problem, schedule: Any, prediction_type: str = "epsilon") -> None:
+    def __init__(self, problem: OracleProblem, schedule: Any, prediction_type: str = "epsilon") -> None:
         from samplers.parameterization import canonical_prediction_type
 
         self.problem = problem

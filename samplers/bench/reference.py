@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -143,46 +144,78 @@ def solve_reference(
     Returns:
         :class:`ReferenceSolution`.
     """
+    _check_solve_arguments(x_start, tol, s_end)
+    phi0 = _angle(float(alpha), float(sigma))
+    norm = math.hypot(float(alpha), float(sigma))
+    x = x_start.to(F64) / norm  # the same point in VP coordinates (alpha^2 + sigma^2 = 1)
+    path = _SolvePath(denoiser, x, phi0, s_end)
+    if phi0 <= path.phi_mid:  # already near the data: one denoising step, its error unknown but O(s^2)
+        x0 = path.denoise_at(x, phi0)
+        zero = torch.zeros(x.shape[0], dtype=F64)
+        return ReferenceSolution(x0, 0.0, zero, 0.0, 0, 1, True, tol, s_end)
+    if resume is not None:
+        if resume.start != (path.w0, path.w1) or resume.x0.shape != x.shape or resume.s_end != s_end:
+            raise ValueError("resume: that solution is of another start, shape or s_end")
+        if resume.error <= tol or resume.steps == 0:
+            return resume
+        coarse, n, evaluations = resume.x0, resume.steps, resume.evaluations
+    else:
+        n = max(16, int(math.ceil(abs(path.w0 - path.w1) * steps_per_unit)))
+        coarse = path.run(n)[0]
+        evaluations = 4 * n + 2
+    return _double_until_converged(path, coarse, n, evaluations, tol, s_end, max_steps)
+
+
+def _check_solve_arguments(x_start: torch.Tensor, tol: float, s_end: float) -> None:
     if not isinstance(x_start, torch.Tensor) or not x_start.is_floating_point() or x_start.dim() < 1:
         raise TypeError("x_start must be a floating torch.Tensor [B, ...]")
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive number, got {tol}")
     if not 0 < s_end < 0.01:
         raise ValueError(f"s_end must be in (0, 0.01), got {s_end}")
-    phi0 = _angle(float(alpha), float(sigma))
-    norm = math.hypot(float(alpha), float(sigma))
-    x = x_start.to(F64) / norm  # the same point in VP coordinates (alpha^2 + sigma^2 = 1)
-    phi_end, phi_mid = math.atan(s_end), math.atan(10 * s_end)
 
-    def denoise_at(x_: torch.Tensor, phi: float) -> torch.Tensor:
-        return denoiser(x_, math.cos(phi), math.sin(phi)).to(F64)
 
-    if phi0 <= phi_mid:  # already near the data: one denoising step, its error unknown but O(s^2)
-        x0 = denoise_at(x, phi0)
-        zero = torch.zeros(x.shape[0], dtype=F64)
-        return ReferenceSolution(x0, 0.0, zero, 0.0, 0, 1, True, tol, s_end)
-    w0 = math.log(math.tan(0.5 * phi0))
-    wm, w1 = math.log(math.tan(0.5 * phi_mid)), math.log(math.tan(0.5 * phi_end))
+class _SolvePath:
+    """The solve's interval in ``w = log tan(phi / 2)``: from the start ``w0`` through ``wm`` (VE level
+    ``10 s_end``) to ``w1`` (``s_end``), and the RK4 runs over it."""
 
-    def run(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __init__(self, denoiser: Denoiser, x: torch.Tensor, phi0: float, s_end: float) -> None:
+        self.denoiser, self.x = denoiser, x
+        self.phi_end, self.phi_mid = math.atan(s_end), math.atan(10 * s_end)
+        # w0 is only used above phi_mid (log tan of 0 is -inf): computed lazily there
+        self.phi0 = phi0
+
+    @property
+    def w0(self) -> float:
+        return math.log(math.tan(0.5 * self.phi0))
+
+    @property
+    def wm(self) -> float:
+        return math.log(math.tan(0.5 * self.phi_mid))
+
+    @property
+    def w1(self) -> float:
+        return math.log(math.tan(0.5 * self.phi_end))
+
+    def denoise_at(self, x: torch.Tensor, phi: float) -> torch.Tensor:
+        return self.denoiser(x, math.cos(phi), math.sin(phi)).to(F64)
+
+    def run(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` steps from w0 to w1 through wm: (x0 from s_end, x0 from 10 s_end)."""
+        w0, wm, w1 = self.w0, self.wm, self.w1
         n_tail = max(1, round(n * (wm - w1) / (w0 - w1)))
-        x_mid = _rk4(denoiser, x, w0, wm, n - n_tail)
-        x_end = _rk4(denoiser, x_mid, wm, w1, n_tail)
-        return denoise_at(x_end, phi_end), denoise_at(x_mid, phi_mid)
+        x_mid = _rk4(self.denoiser, self.x, w0, wm, n - n_tail)
+        x_end = _rk4(self.denoiser, x_mid, wm, w1, n_tail)
+        return self.denoise_at(x_end, self.phi_end), self.denoise_at(x_mid, self.phi_mid)
 
-    if resume is not None:
-        if resume.start != (w0, w1) or resume.x0.shape != x.shape or resume.s_end != s_end:
-            raise ValueError("resume: that solution is of another start, shape or s_end")
-        if resume.error <= tol or resume.steps == 0:
-            return resume
-        coarse, n, evaluations = resume.x0, resume.steps, resume.evaluations
-    else:
-        n = max(16, int(math.ceil(abs(w0 - w1) * steps_per_unit)))
-        coarse = run(n)[0]
-        evaluations = 4 * n + 2
+
+def _double_until_converged(
+    path: _SolvePath, coarse: torch.Tensor, n: int, evaluations: int, tol: float, s_end: float, max_steps: int
+) -> ReferenceSolution:
+    """Double the steps from the ``n``-step endpoint ``coarse`` until the Richardson estimate meets ``tol``
+    (or ``max_steps`` is reached): the error is the step-doubling difference plus the truncation at ``s_end``."""
     while True:
-        fine, early = run(2 * n)
+        fine, early = path.run(2 * n)
         evaluations += 8 * n + 2
         diff = (fine - coarse).flatten(1).norm(dim=1)
         trunc = (early - fine).flatten(1).norm(dim=1) / 9.0
@@ -200,14 +233,15 @@ def solve_reference(
                 tol,
                 s_end,
                 _rms(trunc),
-                (w0, w1),
+                (path.w0, path.w1),
             )
         coarse, n = fine, 2 * n
 
 
 def reference_solution(
-    denoiser: Denoiser, x_start: torch.Tensor, alpha: float, sigma: float, tol: float = 1e-7, **kwargs: float
+    denoiser: Denoiser, x_start: torch.Tensor, alpha: float, sigma: float, tol: float = 1e-7, **kwargs: Any
 ) -> tuple[torch.Tensor, float]:
-    """``(x0_ref [B, ...] float64, estimated RMS error)``: :func:`solve_reference` in short."""
-    sol = solve_reference(denoiser, x_start, alpha, sigma, tol=tol, **kwargs)  # type: ignore[arg-type]
+    """``(x0_ref [B, ...] float64, estimated RMS error)``: :func:`solve_reference` in short (``kwargs``: its
+    other keywords)."""
+    sol = solve_reference(denoiser, x_start, alpha, sigma, tol=tol, **kwargs)
     return sol.x0, sol.error

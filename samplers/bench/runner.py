@@ -43,7 +43,7 @@ import resource
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,11 +56,14 @@ from samplers.bench.problems import (
     DATA_STREAM,
     INIT_STREAM,
     REFERENCE_STREAM,
+    BenchProblem,
+    FeatureProblem,
     GaussianProblem,
-    ModelProblem,
+    MixtureProblem,
     NetworkModel,
     OracleModel,
-    Problem,
+    OracleProblem,
+    SampledProblem,
     get_problem,
     is_data_problem,
     is_speed_only,
@@ -238,7 +241,7 @@ class Prepared:
     """A validated configuration: the problem, scheduler configs and metric specs."""
 
     config: BenchConfig
-    problem: Problem | ModelProblem
+    problem: BenchProblem
     schedulers: list[ResolvedScheduler]
     metrics: list[M.MetricSpec]
     device: torch.device
@@ -252,7 +255,7 @@ def _close(value: str, choices: Sequence[str]) -> str:
     return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
-def _accepted_options(cls: type) -> set[str]:
+def _accepted_options(cls: type[Any]) -> set[str]:
     defaults = getattr(cls, "_signature_defaults", None)
     if defaults is not None:
         return set(defaults())
@@ -333,12 +336,34 @@ def resolve_scheduler(name: str, config: BenchConfig, problem: Any = None) -> Re
 
 
 def _default_prediction_type(cls: type) -> str:
-    defaults = getattr(cls, "_signature_defaults", dict)()
+    defaults: dict[str, Any] = getattr(cls, "_signature_defaults", dict)()
     return str(defaults.get("prediction_type", "epsilon"))
 
 
 def prepare(config: BenchConfig) -> Prepared:
-    """Validate everything before any sampling (so bad input fails fast, with one clear message)."""
+    """Validate everything before any sampling (so bad input fails fast, with one clear message).
+
+    The phases: the numbers and names of ``config`` (:func:`_check_config`), the device, the problem
+    (a ``--model`` network is loaded and probed here), the schedulers (each grid is built once), the
+    metrics the problem can be scored with, and the memory the run will need (:func:`_check_memory`).
+    """
+    _check_config(config)
+    device = _check_device(config)
+    problem = _load_problem(config)
+    scheds = _resolve_schedulers(config, problem)
+    if is_speed_only(problem):
+        if config.metrics:
+            raise BenchInputError(
+                f"problem {config.problem!r} is speed only (a network with random weights, no exact answer "
+                "to score against): it takes no --metric"
+            )
+        return _check_memory(Prepared(config, problem, scheds, [], device, DTYPES[config.dtype]))
+    specs = _metric_specs(config, problem)
+    return _check_memory(Prepared(config, problem, scheds, specs, device, DTYPES[config.dtype]))
+
+
+def _check_config(config: BenchConfig) -> None:
+    """The step counts, sample counts, dtype, schedule, ``--model`` / ``--data`` pairing and backend."""
     if not config.schedulers:
         raise BenchInputError("--scheduler: give at least one scheduler name")
     if not config.steps:
@@ -356,7 +381,7 @@ def prepare(config: BenchConfig) -> Prepared:
             f"--dtype: unknown dtype {config.dtype!r}{_close(config.dtype, list(DTYPES))} "
             f"(expected one of: {', '.join(DTYPES)})"
         )
-    from samplers.bench.network import MODEL_SCHEDULE, ModelInputError, load_model_problem
+    from samplers.bench.network import MODEL_SCHEDULE
 
     if config.schedule == MODEL_SCHEDULE and config.model is None:
         raise BenchInputError(f"--schedule {MODEL_SCHEDULE}: the training schedule of a --model network; give --model")
@@ -371,6 +396,9 @@ def prepare(config: BenchConfig) -> Prepared:
         raise BenchInputError(f"--backend must be auto, fused or torch, got {config.backend!r}")
     if config.ode_samples < 1:
         raise BenchInputError(f"ode_samples must be >= 1, got {config.ode_samples}")
+
+
+def _check_device(config: BenchConfig) -> torch.device:
     try:
         device = torch.device(config.device)
     except RuntimeError:
@@ -379,13 +407,26 @@ def prepare(config: BenchConfig) -> Prepared:
         raise BenchInputError("--device cuda: no CUDA device is available to torch here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise BenchInputError(f"--device must be cpu or cuda, got {config.device!r}")
+    return device
+
+
+def _load_problem(config: BenchConfig) -> BenchProblem:
+    """``--problem`` by name, or a ``--model`` network loaded and probed here, before any sampling."""
+    from samplers.bench.network import ModelInputError, load_model_problem
+
+    problem: BenchProblem
     try:
-        if config.model is not None:  # a trained network: loaded and probed here, before any sampling
+        if config.model is not None:
             problem = load_model_problem(config.model, config.data)
         else:
             problem = get_problem(config.problem)
     except (ValueError, TypeError, ModelInputError) as exc:
         raise BenchInputError(str(exc)) from None
+    return problem
+
+
+def _resolve_schedulers(config: BenchConfig, problem: BenchProblem) -> list[ResolvedScheduler]:
+    """Each ``--scheduler`` resolved, ``--option`` keys checked, and every grid built once (errors surface now)."""
     scheds = [resolve_scheduler(n, config, problem) for n in config.schedulers]
     if len({s.name for s in scheds}) != len(scheds):
         raise BenchInputError(f"--scheduler lists a name twice: {list(config.schedulers)}")
@@ -398,13 +439,11 @@ def prepare(config: BenchConfig) -> Prepared:
                 _build_scheduler(rs).set_timesteps(steps)
             except (ValueError, TypeError) as exc:
                 raise BenchInputError(f"scheduler {rs.name!r} at {steps} steps: {exc}") from None
-    if is_speed_only(problem):
-        if config.metrics:
-            raise BenchInputError(
-                f"problem {config.problem!r} is speed only (a network with random weights, no exact answer "
-                "to score against): it takes no --metric"
-            )
-        return _check_memory(Prepared(config, problem, scheds, [], device, DTYPES[config.dtype]))
+    return scheds
+
+
+def _metric_specs(config: BenchConfig, problem: OracleProblem) -> list[M.MetricSpec]:
+    """``--metric`` (or the problem's defaults) resolved and checked against what the problem can score."""
     names = config.metrics
     if config.model is not None and names is not None and not is_data_problem(problem):
         if set(names) - {"ode_error"}:
@@ -431,7 +470,7 @@ def prepare(config: BenchConfig) -> Prepared:
             )
     if not specs:
         raise BenchInputError("--metric: give at least one metric")
-    return _check_memory(Prepared(config, problem, scheds, specs, device, DTYPES[config.dtype]))
+    return specs
 
 
 def estimate_bytes(prepared: Prepared) -> dict[str, int]:
@@ -471,7 +510,7 @@ def _check_memory(prepared: Prepared) -> Prepared:
     cfg = prepared.config
     gib = 2**30
     if total > limit:
-        cause = max(parts, key=parts.get)  # type: ignore[arg-type]
+        cause = max(parts, key=lambda k: parts[k])
         if cause == "mixture":
             what = f"problem {cfg.problem!r} ({getattr(prepared.problem, 'num_components', '?')} components)"
             fix = "use fewer components or a smaller dimension"
@@ -840,7 +879,7 @@ class SampleRun:
 
 def sample_oracle(
     scheduler: Any,
-    problem: Problem,
+    problem: BenchProblem,
     noise: torch.Tensor,
     seeds: torch.Tensor,
     steps: int,
@@ -861,33 +900,64 @@ def sample_oracle(
     if isinstance(scheduler, ForeignRun):  # diffusers / k-diffusion loop, NFE counted at the model
         return scheduler.run(problem, noise, seeds, steps, progress, measure_memory, model)
     device = noise.device
-    network = model is not None
+    oracle: OracleModel | None = None
+    call: OracleModel | NetworkModel
     if model is None:
+        assert not is_speed_only(problem), "a speed-only problem has no oracle: pass its network as model"
         prediction_type = getattr(scheduler, "prediction_type", None) or scheduler.config.get(
             "prediction_type", "epsilon"
         )
-        model = OracleModel(problem, scheduler.schedule, prediction_type)
-    calls_before = model.calls
-    on_cuda = device.type == "cuda"
-    clock = time.perf_counter
+        oracle = call = OracleModel(problem, scheduler.schedule, prediction_type)
+    else:
+        call = model
+    calls_before = call.calls
     mem = _PeakMemory(device) if measure_memory else None
     if mem is not None:
         mem.__enter__()
-    if on_cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
-        ev_pairs: list[tuple[Any, Any]] = []
-    model_s = 0.0
-    t0 = clock()
+    t0 = time.perf_counter()
     scheduler.set_timesteps(steps, device=device)
     plan = getattr(scheduler, "plan", None)
-    table = None
-    if not network and plan is not None and getattr(plan, "model_alpha", None) is not None:
-        table = (plan.model_alpha.tolist(), plan.model_sigma.tolist())
+    levels = None
+    if oracle is not None and plan is not None and getattr(plan, "model_alpha", None) is not None:
+        levels = (oracle, plan.model_alpha.tolist(), plan.model_sigma.tolist())
     x = noise * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
-    n_calls = len(timesteps)
     if progress is not None:
-        progress.row_started(f"{scheduler.name} x{steps}", n_calls)
+        progress.row_started(f"{scheduler.name} x{steps}", len(timesteps))
+    x, model_s, pending = _sampling_loop(scheduler, timesteps, call, levels, x, seeds, backend, progress)
+    wall = time.perf_counter() - t0
+    if progress is not None:
+        if pending:
+            progress.advanced(pending)
+        progress.row_finished()
+    peak = mem.peak() if mem is not None else 0
+    stochastic = bool(
+        any(getattr(plan, "stochastic_calls", [])) if plan is not None else getattr(scheduler, "stochastic", True)
+    )
+    start = _start_level(scheduler, plan, timesteps)
+    return SampleRun(x, call.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start)
+
+
+def _sampling_loop(
+    scheduler: Any,
+    timesteps: Any,
+    call: OracleModel | NetworkModel,
+    levels: tuple[OracleModel, list[float], list[float]] | None,
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    backend: str,
+    progress: ProgressSink | None,
+) -> tuple[torch.Tensor, float, int]:
+    """The timed loop over ``timesteps`` from ``x`` [n, d]: ``(samples, seconds in the model, progress
+    calls not yet reported)``. ``levels``: the oracle with the plan's (alpha, sigma) per call, used instead of
+    ``call(x_in, t)`` so no interpolation of fractional timesteps can disagree with the sampler."""
+    device = x.device
+    on_cuda = device.type == "cuda"
+    clock = time.perf_counter
+    ev_pairs: list[tuple[Any, Any]] = []
+    model_s = 0.0
     pending = 0
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
@@ -896,7 +966,10 @@ def sample_oracle(
             start_ev.record()
         else:
             m0 = clock()
-        out = model.at(x_in, table[0][i], table[1][i]) if table is not None else model(x_in, t)
+        if levels is not None:  # the oracle at the sampler's own (alpha, sigma)
+            out = levels[0].at(x_in, levels[1][i], levels[2][i])
+        else:
+            out = call(x_in, t)
         if on_cuda:
             end_ev.record()
             ev_pairs.append((start_ev, end_ev))
@@ -911,28 +984,20 @@ def sample_oracle(
     if on_cuda:
         torch.cuda.synchronize(device)
         model_s = sum(a.elapsed_time(b) for a, b in ev_pairs) / 1000.0
-    wall = clock() - t0
-    if progress is not None:
-        if pending:
-            progress.advanced(pending)
-        progress.row_finished()
-    peak = mem.peak() if mem is not None else 0
-    stochastic = bool(
-        any(getattr(plan, "stochastic_calls", [])) if plan is not None else getattr(scheduler, "stochastic", True)
-    )
+    return x, model_s, pending
+
+
+def _start_level(scheduler: Any, plan: Any, timesteps: Any) -> tuple[float, float, float, float]:
+    """Where the sampler started: ``(init_noise_sigma, input_scale[0], alpha_0, sigma_0)``."""
     if plan is not None:
-        start = (
+        return (
             float(scheduler.init_noise_sigma),
             float(plan.input_scale[0]),
             float(plan.model_alpha[0]),
             float(plan.model_sigma[0]),
         )
-    else:
-        a0, s0 = scheduler.schedule.alpha_sigma(torch.as_tensor(timesteps[0]).cpu())
-        start = (float(scheduler.init_noise_sigma), 1.0, float(a0), float(s0))
-    return SampleRun(
-        x, model.calls - calls_before, wall, model_s, peak, mem.kind if mem else "none", stochastic, start
-    )
+    a0, s0 = scheduler.schedule.alpha_sigma(torch.as_tensor(timesteps[0]).cpu())
+    return (float(scheduler.init_noise_sigma), 1.0, float(a0), float(s0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1039,6 +1104,78 @@ def _exact_output_gaussian(
     return b, a @ a.T
 
 
+@dataclass
+class _References:
+    """What a run's rows are scored against (filled on rank 0; empty for a speed-only problem).
+
+    ``truth`` [n, d] is the exact sample set (or a real-data problem's reference split), ``mean`` /
+    ``cov`` the exact moments (every rank), ``target`` the closed forms of a Gaussian mixture, and
+    ``solves`` the high-accuracy ODE solves of a network problem (real data, or a ``--model`` without data).
+    """
+
+    truthless: bool = False  # a --model network without --data: no samples to compare with, the ODE error only
+    truth: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    cov: torch.Tensor | None = None
+    bandwidth: float = 1.0
+    target: M.ExactTarget | None = None
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    feature_ref: tuple[torch.Tensor, torch.Tensor] | None = None
+    truth_kernel: float | None = None
+    noise_floor: dict[str, dict[str, float]] = field(default_factory=dict)
+    ode_noise: torch.Tensor | None = None  # the first samples' initial noise, given an ODE reference
+    ode_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    solves: _ReferenceSolves | None = None
+    solved_rows: list[tuple[int, tuple[str, str], torch.Tensor]] = field(default_factory=list)  # (row, key, samples)
+
+    def inputs(
+        self,
+        samples: torch.Tensor,
+        ode_ref: torch.Tensor | None = None,
+        exact: tuple[torch.Tensor, torch.Tensor] | None = None,
+        deterministic: bool = True,
+    ) -> M.MetricInputs:
+        """The metrics' view of ``samples`` [n, d] against these references."""
+        return M.MetricInputs(
+            samples,
+            self.truth,
+            self.mean,
+            self.cov,
+            self.bandwidth,
+            ode_ref,
+            exact,
+            deterministic,
+            self.target,
+            self.features,
+            self.feature_ref,
+            self.truth_kernel,
+        )
+
+
+@dataclass
+class _RunContext:
+    """One run's fixed inputs and running totals, shared by the phases of :func:`run_benchmark`."""
+
+    prepared: Prepared
+    dist: DistContext
+    oracle: OracleProblem | None  # None: a speed-only problem, sampled with ``network``
+    network: NetworkModel | None
+    seeds_local: torch.Tensor  # this rank's per-sample seeds [n_local] and initial noise [n_local, d]
+    noise_local: torch.Tensor
+    timing: dict[str, float]
+    refs: _References = field(default_factory=_References)
+    rows: list[BenchRow] = field(default_factory=list)
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)  # "scheduler@steps" -> samples, for plots
+
+    @property
+    def config(self) -> BenchConfig:
+        return self.prepared.config
+
+    @property
+    def wanted(self) -> set[str]:
+        return {s.name for s in self.prepared.metrics}
+
+
 def run_benchmark(
     config: BenchConfig,
     progress: ProgressSink | None = None,
@@ -1053,217 +1190,247 @@ def run_benchmark(
     ``keep_samples`` keeps that many of each run's gathered samples (and of the truth set) in the
     result, for plots (0 keeps none). ``search``, if given, picks each scheduler's step counts as the
     rows come in (``config.steps`` then only bounds the search and warms up at its smallest value).
-    """
-    from samplers.bench.foreign import ForeignRunError
-    from samplers.bench.foreign import error_row as foreign_error_row
 
+    The phases: validate (:func:`prepare`), build a speed-only network, the references the rows are
+    scored against (:func:`_prepare_references`), warm-up (:func:`_warm_up`), the rows
+    (:func:`_run_row`), and the result with its timing (:func:`_assemble_result`).
+    """
     t_begin = time.perf_counter()
     prepared = prepare(config)
     dist = dist or DistContext()
-    problem, device, dtype = prepared.problem, prepared.device, prepared.dtype
-    n, d = config.samples, problem.dim
+    n = config.samples
     n_local, offset = dist.shard(n)
     if n < dist.world_size:
         raise BenchInputError(
             f"--samples {n} is smaller than the world size {dist.world_size}: every rank needs a sample"
         )
-    seeds_local = batch_seeds(config.seed, n_local, sample_offset=offset, device=device)
-    noise_local = _initial_noise(seeds_local, d, dtype)
-    main = dist.is_main
-    timing = {
-        "reference_s": 0.0,
-        "warmup_s": 0.0,
-        "sampling_s": 0.0,
-        "model_s": 0.0,
-        "metrics_s": 0.0,
-        "gather_s": 0.0,
-        "sync_s": 0.0,
-        "model_init_s": 0.0,
-    }
-    speed_only = is_speed_only(problem)
-    network: NetworkModel | None = None
-    if speed_only:  # the network is built (weights drawn, moved to the device) once, outside the rows
-        t_init = time.perf_counter()
-        network = problem.make_model(device, dtype)
-        timing["model_init_s"] = time.perf_counter() - t_init
-
-    # Exact references, on rank 0 only (they do not depend on the split).
-    t_ref = time.perf_counter()
-    truth = target = None
-    bandwidth = 1.0
-    data_problem = is_data_problem(problem)
-    # a --model network without --data: no samples to compare with, the ODE error only
-    truthless = not speed_only and not data_problem and not hasattr(problem, "sample")
-    mean, cov = (None, None) if speed_only or truthless else (problem.mean(), problem.covariance())
-    noise_floor: dict[str, dict[str, float]] = {}
-    want = {s.name for s in prepared.metrics}
-    features = feature_ref = truth_kernel = None
-    floor_info: dict[str, Any] = {"sets": FLOOR_SETS}
-    if main and not speed_only and not truthless:
-        all_seeds = batch_seeds(config.seed, n)
-        if data_problem:  # real data: the training split is the reference, the held-out split the floor
-            truth = problem.reference_data()
-            floor_sets, floor_info = _heldout_sets(problem.heldout_data(), n, config.seed)
-            if want & set(M.FEATURE_METRICS):
-                features = problem.features
-                feature_ref = M.gaussian_fit(features(truth))
-        else:
-            truth = problem.sample(n, all_seeds, DATA_STREAM)
-            floor_sets = [problem.sample(n, all_seeds, REFERENCE_STREAM + r) for r in range(FLOOR_SETS)]
-        bandwidth = M.median_bandwidth(truth)
-        if data_problem and "mmd" in want:  # one fixed data set: its kernel term once, not per row
-            truth_kernel = M.rbf_self_mean(truth, bandwidth)
-        components = problem.mixture_components() if hasattr(problem, "mixture_components") else None
-        if components is not None and want & {"sw", "sw1", "mmd"}:
-            target = M.ExactTarget(*components, bandwidth=bandwidth)
-        for spec in prepared.metrics:
-            if spec.name in ("ode_error", "kl_exact"):
-                continue  # exact references: no sampling noise floor
-            values = [
-                spec(
-                    M.MetricInputs(
-                        fs,
-                        truth,
-                        mean,
-                        cov,
-                        bandwidth,
-                        target=target,
-                        features=features,
-                        feature_reference=feature_ref,
-                        truth_kernel=truth_kernel,
-                    )
-                )
-                for fs in floor_sets
-            ]
-            vt = torch.tensor(values, dtype=F64)
-            std = float(vt.std()) if len(values) > 1 else 0.0
-            noise_floor[spec.name] = {"mean": float(vt.mean()), "std": std, **floor_info}
-    if main and not speed_only:
-        m_ode = min(config.ode_samples, n)
-        ode_noise = _initial_noise(batch_seeds(config.seed, m_ode), d, dtype) if "ode_error" in want else None
-    ode_cache: dict[tuple, torch.Tensor] = {}
-    solves = _ReferenceSolves(problem) if data_problem or truthless else None
-    solved_rows: list[tuple[int, tuple[str, str], torch.Tensor]] = []  # (row, reference key, samples)
-    timing["reference_s"] += time.perf_counter() - t_ref
-
-    # Warm-up: one tiny run per scheduler (extension load, lazy imports, allocator) outside the timings.
+    seeds_local = batch_seeds(config.seed, n_local, sample_offset=offset, device=prepared.device)
+    noise_local = _initial_noise(seeds_local, prepared.problem.dim, prepared.dtype)
+    timing = dict.fromkeys(
+        ("reference_s", "warmup_s", "sampling_s", "model_s", "metrics_s", "gather_s", "sync_s", "model_init_s"), 0.0
+    )
+    oracle, network = _build_network(prepared, timing)
+    ctx = _RunContext(prepared, dist, oracle, network, seeds_local, noise_local, timing)
+    ctx.refs = _prepare_references(ctx)
     if config.warmup:
-        t_w = time.perf_counter()
-        w = min(16, n_local) or 1
-        if network is not None:
-            # One call at the timed batch size: the attention dispatcher measures each new shape once,
-            # and that (and cuDNN / allocator warm-up) must not land in a timed row.
-            network(noise_local, torch.zeros((), device=device))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        for rs in prepared.schedulers:
-            try:
-                sample_oracle(
-                    _build_scheduler(rs),
-                    problem,
-                    _initial_noise(batch_seeds(config.seed, w, device=device), d, dtype),
-                    batch_seeds(config.seed, w, device=device),
-                    min(config.steps),
-                    config.backend,
-                    measure_memory=False,
-                    model=network,
-                )
-            except ForeignRunError:
-                pass  # a foreign sampler that fails reports it in its own rows
-        timing["warmup_s"] = time.perf_counter() - t_w
-
-    rows: list[BenchRow] = []
-    kept: dict[str, torch.Tensor] = {}
+        _warm_up(ctx)
     metric_names = [s.name for s in prepared.metrics]
     for rs in prepared.schedulers:
-        plan = config.steps if search is None else search.plan(rs.name, rows, metric_names, noise_floor, dist)
+        plan = (
+            config.steps
+            if search is None
+            else search.plan(rs.name, ctx.rows, metric_names, ctx.refs.noise_floor, dist)
+        )
         for steps in plan:
-            sched = _build_scheduler(rs)
-            try:
-                run = sample_oracle(
-                    sched, problem, noise_local, seeds_local, steps, config.backend, progress, model=network
-                )
-            except ForeignRunError as exc:  # that row's error; the rest of the run completes
-                rows.append(foreign_error_row(rs, steps, exc))
-                continue
-            t_s = time.perf_counter()
-            wall = dist.reduce_max(run.wall_s, device)
-            model_s = dist.reduce_max(run.model_s, device)
-            peak = int(dist.reduce_max(run.peak_mem_bytes, device))
-            timing["sync_s"] += time.perf_counter() - t_s  # waiting for the slowest rank (0 in one process)
-            timing["sampling_s"] += run.wall_s
-            timing["model_s"] += run.model_s
-            values: dict[str, float] = {}
-            gathered = None
-            if not speed_only:  # nothing to score a speed-only run against: no gather, no metrics
-                t_g = time.perf_counter()
-                gathered = dist.gather_rows(run.samples, n)
-                timing["gather_s"] += time.perf_counter() - t_g
-            t_m = time.perf_counter()
-            ref_s = 0.0
-            if main and not speed_only:
-                assert gathered is not None and (truth is not None or truthless)
-                ode_ref = None
-                if "ode_error" in want and not run.stochastic and math.isfinite(run.start[0]):
-                    t_r = time.perf_counter()
-                    if solves is not None:
-                        key = solves.solve(ode_noise, run.start)
-                        ode_ref = solves.x0(key)
-                        solved_rows.append((len(rows), key, gathered[: ode_ref.shape[0]].cpu()))
-                    else:
-                        ode_ref = _ode_reference(problem, ode_noise, run.start, dtype, ode_cache)
-                    ref_s += time.perf_counter() - t_r
-                exact = None
-                if "kl_exact" in want and isinstance(problem, GaussianProblem) and not run.stochastic:
-                    t_r = time.perf_counter()
-                    exact = _exact_output_gaussian(rs, problem, steps, device, config.backend)
-                    ref_s += time.perf_counter() - t_r
-                inputs = M.MetricInputs(
-                    gathered.cpu(),
-                    truth,
-                    mean,
-                    cov,
-                    bandwidth,
-                    ode_ref,
-                    exact,
-                    not run.stochastic,
-                    target,
-                    features,
-                    feature_ref,
-                    truth_kernel,
-                )
-                for spec in prepared.metrics:
-                    values[spec.name] = spec(inputs)
-                if keep_samples:
-                    kept[f"{rs.name}@{steps}"] = gathered[:keep_samples].cpu()
-            metrics_s = time.perf_counter() - t_m - ref_s
-            timing["metrics_s"] += metrics_s
-            timing["reference_s"] += ref_s
-            rows.append(
-                BenchRow(
-                    scheduler=rs.name,
-                    steps=steps,
-                    nfe=run.nfe,
-                    prediction_type=rs.prediction_type,
-                    schedule=rs.schedule_label,
-                    stochastic=run.stochastic,
-                    order=int(getattr(rs.cls, "order", 1)),
-                    metrics=values,
-                    wall_s=wall,
-                    model_s=model_s,
-                    samples_per_s=n / wall if wall > 0 else math.inf,
-                    step_overhead_ms=1000.0 * (wall - model_s) / steps,
-                    peak_mem_bytes=peak,
-                    peak_mem_kind=run.peak_mem_kind,
-                    metrics_s=metrics_s,
-                )
-            )
+            ctx.rows.append(_run_row(ctx, rs, steps, progress, keep_samples))
+    return _assemble_result(ctx, t_begin, keep_samples)
 
-    if solves is not None and solved_rows:
+
+def _build_network(prepared: Prepared, timing: dict[str, float]) -> tuple[OracleProblem | None, NetworkModel | None]:
+    """``(oracle problem, None)``, or for a speed-only problem ``(None, its network)``: built (weights drawn,
+    moved to the device) once, outside the rows."""
+    problem = prepared.problem
+    if not is_speed_only(problem):
+        return problem, None
+    t_init = time.perf_counter()
+    network = problem.make_model(prepared.device, prepared.dtype)
+    timing["model_init_s"] = time.perf_counter() - t_init
+    return None, network
+
+
+def _prepare_references(ctx: _RunContext) -> _References:
+    """The exact references, on rank 0 only (they do not depend on the split): truth, noise floor, ODE noise."""
+    t_ref = time.perf_counter()
+    oracle, config, main = ctx.oracle, ctx.config, ctx.dist.is_main
+    data_problem = is_data_problem(oracle)
+    refs = _References()
+    refs.truthless = oracle is not None and not data_problem and not isinstance(oracle, SampledProblem)
+    if oracle is not None and not refs.truthless:
+        refs.mean, refs.cov = oracle.mean(), oracle.covariance()
+    if main and oracle is not None and not refs.truthless:
+        floor_sets, floor_info = _truth_and_floor_sets(refs, oracle, config, ctx.wanted)
+        refs.noise_floor = _noise_floor(refs, floor_sets, floor_info, ctx.prepared.metrics)
+    if main and oracle is not None:
+        m_ode = min(config.ode_samples, config.samples)
+        if "ode_error" in ctx.wanted:
+            refs.ode_noise = _initial_noise(batch_seeds(config.seed, m_ode), oracle.dim, ctx.prepared.dtype)
+    if oracle is not None and (data_problem or refs.truthless):
+        refs.solves = _ReferenceSolves(oracle)
+    ctx.timing["reference_s"] += time.perf_counter() - t_ref
+    return refs
+
+
+def _truth_and_floor_sets(
+    refs: _References, oracle: OracleProblem, config: BenchConfig, want: set[str]
+) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Fill ``refs`` (truth, bandwidth, kernel term, mixture target, features) and return the noise-floor sets."""
+    n = config.samples
+    floor_info: dict[str, Any] = {"sets": FLOOR_SETS}
+    if is_data_problem(oracle):  # real data: the training split is the reference, the held-out split the floor
+        truth = oracle.reference_data()
+        floor_sets, floor_info = _heldout_sets(oracle.heldout_data(), n, config.seed)
+        if want & set(M.FEATURE_METRICS):
+            assert isinstance(oracle, FeatureProblem), "prepare() refuses a feature metric without features"
+            refs.features = oracle.features
+            refs.feature_ref = M.gaussian_fit(oracle.features(truth))
+    else:
+        assert isinstance(oracle, SampledProblem), "not truthless and not a data problem: it samples"
+        all_seeds = batch_seeds(config.seed, n)
+        truth = oracle.sample(n, all_seeds, DATA_STREAM)
+        floor_sets = [oracle.sample(n, all_seeds, REFERENCE_STREAM + r) for r in range(FLOOR_SETS)]
+    refs.truth = truth
+    refs.bandwidth = M.median_bandwidth(truth)
+    if is_data_problem(oracle) and "mmd" in want:  # one fixed data set: its kernel term once, not per row
+        refs.truth_kernel = M.rbf_self_mean(truth, refs.bandwidth)
+    components = oracle.mixture_components() if isinstance(oracle, MixtureProblem) else None
+    if components is not None and want & {"sw", "sw1", "mmd"}:
+        refs.target = M.ExactTarget(*components, bandwidth=refs.bandwidth)
+    return floor_sets, floor_info
+
+
+def _noise_floor(
+    refs: _References, floor_sets: list[torch.Tensor], floor_info: dict[str, Any], specs: Sequence[M.MetricSpec]
+) -> dict[str, dict[str, float]]:
+    """Each sampled metric on true sets scored like a sampler's output: mean and spread over the sets."""
+    floor: dict[str, dict[str, float]] = {}
+    for spec in specs:
+        if spec.name in ("ode_error", "kl_exact"):
+            continue  # exact references: no sampling noise floor
+        values = [spec(refs.inputs(fs)) for fs in floor_sets]
+        vt = torch.tensor(values, dtype=F64)
+        std = float(vt.std()) if len(values) > 1 else 0.0
+        floor[spec.name] = {"mean": float(vt.mean()), "std": std, **floor_info}
+    return floor
+
+
+def _warm_up(ctx: _RunContext) -> None:
+    """One tiny run per scheduler (extension load, lazy imports, allocator) outside the timings."""
+    from samplers.bench.foreign import ForeignRunError
+
+    config, device, dtype = ctx.config, ctx.prepared.device, ctx.prepared.dtype
+    t_w = time.perf_counter()
+    w = min(16, ctx.noise_local.shape[0]) or 1
+    if ctx.network is not None:
+        # One call at the timed batch size: the attention dispatcher measures each new shape once,
+        # and that (and cuDNN / allocator warm-up) must not land in a timed row.
+        ctx.network(ctx.noise_local, torch.zeros((), device=device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    for rs in ctx.prepared.schedulers:
+        try:
+            sample_oracle(
+                _build_scheduler(rs),
+                ctx.prepared.problem,
+                _initial_noise(batch_seeds(config.seed, w, device=device), ctx.prepared.problem.dim, dtype),
+                batch_seeds(config.seed, w, device=device),
+                min(config.steps),
+                config.backend,
+                measure_memory=False,
+                model=ctx.network,
+            )
+        except ForeignRunError:
+            pass  # a foreign sampler that fails reports it in its own rows
+    ctx.timing["warmup_s"] = time.perf_counter() - t_w
+
+
+def _run_row(
+    ctx: _RunContext, rs: ResolvedScheduler, steps: int, progress: ProgressSink | None, keep_samples: int
+) -> BenchRow:
+    """Sample one (scheduler, steps) pair, time it across ranks, and score it on rank 0."""
+    from samplers.bench.foreign import ForeignRunError
+    from samplers.bench.foreign import error_row as foreign_error_row
+
+    config, dist, device, timing = ctx.config, ctx.dist, ctx.prepared.device, ctx.timing
+    sched = _build_scheduler(rs)
+    try:
+        run = sample_oracle(
+            sched,
+            ctx.prepared.problem,
+            ctx.noise_local,
+            ctx.seeds_local,
+            steps,
+            config.backend,
+            progress,
+            model=ctx.network,
+        )
+    except ForeignRunError as exc:  # that row's error; the rest of the run completes
+        return foreign_error_row(rs, steps, exc)
+    t_s = time.perf_counter()
+    wall = dist.reduce_max(run.wall_s, device)
+    model_s = dist.reduce_max(run.model_s, device)
+    peak = int(dist.reduce_max(run.peak_mem_bytes, device))
+    timing["sync_s"] += time.perf_counter() - t_s  # waiting for the slowest rank (0 in one process)
+    timing["sampling_s"] += run.wall_s
+    timing["model_s"] += run.model_s
+    values: dict[str, float] = {}
+    gathered = None
+    if ctx.oracle is not None:  # nothing to score a speed-only run against: no gather, no metrics
+        t_g = time.perf_counter()
+        gathered = dist.gather_rows(run.samples, config.samples)
+        timing["gather_s"] += time.perf_counter() - t_g
+    t_m = time.perf_counter()
+    ref_s = 0.0
+    if dist.is_main and ctx.oracle is not None:
+        assert gathered is not None and (ctx.refs.truth is not None or ctx.refs.truthless)
+        values, ref_s = _score_row(ctx, ctx.oracle, rs, steps, run, gathered)
+        if keep_samples:
+            ctx.kept[f"{rs.name}@{steps}"] = gathered[:keep_samples].cpu()
+    metrics_s = time.perf_counter() - t_m - ref_s
+    timing["metrics_s"] += metrics_s
+    timing["reference_s"] += ref_s
+    return BenchRow(
+        scheduler=rs.name,
+        steps=steps,
+        nfe=run.nfe,
+        prediction_type=rs.prediction_type,
+        schedule=rs.schedule_label,
+        stochastic=run.stochastic,
+        order=int(getattr(rs.cls, "order", 1)),
+        metrics=values,
+        wall_s=wall,
+        model_s=model_s,
+        samples_per_s=config.samples / wall if wall > 0 else math.inf,
+        step_overhead_ms=1000.0 * (wall - model_s) / steps,
+        peak_mem_bytes=peak,
+        peak_mem_kind=run.peak_mem_kind,
+        metrics_s=metrics_s,
+    )
+
+
+def _score_row(
+    ctx: _RunContext, oracle: OracleProblem, rs: ResolvedScheduler, steps: int, run: SampleRun, gathered: torch.Tensor
+) -> tuple[dict[str, float], float]:
+    """Every metric of one row's gathered samples [n, d], and the seconds spent on its exact references."""
+    refs, want, prepared = ctx.refs, ctx.wanted, ctx.prepared
+    ref_s = 0.0
+    ode_ref = None
+    if "ode_error" in want and not run.stochastic and math.isfinite(run.start[0]):
+        assert refs.ode_noise is not None, "drawn by _prepare_references whenever ode_error is wanted"
         t_r = time.perf_counter()
-        solves.tighten(rows, solved_rows)
+        if refs.solves is not None:
+            key = refs.solves.solve(refs.ode_noise, run.start)
+            ode_ref = refs.solves.x0(key)
+            refs.solved_rows.append((len(ctx.rows), key, gathered[: ode_ref.shape[0]].cpu()))
+        else:
+            ode_ref = _ode_reference(oracle, refs.ode_noise, run.start, prepared.dtype, refs.ode_cache)
+        ref_s += time.perf_counter() - t_r
+    exact = None
+    if "kl_exact" in want and isinstance(oracle, GaussianProblem) and not run.stochastic:
+        t_r = time.perf_counter()
+        exact = _exact_output_gaussian(rs, oracle, steps, prepared.device, prepared.config.backend)
+        ref_s += time.perf_counter() - t_r
+    inputs = refs.inputs(gathered.cpu(), ode_ref, exact, not run.stochastic)
+    return {spec.name: spec(inputs) for spec in prepared.metrics}, ref_s
+
+
+def _assemble_result(ctx: _RunContext, t_begin: float, keep_samples: int) -> BenchResult:
+    """Tighten the ODE references, fit the orders, and account for the time: the :class:`BenchResult`."""
+    prepared, config, timing, rows, refs = ctx.prepared, ctx.config, ctx.timing, ctx.rows, ctx.refs
+    if refs.solves is not None and refs.solved_rows:
+        t_r = time.perf_counter()
+        refs.solves.tighten(rows, refs.solved_rows)
         timing["reference_s"] += time.perf_counter() - t_r
-    orders = fit_orders(rows, prepared.metrics) if main else {}
+    orders = fit_orders(rows, prepared.metrics) if ctx.dist.is_main else {}
     sched_info = {rs.name: _scheduler_info(rs) for rs in prepared.schedulers}
     total = time.perf_counter() - t_begin
     accounted = sum(
@@ -1272,32 +1439,36 @@ def run_benchmark(
     timing["total_s"] = total
     timing["harness_s"] = max(0.0, total - accounted)
     timing["harness_fraction"] = timing["harness_s"] / total if total > 0 else 0.0
-    problem_info = dict(problem.describe()) if hasattr(problem, "describe") else {"name": config.problem, "dim": d}
+    problem = prepared.problem
+    problem_info = (
+        dict(problem.describe()) if hasattr(problem, "describe") else {"name": config.problem, "dim": problem.dim}
+    )
     problem_info["spec"] = config.model if config.model is not None else config.problem
-    if solves is not None and solves.entries:
-        problem_info["ode_reference"] = solves.summary(rows)
-    environment = _environment(prepared, dist)
-    if speed_only:
+    if refs.solves is not None and refs.solves.entries:
+        problem_info["ode_reference"] = refs.solves.summary(rows)
+    environment = _environment(prepared, ctx.dist)
+    if ctx.oracle is None:  # speed only
         from samplers.ops.attention import attention_dispatch_report
 
         environment["attention"] = attention_dispatch_report()
+    truth = refs.truth
     return BenchResult(
         config=config.to_dict(),
         problem=problem_info,
         environment=environment,
         metric_names=[s.name for s in prepared.metrics],
         rows=rows,
-        noise_floor=noise_floor,
+        noise_floor=refs.noise_floor,
         orders=orders,
         timing=timing,
         schedulers=sched_info,
-        samples=kept,
+        samples=ctx.kept,
         truth=truth[:keep_samples] if (keep_samples and truth is not None) else None,
     )
 
 
 def _ode_reference(
-    problem: Problem,
+    problem: OracleProblem,
     noise: torch.Tensor,
     start: tuple[float, float, float, float],
     dtype: torch.dtype,
