@@ -407,6 +407,11 @@ class Objective:
         """The largest estimated error of the reference solves so far (0 on an oracle's exact endpoints)."""
         return max(self.reference_errors.values(), default=0.0)
 
+    def reference_error_of(self, run: _Run) -> float:
+        """The estimated error of the reference ``run`` is scored against (0 on an oracle: exact endpoints)."""
+        self.reference(run.start)
+        return self.reference_errors.get(_start_key(run.start)[0], 0.0)
+
     def settle(self, runs: Sequence[_Run]) -> None:
         """Tighten each reference solve until its estimated error is :data:`REFERENCE_MARGIN` times below the
         smallest ODE error of the ``runs`` that start there: the bench's rule for its table
@@ -743,8 +748,8 @@ def tune(
     }
     if obj.model_spec is not None:  # what `samplers bench --schedule-file` needs to run the same network
         meta.update(model_spec=obj.model_spec, data=obj.data_path, model_description=_model_description(obj))
-    if not obj.exact:
-        meta["reference_error"] = obj.reference_error
+    if not obj.exact:  # the estimated error of the tuned grid's reference (other starts' may be looser)
+        meta["reference_error"] = obj.reference_error_of(check)
     schedule_file = grids.ScheduleFile(
         sampler=obj.scheduler.name,
         nfe=nfe,
@@ -822,7 +827,7 @@ def score_heldout(
         "best_named_error": best.error,
         "tuned": tuned,
         "ratio": best.error / tuned if tuned > 0 else math.inf,
-        "reference_error": obj.reference_error,
+        "reference_error": obj.reference_error_of(runs[0]) if runs else obj.reference_error,
     }
 
 

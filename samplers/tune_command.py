@@ -189,7 +189,7 @@ def tune(
             f"method: {T.METHOD}; {result.evaluations} runs in {result.seconds:.1f} s "
             f"(load average at start: {load}; {torch.get_num_threads()} thread(s))"
             + (
-                f"; ODE reference: float64 RK4 solve, estimated error {_fmt(reference)} (tuning seeds), "
+                f"; the tuned grid's ODE reference: float64 RK4, estimated error {_fmt(reference)} (tuning seeds), "
                 f"{_fmt(held.get('reference_error'))} (held out)"
                 if reference is not None
                 else ""
