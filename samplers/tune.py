@@ -8,14 +8,17 @@ exact probability-flow ODE endpoint from the same initial noise, and writes them
 **Objective.** The bench's ``ode_error`` (:func:`samplers.bench.metrics.ode_error`): the RMS distance
 between the sampler's outputs and the PF-ODE endpoints from the same initial noise, on a fixed set of
 *tuning* seeds. On the oracle problems (``gmm2d``, ``gaussian``, ...) the endpoint is exact
-(``Problem.ode_solution``); on ``digits`` it is the bench's high-accuracy float64 solve
-(:func:`samplers.bench.reference.solve_reference`), computed once per seed set and start level and
-reused for every candidate grid. Each candidate run is the bench's own loop (the scheduler's plan, the
-oracle called at the plan's own (alpha, sigma)), so ``samplers bench --schedule-file`` reproduces
-the numbers. Stochastic samplers (ancestral, SDE), whose error to one ODE endpoint means nothing, are
-tuned against a distribution metric instead (``metric=``, default ``"sw"``: the bench's sliced
+(``Problem.ode_solution``); on a network (``digits``, or your own with ``model=``, as ``samplers bench
+--model`` takes it) it is the bench's high-accuracy float64 solve
+(:func:`samplers.bench.reference.solve_reference`), computed once per seed set and start level,
+tightened as the bench does to 20x below the smallest error it scores, and reused for every candidate
+grid. Each candidate run is the bench's own loop (the scheduler's plan, the oracle called at the
+plan's own (alpha, sigma)), so ``samplers bench --schedule-file`` reproduces the numbers.
+Stochastic samplers (ancestral, SDE), whose error to one ODE endpoint means nothing, are tuned
+against a distribution metric instead (``metric=``, default ``"sw"``: the bench's sliced
 Wasserstein-2 to the exact mixture, on the oracle problems; the sampler's noise is fixed by the
-per-sample seeds, so the objective is deterministic); on ``digits`` they are refused.
+per-sample seeds, so the objective is deterministic); on ``digits`` and ``model=`` networks they
+are refused.
 
 **Method: derivative-free coordinate (pattern) search over log sigma.** Compass search (Hooke & Jeeves
 1961; Kolda, Lewis & Torczon 2003, "Optimization by direct search", SIAM Review 45) on the log levels:
@@ -42,12 +45,14 @@ score), and :func:`transfer` scores a tuned grid interpolated in log sigma to ot
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -59,8 +64,9 @@ F64 = torch.float64
 METHOD = "coordinate pattern search over log sigma (compass search; Kolda, Lewis & Torczon 2003)"
 TUNE_SEED = 1  # tuning seeds: batch_seeds(1, n); the bench's default seed 0 is then held out
 HELDOUT_SEED = 0
-# (tuning samples, held-out samples) per kind of problem: the held-out sizes are the bench's ODE samples.
-SAMPLES = {"oracle": (256, 1000), "data": (128, 256), "distribution": (2000, 10000)}
+# (tuning samples, held-out samples) per kind of problem: the held-out sizes are the bench's ODE samples (a --model
+# network: the bench's --samples; each sample costs a reference solve of a few hundred network calls).
+SAMPLES = {"oracle": (256, 1000), "data": (128, 256), "model": (32, 64), "distribution": (2000, 10000)}
 # Distribution metrics a stochastic sampler is tuned against (oracle problems; exact mixture target where it has one).
 DISTRIBUTION_METRICS = ("sw", "sw1", "mmd", "frechet")
 MAX_EVALS = 800
@@ -157,6 +163,40 @@ def steps_for_nfe(scheduler: Any, nfe: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_target(
+    problem: str | None, model: str | None, data: str | None, schedule: str | None
+) -> tuple[str | None, str]:
+    """``(problem, schedule)`` of a tuning run on ``-p PROBLEM`` or ``--model SPEC [--data PATH]`` (one of them):
+    the problem's default schedule, or the network's own training schedule (``"model"``)."""
+    from samplers.bench import runner as R
+    from samplers.bench.network import MODEL_SCHEDULE
+
+    if model is not None and problem is not None:
+        raise TuneError(
+            f"-p/--problem {problem!r} and --model {model!r}: tune on an oracle problem or on a trained network, "
+            "not both"
+        )
+    if data is not None and model is None:
+        raise TuneError("--data: the data set of a --model network; give --model too")
+    if model is not None:
+        if not isinstance(model, str) or not model.strip():
+            raise TuneError(f"--model: expected a model folder, module:factory or exported file, got {model!r}")
+        if schedule is not None and schedule != MODEL_SCHEDULE:
+            raise TuneError(
+                f"--schedule {schedule!r}: a --model network is tuned on its own training schedule (--schedule "
+                f"{MODEL_SCHEDULE}, read from the model): on any other the sampler would not follow that network's "
+                "ODE"
+            )
+        return None, MODEL_SCHEDULE
+    problem = problem if problem is not None else R.DEFAULT_PROBLEM
+    schedule = schedule if schedule is not None else R.problem_defaults(problem)["schedule"]
+    if schedule == MODEL_SCHEDULE:
+        raise TuneError(f"--schedule {MODEL_SCHEDULE}: the training schedule of a --model network; give --model")
+    if schedule not in R.SCHEDULE_PRESETS:
+        raise TuneError(f"--schedule: unknown schedule {schedule!r} (expected one of {', '.join(R.SCHEDULE_PRESETS)})")
+    return problem, schedule
+
+
 @dataclass
 class _Run:
     samples: torch.Tensor  # [m, d] in the objective's dtype
@@ -170,10 +210,17 @@ class Objective:
 
     Args:
         sampler: registry name of a deterministic scheduler.
-        problem: a bench problem spec (``gmm2d``, ``gaussian``, ``digits``, ``gmm2d:layout=ring``, ...).
+        problem: a bench problem spec (``gmm2d``, ``gaussian``, ``digits``, ``gmm2d:layout=ring``, ...);
+            default ``gmm2d`` when no ``model`` is given.
+        model: instead of ``problem``, a trained network as ``samplers bench --model`` takes it (a diffusers
+            folder, ``module:factory``, an exported file; :func:`samplers.bench.network.load_model_problem`,
+            whose errors are the bench's). It runs on its own training schedule (``schedule="model"``).
+        data: with ``model``, its data set (``--data``): checked and recorded in the schedule file, so
+            ``samplers bench --schedule-file`` scores SW / MMD against it; the objective stays the ODE error.
         seed: base seed of the per-sample Philox noise (``batch_seeds(seed, samples)``, the bench's).
         samples: how many initial noises ``m``.
-        schedule: the model's training schedule (a bench preset; default: the problem's, as the bench).
+        schedule: the model's training schedule (a bench preset; default: the problem's, as the bench; with
+            ``model`` only ``"model"``, the network's own).
         options: extra scheduler config (as ``samplers bench -o``).
         dtype: sample dtype of the run (the bench's float32 by default).
         heldout: default ``samples`` to the held-out size (the bench's ODE samples) instead of the tuning size.
@@ -181,15 +228,18 @@ class Objective:
             stochastic sampler is ``"sw"`` (sliced Wasserstein-2 to the exact mixture, oracle problems only).
 
     ``objective(levels)`` runs the sampler over sigma-space ``levels`` [N] (``set_timesteps(sigmas=)``)
-    and returns the RMS error to the exact endpoints [m, d]; :meth:`named` runs a named grid through
-    the scheduler's own ``sigma_schedule`` path. References are cached per start level.
+    and returns the RMS error to the PF-ODE endpoints [m, d]; :meth:`named` runs a named grid through
+    the scheduler's own ``sigma_schedule`` path. References are cached per start level: exact on the oracles
+    (``exact``), the bench's float64 solve on a network (``digits``, ``model``), tightened by :meth:`settle`.
     """
 
     def __init__(
         self,
         sampler: str,
-        problem: str = "gmm2d",
+        problem: str | None = None,
         *,
+        model: str | None = None,
+        data: str | None = None,
         seed: int = TUNE_SEED,
         samples: int | None = None,
         schedule: str | None = None,
@@ -200,28 +250,37 @@ class Objective:
         metric: str | None = None,
     ) -> None:
         from samplers.bench import runner as R
-        from samplers.bench.problems import get_problem, is_data_problem, is_speed_only
+        from samplers.bench.network import ModelInputError, load_model_problem
+        from samplers.bench.problems import get_problem, is_speed_only
         from samplers.ops.reference import batch_seeds
 
-        defaults = R.problem_defaults(problem)
-        schedule = schedule if schedule is not None else defaults["schedule"]
-        if schedule not in R.SCHEDULE_PRESETS:
-            raise TuneError(
-                f"--schedule: unknown schedule {schedule!r} (expected one of {', '.join(R.SCHEDULE_PRESETS)})"
-            )
+        problem, schedule = _check_target(problem, model, data, schedule)
         if dtype not in R.DTYPES:
             raise TuneError(f"--dtype: unknown dtype {dtype!r} (expected one of {', '.join(R.DTYPES)})")
-        config = R.BenchConfig(schedulers=(sampler,), problem=problem, schedule=schedule, options=dict(options or {}))
+        config = R.BenchConfig(
+            schedulers=(sampler,),
+            problem=problem or R.DEFAULT_PROBLEM,
+            schedule=schedule,
+            options=dict(options or {}),
+            model=model,
+            data=data,
+        )
         try:
-            self.resolved = R.resolve_scheduler(sampler, config)
-            self.problem = get_problem(problem)
-        except (ValueError, TypeError) as exc:
+            # a --model network is loaded and probed first (the bench's checks and messages): its training
+            # schedule is the scheduler's
+            loaded = load_model_problem(model, data) if model is not None else get_problem(str(problem))
+            self.resolved = R.resolve_scheduler(sampler, config, loaded)
+        except (ValueError, TypeError, ModelInputError) as exc:
             raise TuneError(str(exc)) from None
+        self.problem: Any = cast(Any, loaded)  # a Problem (oracle, digits) or a NetworkProblem (--model)
         if is_speed_only(self.problem):
             raise TuneError(f"problem {problem!r} is speed only (no reference solution to tune against)")
-        self.data_problem = is_data_problem(self.problem)
-        kind = "data" if self.data_problem else "oracle"
+        # Oracle problems have the exact ODE endpoint; a network (digits, --model) has only the bench's
+        # float64 reference solve, with an error estimate that is tightened below the errors it scores.
+        self.exact = not hasattr(self.problem, "ode_reference")
+        kind = "oracle" if self.exact else ("model" if model is not None else "data")
         self.sampler, self.problem_spec, self.schedule_preset = sampler, problem, schedule
+        self.model_spec, self.data_path = model, data
         self.options = dict(options or {})
         self.seed, self.dtype, self.backend = int(seed), R.DTYPES[dtype], backend
         self.scheduler = self.build()
@@ -230,10 +289,11 @@ class Objective:
         if metric is not None:
             if metric not in DISTRIBUTION_METRICS:
                 raise TuneError(f"--metric: {metric!r} is not one of {', '.join(DISTRIBUTION_METRICS)}")
-            if self.data_problem or not hasattr(self.problem, "mixture_components"):
+            if not self.exact or not hasattr(self.problem, "mixture_components"):
                 raise TuneError(
                     f"tuning against a distribution metric ({metric}, as {sampler!r} draws noise or --metric asks) "
-                    f"is implemented on the oracle problems only, not {problem!r}; tune a deterministic sampler there"
+                    f"is implemented on the oracle problems only, not {self.target}; tune a deterministic sampler "
+                    "there"
                 )
             kind = "distribution"
         self.metric = metric
@@ -259,7 +319,7 @@ class Objective:
             from samplers.bench.problems import DATA_STREAM
 
             truth = self.problem.sample(self.samples, self.seeds, DATA_STREAM)
-            components = self.problem.mixture_components()
+            components: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = self.problem.mixture_components()
             bandwidth = M.median_bandwidth(truth)
             target = M.ExactTarget(*components, bandwidth=bandwidth) if components is not None else None
             self._target = (
@@ -272,8 +332,13 @@ class Objective:
             )
         self.evaluations = 0
         self.reference_seconds = 0.0
-        self._references: dict[tuple[str, str], torch.Tensor] = {}
-        self.reference_errors: dict[tuple[str, str], float] = {}
+        self._references: dict[tuple[str, str], torch.Tensor] = {}  # exact endpoints (oracles)
+        self._solves: dict[tuple[str, str], dict[str, Any]] = {}  # reference solves (networks), kept to be resumed
+
+    @property
+    def target(self) -> str:
+        """What is tuned on, as the CLI names it: ``--model 'SPEC'`` or ``'PROBLEM'``."""
+        return f"--model {self.model_spec!r}" if self.model_spec is not None else repr(self.problem_spec)
 
     # -- the runs ---------------------------------------------------------------------------
 
@@ -308,23 +373,75 @@ class Objective:
         return _Run(x, start, model.calls, grid)
 
     def reference(self, start: tuple[float, float, float, float]) -> torch.Tensor:
-        """The PF-ODE endpoints [m, d] float64 from this objective's noise at ``start`` (cached per start)."""
-        init_sigma, in_scale, alpha0, sigma0 = start
-        norm = math.hypot(alpha0, sigma0)
-        gain = init_sigma * in_scale / norm
-        key = (f"{gain:.12g}", f"{math.atan2(sigma0, alpha0):.12g}")
-        if key not in self._references:
-            t0 = time.perf_counter()
-            if self.data_problem:  # a network: the bench's high-accuracy float64 solve, with its error estimate
-                data_problem: Any = self.problem  # DigitsProblem (is_data_problem): it has ode_reference
-                sol = data_problem.ode_reference(self.noise.to(F64) * gain, alpha0 / norm, sigma0 / norm)
-                self._references[key], self.reference_errors[key] = sol.x0, float(sol.error)
-            else:  # an oracle: the exact endpoint, as the bench computes it
+        """The PF-ODE endpoints [m, d] float64 from this objective's noise at ``start`` (cached per start).
+
+        A network's reference solves are shared by every objective on the same problem object, seeds and
+        dtype (a held-out set and its transfers to other budgets start from the same levels).
+        """
+        key, gain, alpha, sigma = _start_key(start)
+        if self.exact:  # an oracle: the exact endpoint, as the bench computes it
+            if key not in self._references:
+                init_sigma, in_scale, alpha0, sigma0 = start
                 x_start = (self.noise * init_sigma).to(F64) * in_scale
                 self._references[key] = self.problem.ode_solution(x_start, alpha0, sigma0)
-                self.reference_errors[key] = 0.0
-            self.reference_seconds += time.perf_counter() - t0
-        return self._references[key]
+            return self._references[key]
+        if key not in self._solves:  # a network: the bench's high-accuracy float64 solve, with its error estimate
+            shared = _SHARED_SOLVES.setdefault(self.problem, {})
+            skey = (self.seed, self.samples, str(self.dtype), key)
+            if skey not in shared:
+                t0 = time.perf_counter()
+                x_start = self.noise.to(F64) * gain  # as runner._ReferenceSolves.solve: same start, same solve
+                sol = self.problem.ode_reference(x_start, alpha, sigma)
+                shared[skey] = {"sol": sol, "x": x_start, "alpha": alpha, "sigma": sigma}
+                self.reference_seconds += time.perf_counter() - t0
+            self._solves[key] = shared[skey]
+        return self._solves[key]["sol"].x0
+
+    @property
+    def reference_errors(self) -> dict[tuple[str, str], float]:
+        """Estimated error of each reference solve used so far, by start (empty on an oracle: exact endpoints)."""
+        return {k: float(e["sol"].error) for k, e in self._solves.items()}
+
+    @property
+    def reference_error(self) -> float:
+        """The largest estimated error of the reference solves so far (0 on an oracle's exact endpoints)."""
+        return max(self.reference_errors.values(), default=0.0)
+
+    def reference_error_of(self, run: _Run) -> float:
+        """The estimated error of the reference ``run`` is scored against (0 on an oracle: exact endpoints)."""
+        self.reference(run.start)
+        return self.reference_errors.get(_start_key(run.start)[0], 0.0)
+
+    def settle(self, runs: Sequence[_Run]) -> None:
+        """Tighten each reference solve until its estimated error is :data:`REFERENCE_MARGIN` times below the
+        smallest ODE error of the ``runs`` that start there: the bench's rule for its table
+        (``runner._ReferenceSolves.tighten``: up to four rounds of resuming at ``smallest / margin`` and
+        rescoring), applied per start, so a tuned grid scored here and by ``samplers bench --schedule-file`` meets
+        the same reference, and a start whose grids all score far worse is not solved to the best one's
+        accuracy. Nothing to do on exact references. Rescore afterwards (:meth:`error`, :meth:`rescore`)."""
+        from samplers.bench.runner import REFERENCE_MARGIN
+
+        if self.exact or self._target is not None:
+            return
+        by_start: dict[tuple[str, str], list[_Run]] = {}
+        for run in runs:
+            by_start.setdefault(_start_key(run.start)[0], []).append(run)
+        t0 = time.perf_counter()
+        for key, group in by_start.items():
+            for _ in range(4):
+                best = min(self.error(r) for r in group)
+                e = self._solves[key]  # error() solved it
+                if not (math.isfinite(best) and best > 0) or e["sol"].error * REFERENCE_MARGIN <= best:
+                    break
+                tol = best / REFERENCE_MARGIN
+                e["sol"] = self.problem.ode_reference(e["x"], e["alpha"], e["sigma"], tol=tol, resume=e["sol"])
+                if not e["sol"].converged:  # the solver's step budget is spent: keep what it reached
+                    break
+        self.reference_seconds += time.perf_counter() - t0
+
+    def rescore(self, named: Mapping[str, NamedScore]) -> dict[str, NamedScore]:
+        """``named`` scored again from their kept runs (after :meth:`settle` moved the references)."""
+        return {k: v if v.run is None else dataclasses.replace(v, error=self.error(v.run)) for k, v in named.items()}
 
     def error(self, run: _Run) -> float:
         """The objective of one run: ODE error to the references, or the distribution metric."""
@@ -366,8 +483,23 @@ class Objective:
             key = tuple(round(float(v), 10) for v in run.levels)
             note = f"same levels as {seen[key]}" if key in seen else ""
             seen.setdefault(key, label)
-            out[label] = NamedScore(label, self.error(run), run.levels, note)
+            out[label] = NamedScore(label, self.error(run), run.levels, note, run)
         return out
+
+
+# A network's reference solves by problem object, then (seed, samples, dtype, start): objectives on the same noise
+# share them (weakly keyed: a problem the loader's cache drops takes its solves along).
+_SHARED_SOLVES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _start_key(start: tuple[float, float, float, float]) -> tuple[tuple[str, str], float, float, float]:
+    """``(key, gain, alpha, sigma)`` of a run's start ``(init_noise_sigma, input_scale, alpha_0, sigma_0)``: the
+    start in VP coordinates (``x = gain z`` at ``alpha^2 + sigma^2 = 1``), keyed to 12 digits as the bench does,
+    so samplers that start from the same point share one reference."""
+    init_sigma, in_scale, alpha0, sigma0 = start
+    norm = math.hypot(alpha0, sigma0)
+    gain = init_sigma * in_scale / norm
+    return (f"{gain:.12g}", f"{math.atan2(sigma0, alpha0):.12g}"), gain, alpha0 / norm, sigma0 / norm
 
 
 def _plan_levels(scheduler: Any) -> torch.Tensor:
@@ -387,6 +519,7 @@ class NamedScore:
     error: float
     levels: torch.Tensor | None
     note: str = ""
+    run: _Run | None = field(default=None, repr=False, compare=False)  # kept to rescore after a tighter reference
 
     @property
     def usable(self) -> bool:
@@ -525,8 +658,10 @@ def _lower_end(objective: Objective) -> float:
 def tune(
     sampler: str,
     nfe: int,
-    problem: str = "gmm2d",
+    problem: str | None = None,
     *,
+    model: str | None = None,
+    data: str | None = None,
     schedule: str | None = None,
     options: Mapping[str, Any] | None = None,
     seed: int = TUNE_SEED,
@@ -539,10 +674,11 @@ def tune(
     start: str | None = None,
     metric: str | None = None,
 ) -> TuneResult:
-    """Tune ``sampler``'s grid for ``nfe`` model evaluations on ``problem`` (see the module docstring).
+    """Tune ``sampler``'s grid for ``nfe`` model evaluations on ``problem`` or a trained ``model`` (see the module
+    docstring).
 
     Args:
-        sampler / problem / schedule / options / dtype: as :class:`Objective`.
+        sampler / problem / model / data / schedule / options / dtype: as :class:`Objective`.
         nfe: the model-evaluation budget; a count the sampler cannot make exactly is a :class:`TuneError`.
         seed / samples: the tuning seed set. heldout_seed / heldout_samples: the held-out set (None: none).
         max_evals / max_seconds: the search budget.
@@ -554,10 +690,22 @@ def tune(
     if seed == heldout_seed:
         raise TuneError(f"the tuning seed and the held-out seed must differ (both {seed}): nothing would be held out")
     obj = Objective(
-        sampler, problem, seed=seed, samples=samples, schedule=schedule, options=options, dtype=dtype, metric=metric
+        sampler,
+        problem,
+        model=model,
+        data=data,
+        seed=seed,
+        samples=samples,
+        schedule=schedule,
+        options=options,
+        dtype=dtype,
+        metric=metric,
     )
     steps = steps_for_nfe(obj.scheduler, nfe)
     named = obj.named(steps)
+    # a reference solve: tightened below the best named grid before the search (the bench's margin) ...
+    obj.settle(_runs(named))
+    named = obj.rescore(named)
     if start is not None:
         if start not in named:
             raise TuneError(f"--start: unknown named grid {start!r} (expected one of {', '.join(named)})")
@@ -572,6 +720,11 @@ def tune(
     check = obj.run(tuned)
     if check.calls != nfe:  # counted at the model, never trusted
         raise RuntimeError(f"the tuned grid made {check.calls} model calls, not {nfe}")
+    # ... and below the tuned grid's error, which the file's numbers are scored against
+    obj.settle([*_runs(named), check])
+    named = obj.rescore(named)
+    first = named[first.name]
+    after = obj.error(check)
     timesteps = obj.scheduler.run_levels(None, None, tuned, None).t
     seconds = time.perf_counter() - t0
     heldout: dict[str, Any] = {}
@@ -593,18 +746,26 @@ def tune(
         "seconds": seconds,
         "dtype": str(obj.dtype).removeprefix("torch."),
     }
+    if obj.model_spec is not None:  # what `samplers bench --schedule-file` needs to run the same network
+        meta.update(model_spec=obj.model_spec, data=obj.data_path, model_description=_model_description(obj))
+    if not obj.exact:  # the estimated error of the tuned grid's reference (other starts' may be looser)
+        meta["reference_error"] = obj.reference_error_of(check)
     schedule_file = grids.ScheduleFile(
         sampler=obj.scheduler.name,
         nfe=nfe,
         sigmas=tuple(float(v) for v in tuned),
         timesteps=tuple(float(v) for v in timesteps),
-        problem=problem,
+        problem=obj.problem_spec,
         model=_model_label(obj),
         objective_before=first.error,
-        objective_after=search.value,
+        objective_after=after,
         meta=meta,
     )
     return TuneResult(schedule_file, named, first.name, heldout, seconds, search.evaluations, search)
+
+
+def _runs(named: Mapping[str, NamedScore]) -> list[_Run]:
+    return [v.run for v in named.values() if v.run is not None and v.usable]
 
 
 def _jsonable(value: Any) -> bool:
@@ -612,19 +773,35 @@ def _jsonable(value: Any) -> bool:
 
 
 def _model_label(obj: Objective) -> str:
+    """The file's ``model``: a ``--model`` run's SPEC (what ``--model`` takes again), else a description."""
+    if obj.model_spec is not None:
+        return obj.model_spec
     describe = obj.problem.describe() if hasattr(obj.problem, "describe") else {}
-    if obj.data_problem:
+    if not obj.exact:
         return f"{describe.get('name', obj.problem_spec)} denoiser ({describe.get('parameterization', 'network')})"
     return f"exact oracle, {obj.schedule_preset} schedule"
+
+
+def _model_description(obj: Objective) -> dict[str, Any]:
+    describe = obj.problem.describe()
+    keys = ("model", "sample_shape", "prediction_type", "training_schedule", "network_dtype")
+    return {k: describe[k] for k in keys if k in describe}
 
 
 def score_heldout(
     tuning: Objective, levels: torch.Tensor, steps: int, seed: int, samples: int | None = None
 ) -> dict[str, Any]:
-    """The tuned ``levels`` and every named grid scored on the held-out seed set ``seed``."""
+    """The tuned ``levels`` and every named grid scored on the held-out seed set ``seed``.
+
+    On a reference solve (not an exact endpoint) the references are tightened below the smallest error
+    scored (:meth:`Objective.settle`), as ``samplers bench`` does, so its ``--schedule-file`` score of the
+    same seeds is this ``"tuned"`` number.
+    """
     obj = Objective(
         tuning.sampler,
         tuning.problem_spec,
+        model=tuning.model_spec,
+        data=tuning.data_path,
         seed=seed,
         samples=samples,
         heldout=True,
@@ -634,8 +811,14 @@ def score_heldout(
         metric=tuning.metric,
     )
     named = obj.named(steps)
+    try:
+        runs = [obj.run(levels)]
+    except GridRefused:  # cannot happen for the grid the search accepted on the same sampler; kept honest
+        runs = []
+    obj.settle([*_runs(named), *runs])
+    named = obj.rescore(named)
     best = best_named(named)
-    tuned = obj(levels)
+    tuned = obj.error(runs[0]) if runs else math.inf
     return {
         "seed": seed,
         "samples": obj.samples,
@@ -644,7 +827,7 @@ def score_heldout(
         "best_named_error": best.error,
         "tuned": tuned,
         "ratio": best.error / tuned if tuned > 0 else math.inf,
-        "reference_error": max(obj.reference_errors.values(), default=0.0),
+        "reference_error": obj.reference_error_of(runs[0]) if runs else obj.reference_error,
     }
 
 
@@ -672,37 +855,51 @@ def transfer(
     *,
     nfe: int | None = None,
     problem: str | None = None,
+    model: str | None = None,
+    data: str | None = None,
     seed: int = HELDOUT_SEED,
     samples: int | None = None,
 ) -> dict[str, Any]:
     """Score a tuned grid away from where it was tuned: at another ``nfe`` (interpolated in log sigma,
-    :func:`interpolate_levels`) and/or on another ``problem``, against the best named grid there.
+    :func:`interpolate_levels`) and/or on another ``problem`` or ``model`` (SPEC, with optional ``data``),
+    against the best named grid there. Without ``problem`` and ``model``: what the file was tuned on.
 
     Returns ``{"sampler", "problem", "nfe", "steps", "tuned", "best_named", "best_named_error", "ratio"}``,
     or the same with ``"error"`` (and no scores) when the grid does not fit (e.g. outside the schedule's range).
     """
     meta = dict(schedule.meta)
-    problem = problem or schedule.problem or "gmm2d"
-    same_problem = problem == schedule.problem
+    tuned_model = meta.get("model_spec")
+    if problem is None and model is None:
+        if tuned_model is not None:
+            model, data = str(tuned_model), meta.get("data")
+        else:
+            problem = schedule.problem or "gmm2d"
+    same = model == tuned_model if model is not None else problem == schedule.problem
     obj = Objective(
         schedule.sampler,
         problem,
+        model=model,
+        data=data,
         seed=seed,
         samples=samples,
         heldout=True,
-        schedule=meta.get("schedule") if same_problem else None,
+        schedule=meta.get("schedule") if same else None,
         dtype=str(meta.get("dtype", "float32")),
         metric=None if meta.get("objective", "ode_error") == "ode_error" else str(meta["objective"]),
     )
     nfe = nfe if nfe is not None else schedule.nfe
     steps = steps_for_nfe(obj.scheduler, nfe)
     levels = interpolate_levels(schedule.grid, steps)
-    out: dict[str, Any] = {"sampler": schedule.sampler, "problem": problem, "nfe": nfe, "steps": steps}
+    where = f"model {model}" if model is not None else problem
+    out: dict[str, Any] = {"sampler": schedule.sampler, "problem": where, "nfe": nfe, "steps": steps}
     try:
-        tuned = obj.error(obj.run(levels))
+        run = obj.run(levels)
     except ValueError as exc:  # outside the schedule's range, or a grid the sampler refuses
         return {**out, "error": str(exc)}
-    best = best_named(obj.named(steps))
+    named = obj.named(steps)
+    obj.settle([*_runs(named), run])
+    best = best_named(obj.rescore(named))
+    tuned = obj.error(run)
     return {
         **out,
         "tuned": tuned,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +37,44 @@ def tune(
         ..., "--sampler", "-s", help="The (deterministic) scheduler to tune (`samplers list`)."
     ),
     nfe: int = typer.Option(..., "--nfe", "-n", help="Model-evaluation budget (counted at the model)."),
-    problem: str = typer.Option(
-        "gmm2d", "--problem", "-p", help="Bench problem to tune on: gmm2d, gaussian, ... (oracles) or digits."
+    problem: str | None = typer.Option(
+        None,
+        "--problem",
+        "-p",
+        help="Bench problem to tune on: gmm2d, gaussian, ... (oracles) or digits [default: gmm2d, without --model].",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Tune on a trained network instead of --problem, as `samplers bench --model` takes it: a diffusers "
+        "model folder, module:factory, or a TorchScript / .pt2 file with a side-car JSON (docs/bench_your_model.md). "
+        "Scored against the bench's high-accuracy solve of its probability-flow ODE, on its own training schedule.",
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="With --model: its data set, checked and recorded in the file (`samplers bench --schedule-file` then "
+        "scores SW / MMD against it); the tuning objective stays the ODE error.",
     ),
     out: str | None = typer.Option(
-        None, "--out", "-O", help="Schedule file to write [default: tuned-SAMPLER-NFEnfe-PROBLEM.json]."
+        None, "--out", "-O", help="Schedule file to write [default: tuned-SAMPLER-NFEnfe-PROBLEM_OR_MODEL.json]."
     ),
     schedule: str | None = typer.Option(
-        None, "--schedule", help="The model's training schedule (a bench preset) [default: the problem's, as bench]."
+        None,
+        "--schedule",
+        help="The model's training schedule (a bench preset) [default: the problem's, as bench; with --model the "
+        "network's own, 'model', and no other].",
     ),
     option: list[str] = typer.Option([], "--option", "-o", help="Scheduler config KEY=VALUE (repeatable)."),
     seed: int = typer.Option(1, "--seed", help="Base seed of the tuning noise (the bench's default 0 is held out)."),
-    samples: int | None = typer.Option(None, "--samples", help="Tuning samples [default: 256; digits 128]."),
+    samples: int | None = typer.Option(
+        None, "--samples", help="Tuning samples [default: 256; digits 128; --model 32]."
+    ),
     heldout_seed: int = typer.Option(0, "--heldout-seed", help="Base seed of the held-out noise."),
     heldout_samples: int | None = typer.Option(
-        None, "--heldout-samples", help="Held-out samples [default: the bench's ODE samples, 1000; digits 256]."
+        None,
+        "--heldout-samples",
+        help="Held-out samples [default: the bench's ODE samples, 1000; digits 256; --model 64].",
     ),
     max_evals: int = typer.Option(800, "--max-evals", help="Search budget in sampler runs."),
     time_limit: float | None = typer.Option(None, "--time-limit", help="Search budget in seconds."),
@@ -73,8 +98,8 @@ def tune(
     """Find the grid of noise levels that minimises SAMPLER's ODE error (stochastic samplers: SW) at NFE calls.
 
     Derivative-free coordinate search over log sigma, started from the best named grid; the error is
-    measured against the exact ODE endpoint (oracles) or a high-accuracy solve (digits) from the same
-    noise. Scored on held-out seeds; the file it writes is read by every scheduler as
+    measured against the exact ODE endpoint (oracles) or a high-accuracy solve (digits, --model) from the
+    same noise. Scored on held-out seeds; the file it writes is read by every scheduler as
     sigma_schedule="file:PATH" and by `samplers bench --schedule-file PATH`.
     """
     import torch
@@ -91,7 +116,8 @@ def tune(
             raise T.TuneError(f"--threads must be >= 0, got {threads}")
         if threads > 0:
             torch.set_num_threads(threads)
-        path = Path(out or f"tuned-{sampler}-{nfe}nfe-{problem.replace(':', '_')}.json")
+        on = _target_name(problem, model)
+        path = Path(out or f"tuned-{sampler}-{nfe}nfe-{on}.json")
         if path.exists() and path.is_dir():
             raise T.TuneError(f"--out {str(path)!r} is a folder; give a file name")
         if not path.parent.exists():
@@ -101,6 +127,8 @@ def tune(
             sampler,
             nfe,
             problem,
+            model=model,
+            data=data,
             schedule=schedule,
             options=_parse_options(option),
             seed=seed,
@@ -114,9 +142,10 @@ def tune(
         )
         grids.save(result.schedule, path)
         held = result.heldout
+        where = f"--model {model}" if model is not None else (problem or "gmm2d")
         con.print(
             f"[bold]samplers tune[/bold]: {escape(sampler)} at {nfe} NFE ({result.schedule.meta['steps']} steps) on "
-            f"{escape(problem)}, schedule {result.schedule.meta['schedule']}; tuning seeds {seed} x "
+            f"{escape(where)}, schedule {result.schedule.meta['schedule']}; tuning seeds {seed} x "
             f"{result.schedule.meta['tuning_seeds']['samples']}, held-out seeds {heldout_seed} x "
             f"{held.get('samples')}",
             soft_wrap=True,
@@ -155,13 +184,20 @@ def tune(
                     "tune with more --samples",
                     soft_wrap=True,
                 )
+        reference = result.schedule.meta.get("reference_error")
         con.print(
             f"method: {T.METHOD}; {result.evaluations} runs in {result.seconds:.1f} s "
-            f"(load average at start: {load}; {torch.get_num_threads()} thread(s))",
+            f"(load average at start: {load}; {torch.get_num_threads()} thread(s))"
+            + (
+                f"; the tuned grid's ODE reference: float64 RK4, estimated error {_fmt(reference)} (tuning seeds), "
+                f"{_fmt(held.get('reference_error'))} (held out)"
+                if reference is not None
+                else ""
+            ),
             soft_wrap=True,
         )
         if transfer:
-            other = transfer_problem or ("gmm2d" if problem.startswith("gaussian") else "gaussian")
+            other = transfer_problem or ("gmm2d" if (problem or "").startswith("gaussian") else "gaussian")
             for target in (nfe - 2, nfe + 2):
                 if target < 1:
                     continue
@@ -178,7 +214,7 @@ def tune(
                 con.print(f"transfer to {escape(other)}: {escape(str(exc))}", soft_wrap=True)
         con.print(
             f"wrote {escape(str(path))} (use: sigma_schedule='file:{escape(str(path))}', or "
-            f"samplers bench -p {escape(problem)} --schedule-file {escape(str(path))})",
+            f"{escape(_bench_command(problem, model, data, str(path), held.get('samples')))})",
             soft_wrap=True,
         )
     except (T.TuneError, ValueError) as exc:
@@ -188,6 +224,32 @@ def tune(
         raise typer.Exit(2) from None
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _target_name(problem: str | None, model: str | None) -> str:
+    """The default file name's last part: the problem spec, or the model folder's / factory's name."""
+    if model is None:
+        return (problem or "gmm2d").replace(":", "_")
+    name = Path(model.rstrip("/\\")).name or model
+    return "model-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "model")
+
+
+def _bench_command(problem: str | None, model: str | None, data: str | None, path: str, held: int | None) -> str:
+    """The `samplers bench` line that scores the file on the held-out seeds (the bench's seed 0)."""
+    from samplers.bench import runner as R
+
+    if model is not None:
+        from samplers.bench.network import MODEL_DEFAULTS
+
+        defaults: dict[str, Any] = dict(MODEL_DEFAULTS)
+        where = f"--model {shlex.quote(model)}" + (f" --data {shlex.quote(data)}" if data is not None else "")
+    else:
+        defaults = R.problem_defaults(problem or "gmm2d")
+        where = f"-p {shlex.quote(problem or 'gmm2d')}"
+    extra = ""
+    if held is not None and held != min(defaults["ode_samples"], defaults["samples"]):
+        extra = (f" --samples {held}" if held > defaults["samples"] else "") + f" --ode-samples {held}"
+    return f"samplers bench {where} --schedule-file {shlex.quote(path)}{extra}"
 
 
 def _transfer_line(label: str, row: dict[str, Any]) -> str:

@@ -214,3 +214,125 @@ def test_docs_snippet_runs(tmp_path, monkeypatch) -> None:
     exec(compile(code, "docs/tune.md", "exec"), namespace)
     assert (tmp_path / "euler-8.json").exists()
     assert namespace["native"].sigmas[0] == pytest.approx(namespace["result"].schedule.sigmas[0], rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# --model: a trained network (tests/bench_models.py), scored against the bench's reference solve
+# --------------------------------------------------------------------------------------------
+
+TINY = "bench_models:make_tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_tuned(tmp_path_factory) -> tuple[str, grids.ScheduleFile, str]:
+    """`samplers tune --model` on the tiny conv net: 8 tuning / 16 held-out samples, 40 runs (~5 s, most of it the
+    reference solves of the named grids' three starts)."""
+    from typer.testing import CliRunner
+
+    from samplers.cli import app
+
+    out = tmp_path_factory.mktemp("tiny") / "tiny.json"
+    args = ["tune", "-s", "euler", "-n", "6", "--model", TINY, "--samples", "8", "--heldout-samples", "16"]
+    res = CliRunner().invoke(app, [*args, "--max-evals", "40", "--no-transfer", "-O", str(out)])
+    assert res.exit_code == 0, res.output
+    return str(out), grids.load(out), res.output
+
+
+@pytest.mark.slow  # one tuning run on a network (~5 s on the 2-core CPU), shared with the bench round trip below
+def test_model_tuned_grid_beats_the_best_named_on_heldout_seeds(tiny_tuned) -> None:
+    _, tuned, output = tiny_tuned
+    meta = tuned.meta
+    held = meta["heldout"]
+    # what it was tuned on: the spec --model takes again, the network's own training schedule
+    assert tuned.model == TINY and tuned.problem is None and tuned.sampler == "euler" and tuned.nfe == 6
+    assert meta["model_spec"] == TINY and meta["data"] is None and meta["schedule"] == "model"
+    assert meta["model_description"]["training_schedule"] == "linear, 1000 timesteps"
+    assert meta["tuning_seeds"] == {"seed": 1, "samples": 8} and meta["heldout_seeds"] == {"seed": 0, "samples": 16}
+    # the real numbers: tuned below its start on the tuning seeds, and below every named grid on held-out seeds
+    assert tuned.objective_after < tuned.objective_before
+    assert held["best_named_error"] == min(held["named"].values())
+    assert held["tuned"] <= held["best_named_error"]
+    assert held["tuned"] < held["named"][meta["start"]]
+    # the references were tightened to the bench's margin below the errors they score
+    assert 0 < meta["reference_error"] * 20 <= tuned.objective_after
+    assert 0 < held["reference_error"] * 20 <= held["tuned"]
+    # and the CLI reported those numbers
+    assert f"on --model {TINY}, schedule model" in output
+    assert (
+        f"held out: tuned {held['tuned']:.4g} vs best named {held['best_named']} {held['best_named_error']:.4g}"
+        in (output.replace("\n", " "))
+    )
+    levels = torch.tensor(tuned.sigmas, dtype=torch.float64)
+    assert bool((levels[1:] < levels[:-1]).all())
+
+
+@pytest.mark.slow  # a bench run with a reference solve (~1 s) on the tuning run above
+def test_model_schedule_file_round_trips_into_bench(tiny_tuned, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from samplers.cli import app
+
+    path, tuned, _ = tiny_tuned
+    want = tuned.meta["heldout"]["tuned"]
+    common = ["--schedule-file", path, "--samples", "16", "--ode-samples", "16", "-m", "ode_error", "-q"]
+    for extra in (["--model", TINY], []):  # without --model the file's own network is benched
+        out = tmp_path / f"b{len(extra)}.json"
+        res = CliRunner().invoke(app, ["bench", *extra, *common, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        result = json.loads(out.read_text())
+        (row,) = result["rows"]
+        assert result["problem"]["spec"] == TINY and row["schedule"] == "model"
+        assert (row["scheduler"], row["steps"], row["nfe"]) == ("euler", 6, 6)
+        assert row["metrics"]["ode_error"] == pytest.approx(want, rel=1e-9)  # the same seeds, the same reference
+
+
+def test_model_and_problem_are_exclusive_and_data_needs_a_model() -> None:
+    with pytest.raises(T.TuneError, match="-p/--problem 'gmm2d' and --model 'bench_models:make_tiny'.* not both"):
+        T.Objective("euler", "gmm2d", model=TINY, samples=4)
+    with pytest.raises(T.TuneError, match="--data: the data set of a --model network; give --model too"):
+        T.tune("euler", 6, data="digits.npy")
+    with pytest.raises(T.TuneError, match="--schedule 'linear': a --model network is tuned on its own training"):
+        T.Objective("euler", model=TINY, schedule="linear", samples=4)
+    with pytest.raises(T.TuneError, match="--schedule model: the training schedule of a --model network"):
+        T.Objective("euler", "gmm2d", schedule="model", samples=4)
+
+
+def test_stochastic_sampler_on_a_model_is_refused_with_the_reason() -> None:
+    with pytest.raises(T.TuneError, match="distribution metric .* oracle problems only, not --model 'bench_models:"):
+        T.Objective("euler_ancestral", model=TINY, samples=4)
+    with pytest.raises(T.TuneError, match="--metric .*oracle problems only, not --model"):
+        T.Objective("euler", model=TINY, samples=4, metric="sw")
+
+
+def test_model_objective_runs_on_the_training_schedule() -> None:
+    # no tuning: the objective's scheduler is on the network's own schedule and a run makes its NFE at the network
+    obj = T.Objective("dpmpp_2m", model=TINY, samples=2)
+    assert obj.schedule_preset == "model" and not obj.exact and obj.model_spec == TINY
+    assert obj.resolved.config["beta_schedule"] == "linear" and obj.resolved.config["num_train_timesteps"] == 1000
+    assert obj.samples == 2 and T.Objective("dpmpp_2m", model=TINY).samples == T.SAMPLES["model"][0]
+    run = obj.run(scheduler=obj.build(), steps=3)
+    assert run.calls == 3 and run.samples.shape == (2, 16) and bool(torch.isfinite(run.samples).all())
+
+
+def test_cli_model_input_errors_are_the_bench_s(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from samplers.cli import app
+
+    base = ["-s", "euler", "-n", "6", "-O", str(tmp_path / "t.json")]
+    cases = [
+        (["--model", "no_such_folder"], "--model 'no_such_folder': no such file or folder"),
+        (["--model", "bench_models:make_wrong_shape"], "the model returned shape (2, 1, 3, 4)"),
+        (["--model", TINY, "--data", str(tmp_path / "none.npy")], "--data"),
+    ]
+    for extra, message in cases:
+        tune = CliRunner().invoke(app, ["tune", *base, *extra])
+        bench = CliRunner().invoke(app, ["bench", "-s", "euler", "--steps", "6", *extra])
+        assert tune.exit_code == 2 and bench.exit_code == 2, (tune.output, bench.output)
+        assert message in tune.output and "Traceback" not in tune.output
+        assert tune.output.strip() == bench.output.strip()  # the bench's own message, word for word
+    both = CliRunner().invoke(app, ["tune", *base, "-p", "gmm2d", "--model", TINY])
+    assert both.exit_code == 2 and "not both" in both.output
+    data_only = CliRunner().invoke(app, ["tune", *base, "--data", "x.npy"])
+    assert data_only.exit_code == 2 and "give --model too" in data_only.output
+    assert not (tmp_path / "t.json").exists()

@@ -340,9 +340,16 @@ def _print_timing(result: R.BenchResult, console: Console) -> None:
 
 
 def _schedule_file_run(
-    path: str, scheduler: str | None, steps: str | None, schedule: str | None, option: list[str]
-) -> tuple[str, str, str | None, list[str]]:
-    """``--schedule-file``: the file's sampler and step count, its schedule, and ``sigma_schedule=file:PATH``."""
+    path: str,
+    scheduler: str | None,
+    steps: str | None,
+    schedule: str | None,
+    option: list[str],
+    model: str | None = None,
+    data: str | None = None,
+) -> tuple[str, str, str | None, list[str], str | None, str | None]:
+    """``--schedule-file``: the file's sampler and step count, its schedule, ``sigma_schedule=file:PATH``, and the
+    ``--model`` / ``--data`` it was tuned on (``samplers tune --model``) unless given."""
     from samplers import grids
 
     try:
@@ -361,8 +368,10 @@ def _schedule_file_run(
         )
     if any(o.partition("=")[0].strip() in ("sigma_schedule", "sigma_schedule_kwargs") for o in option):
         raise R.BenchInputError("--schedule-file sets sigma_schedule itself; drop -o sigma_schedule=...")
-    preset = tuned.meta.get("schedule") if isinstance(tuned.meta, dict) else None
-    return tuned.sampler, n, schedule or preset, [*option, f"sigma_schedule=file:{path}"]
+    meta = tuned.meta if isinstance(tuned.meta, dict) else {}
+    if model is None and meta.get("model_spec") is not None:  # tuned on a network: bench that network
+        model, data = str(meta["model_spec"]), data if data is not None else meta.get("data")
+    return tuned.sampler, n, schedule or meta.get("schedule"), [*option, f"sigma_schedule=file:{path}"], model, data
 
 
 # The signature is the CLI's option list (typer reads it); the body below it is under 80 lines.
@@ -439,7 +448,8 @@ def bench(
         None,
         "--schedule-file",
         help="Score a tuned grid (a `samplers tune` file): runs its sampler at its step count with "
-        "sigma_schedule=file:PATH (and the schedule it was tuned with, unless --schedule is given).",
+        "sigma_schedule=file:PATH (and the schedule it was tuned with, unless --schedule is given; a file tuned "
+        "on a --model network benches that network unless --model is given).",
     ),
     ode_samples: int | None = typer.Option(
         None,
@@ -496,13 +506,15 @@ def bench(
     dist = None
     threads_before = torch.get_num_threads()
     try:
+        if schedule_file is not None:
+            scheduler, steps, schedule, option, model, data = _schedule_file_run(
+                schedule_file, scheduler, steps, schedule, option, model, data
+            )
         defaults = R.problem_defaults(problem)
         if model is not None:
             from samplers.bench.network import MODEL_DEFAULTS
 
             defaults = dict(MODEL_DEFAULTS)
-        if schedule_file is not None:
-            scheduler, steps, schedule, option = _schedule_file_run(schedule_file, scheduler, steps, schedule, option)
         if samples is None:
             samples = defaults["samples"]
         if ode_samples is None:
