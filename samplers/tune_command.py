@@ -32,6 +32,7 @@ def _load_average() -> str:
         return "n/a"
 
 
+# The signature is the CLI's option list (typer reads it); the body below it is under 80 lines.
 def tune(
     sampler: str = typer.Option(
         ..., "--sampler", "-s", help="The (deterministic) scheduler to tune (`samplers list`)."
@@ -116,12 +117,7 @@ def tune(
             raise T.TuneError(f"--threads must be >= 0, got {threads}")
         if threads > 0:
             torch.set_num_threads(threads)
-        on = _target_name(problem, model)
-        path = Path(out or f"tuned-{sampler}-{nfe}nfe-{on}.json")
-        if path.exists() and path.is_dir():
-            raise T.TuneError(f"--out {str(path)!r} is a folder; give a file name")
-        if not path.parent.exists():
-            raise T.TuneError(f"--out {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+        path = _out_path(out, sampler, nfe, problem, model)
         load = _load_average()
         result = T.tune(
             sampler,
@@ -141,80 +137,14 @@ def tune(
             metric=metric,
         )
         grids.save(result.schedule, path)
-        held = result.heldout
         where = f"--model {model}" if model is not None else (problem or "gmm2d")
-        con.print(
-            f"[bold]samplers tune[/bold]: {escape(sampler)} at {nfe} NFE ({result.schedule.meta['steps']} steps) on "
-            f"{escape(where)}, schedule {result.schedule.meta['schedule']}; tuning seeds {seed} x "
-            f"{result.schedule.meta['tuning_seeds']['samples']}, held-out seeds {heldout_seed} x "
-            f"{held.get('samples')}",
-            soft_wrap=True,
-        )
-        table = Table(header_style="bold")
-        what = "ODE error" if result.schedule.meta["objective"] == "ode_error" else result.schedule.meta["objective"]
-        for col in ("grid", "first level", "last level", f"{what} (tuning)", f"{what} (held-out)"):
-            table.add_column(col, justify="left" if col == "grid" else "right")
-        for name, score in result.named.items():
-            if not score.usable:
-                continue
-            mark = " (start)" if name == result.start else ""
-            assert score.levels is not None
-            first, last = _fmt(float(score.levels[0])), _fmt(float(score.levels[-1]))
-            table.add_row(name + mark, first, last, _fmt(score.error), _fmt(held.get("named", {}).get(name)))
-        table.add_section()
-        tuned = result.schedule.sigmas
-        table.add_row(
-            "[bold]tuned[/bold]", _fmt(tuned[0]), _fmt(tuned[-1]), _fmt(result.search.value), _fmt(held.get("tuned"))
-        )
-        con.print(table)
-        con.print(f"tuned levels: {', '.join(f'{v:.4g}' for v in tuned)}", soft_wrap=True)
-        skipped = [f"{k} ({v.note.split(':', 1)[-1].strip()[:60]})" for k, v in result.named.items() if not v.usable]
-        if skipped:
-            con.print(f"not applicable here: {escape('; '.join(skipped))}", soft_wrap=True)
-        if held:
-            con.print(
-                f"held out: tuned {_fmt(held['tuned'])} vs best named {held['best_named']} "
-                f"{_fmt(held['best_named_error'])}: [bold]{held['ratio']:.2f}x[/bold] lower error",
-                soft_wrap=True,
-            )
-            if held["tuned"] > held["named"].get(result.start, math.inf):
-                con.print(
-                    f"[yellow]warning:[/yellow] on the held-out seeds the tuned grid does worse than its start "
-                    f"{result.start} ({_fmt(held['named'][result.start])}): it fits the tuning seeds only; "
-                    "tune with more --samples",
-                    soft_wrap=True,
-                )
-        reference = result.schedule.meta.get("reference_error")
-        con.print(
-            f"method: {T.METHOD}; {result.evaluations} runs in {result.seconds:.1f} s "
-            f"(load average at start: {load}; {torch.get_num_threads()} thread(s))"
-            + (
-                f"; the tuned grid's ODE reference: float64 RK4, estimated error {_fmt(reference)} (tuning seeds), "
-                f"{_fmt(held.get('reference_error'))} (held out)"
-                if reference is not None
-                else ""
-            ),
-            soft_wrap=True,
-        )
+        _print_result(con, result, sampler, nfe, where, seed, heldout_seed, load)
         if transfer:
             other = transfer_problem or ("gmm2d" if (problem or "").startswith("gaussian") else "gaussian")
-            for target in (nfe - 2, nfe + 2):
-                if target < 1:
-                    continue
-                try:
-                    row = T.transfer(result.schedule, nfe=target)
-                except T.TuneError as exc:
-                    con.print(f"transfer to {target} NFE: {escape(str(exc))}", soft_wrap=True)
-                    continue
-                con.print(_transfer_line(f"interpolated to {target} NFE", row), soft_wrap=True)
-            try:
-                row = T.transfer(result.schedule, problem=other)
-                con.print(_transfer_line(f"on {other}", row), soft_wrap=True)
-            except T.TuneError as exc:
-                con.print(f"transfer to {escape(other)}: {escape(str(exc))}", soft_wrap=True)
+            _print_transfer(con, result, nfe, other)
         con.print(
             f"wrote {escape(str(path))} (use: sigma_schedule='file:{escape(str(path))}', or "
-            f"{escape(_bench_command(problem, model, data, str(path), held.get('samples')))})",
+            f"{escape(_bench_command(problem, model, data, str(path), result.heldout.get('samples')))})",
             soft_wrap=True,
         )
     except (T.TuneError, ValueError) as exc:
@@ -224,6 +154,110 @@ def tune(
         raise typer.Exit(2) from None
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _out_path(out: str | None, sampler: str, nfe: int, problem: str | None, model: str | None) -> Path:
+    """``--out`` (default ``tuned-SAMPLER-NFEnfe-TARGET.json``), refused before tuning when it cannot be written."""
+    from samplers.tune import TuneError
+
+    path = Path(out or f"tuned-{sampler}-{nfe}nfe-{_target_name(problem, model)}.json")
+    if path.exists() and path.is_dir():
+        raise TuneError(f"--out {str(path)!r} is a folder; give a file name")
+    if not path.parent.exists():
+        raise TuneError(f"--out {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def _print_result(
+    con: Console, result: Any, sampler: str, nfe: int, where: str, seed: int, heldout_seed: int, load: str
+) -> None:
+    """The header, the named-vs-tuned table, the held-out verdict and the method line."""
+    import torch
+
+    from samplers import tune as T
+
+    held = result.heldout
+    meta = result.schedule.meta
+    con.print(
+        f"[bold]samplers tune[/bold]: {escape(sampler)} at {nfe} NFE ({meta['steps']} steps) on "
+        f"{escape(where)}, schedule {meta['schedule']}; tuning seeds {seed} x "
+        f"{meta['tuning_seeds']['samples']}, held-out seeds {heldout_seed} x {held.get('samples')}",
+        soft_wrap=True,
+    )
+    con.print(_grid_table(result))
+    tuned = result.schedule.sigmas
+    con.print(f"tuned levels: {', '.join(f'{v:.4g}' for v in tuned)}", soft_wrap=True)
+    skipped = [f"{k} ({v.note.split(':', 1)[-1].strip()[:60]})" for k, v in result.named.items() if not v.usable]
+    if skipped:
+        con.print(f"not applicable here: {escape('; '.join(skipped))}", soft_wrap=True)
+    if held:
+        con.print(
+            f"held out: tuned {_fmt(held['tuned'])} vs best named {held['best_named']} "
+            f"{_fmt(held['best_named_error'])}: [bold]{held['ratio']:.2f}x[/bold] lower error",
+            soft_wrap=True,
+        )
+        if held["tuned"] > held["named"].get(result.start, math.inf):
+            con.print(
+                f"[yellow]warning:[/yellow] on the held-out seeds the tuned grid does worse than its start "
+                f"{result.start} ({_fmt(held['named'][result.start])}): it fits the tuning seeds only; "
+                "tune with more --samples",
+                soft_wrap=True,
+            )
+    reference = meta.get("reference_error")
+    con.print(
+        f"method: {T.METHOD}; {result.evaluations} runs in {result.seconds:.1f} s "
+        f"(load average at start: {load}; {torch.get_num_threads()} thread(s))"
+        + (
+            f"; the tuned grid's ODE reference: float64 RK4, estimated error {_fmt(reference)} (tuning seeds), "
+            f"{_fmt(held.get('reference_error'))} (held out)"
+            if reference is not None
+            else ""
+        ),
+        soft_wrap=True,
+    )
+
+
+def _grid_table(result: Any) -> Table:
+    """Every named grid that runs here and the tuned one: first and last level, error on both seed sets."""
+    held = result.heldout
+    table = Table(header_style="bold")
+    objective = result.schedule.meta["objective"]
+    what = "ODE error" if objective == "ode_error" else objective
+    for col in ("grid", "first level", "last level", f"{what} (tuning)", f"{what} (held-out)"):
+        table.add_column(col, justify="left" if col == "grid" else "right")
+    for name, score in result.named.items():
+        if not score.usable:
+            continue
+        mark = " (start)" if name == result.start else ""
+        assert score.levels is not None
+        first, last = _fmt(float(score.levels[0])), _fmt(float(score.levels[-1]))
+        table.add_row(name + mark, first, last, _fmt(score.error), _fmt(held.get("named", {}).get(name)))
+    table.add_section()
+    tuned = result.schedule.sigmas
+    table.add_row(
+        "[bold]tuned[/bold]", _fmt(tuned[0]), _fmt(tuned[-1]), _fmt(result.search.value), _fmt(held.get("tuned"))
+    )
+    return table
+
+
+def _print_transfer(con: Console, result: Any, nfe: int, other: str) -> None:
+    """The tuned grid interpolated to NFE - 2 and NFE + 2, and scored on ``other`` problem."""
+    from samplers import tune as T
+
+    for target in (nfe - 2, nfe + 2):
+        if target < 1:
+            continue
+        try:
+            row = T.transfer(result.schedule, nfe=target)
+        except T.TuneError as exc:
+            con.print(f"transfer to {target} NFE: {escape(str(exc))}", soft_wrap=True)
+            continue
+        con.print(_transfer_line(f"interpolated to {target} NFE", row), soft_wrap=True)
+    try:
+        row = T.transfer(result.schedule, problem=other)
+        con.print(_transfer_line(f"on {other}", row), soft_wrap=True)
+    except T.TuneError as exc:
+        con.print(f"transfer to {escape(other)}: {escape(str(exc))}", soft_wrap=True)
 
 
 def _target_name(problem: str | None, model: str | None) -> str:
