@@ -67,6 +67,24 @@ def run_exact(
 
 
 @pytest.fixture(scope="module")
+def bench_app():
+    """A typer app with ``samplers bench`` as a subcommand (a second command keeps it one, as in samplers/cli.py),
+    for CliRunner tests of the bench's command line."""
+    import typer
+
+    from samplers.bench.command import bench
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("bench")(bench)
+
+    @app.command("noop")
+    def noop() -> None:
+        """Nothing."""
+
+    return app
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: tests that check numbers on a busy 2-core CI box, where
     OpenMP workers waiting on each other make small ops orders of magnitude slower."""

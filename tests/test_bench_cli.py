@@ -7,27 +7,12 @@ import json
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
-
-from samplers.bench.command import bench
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = ["--scheduler", "ddim,heun", "--steps", "4,8", "--samples", "300", "--ode-samples", "100", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("bench")(bench)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command keeps `bench` a subcommand, as in samplers/cli.py
-        """Nothing."""
-
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +24,9 @@ def _err(result) -> str:
     return getattr(result, "stderr", "") or result.output
 
 
-def test_table_json_csv_and_plot(app, runner, tmp_path):
+def test_table_json_csv_and_plot(bench_app, runner, tmp_path):
     js, cs, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
-    result = runner.invoke(app, ["bench", *SMALL, "--json", str(js), "--csv", str(cs), "--plot", str(png)])
+    result = runner.invoke(bench_app, ["bench", *SMALL, "--json", str(js), "--csv", str(cs), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     out = result.stdout
     for text in (
@@ -65,10 +50,10 @@ def test_table_json_csv_and_plot(app, runner, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # curves and scatter panels drawn
 
 
-def test_gaussian_problem_prediction_type_and_threads(app, runner):
+def test_gaussian_problem_prediction_type_and_threads(bench_app, runner):
     torch.set_num_threads(2)
     result = runner.invoke(
-        app,
+        bench_app,
         [
             "bench",
             *SMALL,
@@ -103,8 +88,8 @@ def test_gaussian_problem_prediction_type_and_threads(app, runner):
         (["--threads", "-1"], "--threads must be in [0, "),
     ],
 )
-def test_bad_input_one_line_no_traceback(app, runner, args, message):
-    result = runner.invoke(app, ["bench", "--samples", "100", "--quiet", *args])
+def test_bad_input_one_line_no_traceback(bench_app, runner, args, message):
+    result = runner.invoke(bench_app, ["bench", "--samples", "100", "--quiet", *args])
     assert result.exit_code == 2
     err = _err(result)
     assert message in err and "error:" in err
@@ -112,7 +97,7 @@ def test_bad_input_one_line_no_traceback(app, runner, args, message):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_prediction_type_a_scheduler_does_not_take(app, runner):
+def test_prediction_type_a_scheduler_does_not_take(bench_app, runner):
     from samplers.hookspecs import hookimpl
     from samplers.registry import registry
     from samplers.schedulers.ddim import DDIMScheduler
@@ -130,12 +115,12 @@ def test_prediction_type_a_scheduler_does_not_take(app, runner):
     reg.register(Plugin(), "test-cli-plugin")
     try:
         result = runner.invoke(
-            app, ["bench", "--scheduler", "test_cli_eps_only", "--prediction-type", "sample", "--quiet"]
+            bench_app, ["bench", "--scheduler", "test_cli_eps_only", "--prediction-type", "sample", "--quiet"]
         )
         assert result.exit_code == 2
         assert "does not take prediction type 'sample'" in _err(result)
         ok = runner.invoke(
-            app,
+            bench_app,
             [
                 "bench",
                 "--scheduler",
@@ -155,10 +140,10 @@ def test_prediction_type_a_scheduler_does_not_take(app, runner):
         reg._entries = None
 
 
-def test_debug_shows_the_exception(app, runner):
+def test_debug_shows_the_exception(bench_app, runner):
     from samplers.bench.runner import BenchInputError
 
-    result = runner.invoke(app, ["bench", "--scheduler", "nope", "--debug"])
+    result = runner.invoke(bench_app, ["bench", "--scheduler", "nope", "--debug"])
     assert result.exit_code != 0 and isinstance(result.exception, BenchInputError)
 
 
@@ -208,12 +193,12 @@ def test_installed_command_debug_shows_traceback_only_with_debug():
     assert "Traceback" in debug.stderr and "BenchInputError" in debug.stderr
 
 
-def test_bad_input_printed_by_rank_zero_only(app, runner, monkeypatch):
+def test_bad_input_printed_by_rank_zero_only(bench_app, runner, monkeypatch):
     monkeypatch.setenv("RANK", "1")
-    result = runner.invoke(app, ["bench", "--scheduler", "nope", "--quiet"])
+    result = runner.invoke(bench_app, ["bench", "--scheduler", "nope", "--quiet"])
     assert result.exit_code == 2 and _err(result).strip() == ""
     monkeypatch.setenv("RANK", "0")
-    result = runner.invoke(app, ["bench", "--scheduler", "nope", "--quiet"])
+    result = runner.invoke(bench_app, ["bench", "--scheduler", "nope", "--quiet"])
     assert result.exit_code == 2 and "unknown scheduler 'nope'" in _err(result)
 
 
@@ -227,7 +212,7 @@ def _unwritable_paths(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--json", "--csv"])
-def test_unwritable_output_fails_before_sampling(app, runner, tmp_path, monkeypatch, flag):
+def test_unwritable_output_fails_before_sampling(bench_app, runner, tmp_path, monkeypatch, flag):
     from samplers.bench import runner as R
 
     def no_run(*a, **k):
@@ -235,7 +220,7 @@ def test_unwritable_output_fails_before_sampling(app, runner, tmp_path, monkeypa
 
     monkeypatch.setattr(R, "run_benchmark", no_run)
     for path, message in _unwritable_paths(tmp_path):
-        result = runner.invoke(app, ["bench", "--samples", "100", "--quiet", flag, path])
+        result = runner.invoke(bench_app, ["bench", "--samples", "100", "--quiet", flag, path])
         assert result.exit_code == 2, result.output
         err = _err(result)
         assert f"{flag}: {message}" in err and "Traceback" not in err
@@ -261,8 +246,8 @@ def test_check_writable_leaves_no_file(tmp_path):
         ("gmm2d:radius=wide", "option 'radius' expects a number, got 'wide'"),
     ],
 )
-def test_problem_option_of_the_wrong_type(app, runner, spec, message):
-    result = runner.invoke(app, ["bench", "--samples", "100", "--quiet", "--problem", spec])
+def test_problem_option_of_the_wrong_type(bench_app, runner, spec, message):
+    result = runner.invoke(bench_app, ["bench", "--samples", "100", "--quiet", "--problem", spec])
     assert result.exit_code == 2
     err = _err(result)
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -14,28 +14,14 @@ import textwrap
 import threading
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from samplers.bench import problems as P
 from samplers.bench import runner as R
-from samplers.bench.command import bench
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ["--scheduler", "ddim", "--steps", "2", "--samples", "20", "--ode-samples", "4", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("bench")(bench)
-
-    @app.command("noop")
-    def noop() -> None:  # keeps `bench` a subcommand, as in samplers/cli.py
-        """Nothing."""
-
-    return app
 
 
 @pytest.fixture()
@@ -154,12 +140,12 @@ def test_a_fifo_is_refused_at_once(tmp_path):
     assert "--json" in str(outcome[0]) and "not a regular file" in str(outcome[0])
 
 
-def test_a_fifo_path_fails_the_command_before_sampling(app, tmp_path, no_sampling):
+def test_a_fifo_path_fails_the_command_before_sampling(bench_app, tmp_path, no_sampling):
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
     holder: list = []
     worker = threading.Thread(
-        target=lambda: holder.append(CliRunner().invoke(app, ["bench", *TINY, "--csv", str(fifo)])), daemon=True
+        target=lambda: holder.append(CliRunner().invoke(bench_app, ["bench", *TINY, "--csv", str(fifo)])), daemon=True
     )
     worker.start()
     worker.join(timeout=30)
@@ -172,19 +158,19 @@ def test_a_fifo_path_fails_the_command_before_sampling(app, tmp_path, no_samplin
 
 
 @pytest.mark.parametrize("via_symlink", [False, True])
-def test_one_path_for_two_outputs_is_an_error(app, tmp_path, no_sampling, via_symlink):
+def test_one_path_for_two_outputs_is_an_error(bench_app, tmp_path, no_sampling, via_symlink):
     target = tmp_path / "out.txt"
     other = target
     if via_symlink:
         target.write_text("x")
         other = tmp_path / "link.txt"
         other.symlink_to(target)
-    result = CliRunner().invoke(app, ["bench", *TINY, "--json", str(target), "--csv", str(other)])
+    result = CliRunner().invoke(bench_app, ["bench", *TINY, "--json", str(target), "--csv", str(other)])
     _one_line_error(result, "--json", "--csv", "same file")
     assert not via_symlink or target.read_text() == "x"
 
 
-def test_no_output_file_when_the_run_fails(app, tmp_path, monkeypatch):
+def test_no_output_file_when_the_run_fails(bench_app, tmp_path, monkeypatch):
     """An error during sampling writes nothing (no partial files), and earlier files stay as they were."""
     js, cs = tmp_path / "r.json", tmp_path / "r.csv"
     cs.write_text("old csv")
@@ -193,7 +179,7 @@ def test_no_output_file_when_the_run_fails(app, tmp_path, monkeypatch):
         raise RuntimeError("the model blew up")
 
     monkeypatch.setattr(R, "run_benchmark", broken)
-    result = CliRunner().invoke(app, ["bench", *TINY, "--json", str(js), "--csv", str(cs)])
+    result = CliRunner().invoke(bench_app, ["bench", *TINY, "--json", str(js), "--csv", str(cs)])
     assert result.exit_code == 1 and "the model blew up" in _err(result)
     assert not js.exists() and cs.read_text() == "old csv"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
@@ -204,7 +190,7 @@ def test_no_output_file_when_the_run_fails(app, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def test_threads_are_bounded(app, monkeypatch, no_sampling):
+def test_threads_are_bounded(bench_app, monkeypatch, no_sampling):
     import torch
 
     asked: list[int] = []
@@ -217,7 +203,7 @@ def test_threads_are_bounded(app, monkeypatch, no_sampling):
         real(n)
 
     monkeypatch.setattr(torch, "set_num_threads", guarded)
-    result = CliRunner().invoke(app, ["bench", *TINY, "--threads", "100000"])
+    result = CliRunner().invoke(bench_app, ["bench", *TINY, "--threads", "100000"])
     limit = R.max_threads()
     _one_line_error(result, "--threads", f"at most {limit}")
     assert all(n <= limit for n in asked)
@@ -233,8 +219,8 @@ def test_too_many_components_is_refused_before_allocating():
         P.get_problem("swissroll:components=1000000")
 
 
-def test_huge_component_count_fails_the_command_with_the_limit(app, no_sampling):
-    result = CliRunner().invoke(app, ["bench", *TINY, "-p", "gmm2d:components=100000000"])
+def test_huge_component_count_fails_the_command_with_the_limit(bench_app, no_sampling):
+    result = CliRunner().invoke(bench_app, ["bench", *TINY, "-p", "gmm2d:components=100000000"])
     _one_line_error(result, "option 'components' must be in [1, 4096]")
 
 
@@ -253,8 +239,8 @@ def test_dimension_times_components_is_bounded_by_memory():
         (["--ode-samples", "100000000000"], ["--ode-samples"]),
     ],
 )
-def test_sample_counts_and_steps_are_bounded(app, no_sampling, args, needles):
-    result = CliRunner().invoke(app, ["bench", "--scheduler", "ddim", "--quiet", *args])
+def test_sample_counts_and_steps_are_bounded(bench_app, no_sampling, args, needles):
+    result = CliRunner().invoke(bench_app, ["bench", "--scheduler", "ddim", "--quiet", *args])
     _one_line_error(result, *needles)
 
 

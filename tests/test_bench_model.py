@@ -14,28 +14,14 @@ import bench_models
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from samplers.bench import network as N
 from samplers.bench import runner as R
-from samplers.bench.command import bench
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHORT = dict(schedulers=("euler", "dpmpp_2m"), steps=(4, 8), samples=12, ode_samples=4, schedule="model")
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("bench")(bench)
-
-    @app.command("noop")
-    def noop() -> None:  # keeps `bench` a subcommand, as in samplers/cli.py
-        """Nothing."""
-
-    return app
 
 
 def _run(model: str, keep_samples: int = 0, **kw) -> R.BenchResult:
@@ -157,7 +143,7 @@ def test_image_folder_data(tmp_path):
         N.load_data(tmp_path, (1, 8, 8))
 
 
-def _refused(app, tmp_path, monkeypatch, args: list[str], *needles: str) -> None:
+def _refused(bench_app, tmp_path, monkeypatch, args: list[str], *needles: str) -> None:
     """One error line, exit code 2, no sampling, no output file."""
 
     def no_sampling(*a, **k):
@@ -166,7 +152,7 @@ def _refused(app, tmp_path, monkeypatch, args: list[str], *needles: str) -> None
     monkeypatch.setattr(R, "sample_oracle", no_sampling)
     out = {flag: tmp_path / f"out{flag.strip('-')}" for flag in ("--json", "--csv")}
     cli = [*args, "--quiet", *(v for f, p in out.items() for v in (f, str(p)))]
-    result = CliRunner().invoke(app, ["bench", *cli])
+    result = CliRunner().invoke(bench_app, ["bench", *cli])
     err = getattr(result, "stderr", "") or result.output
     assert result.exit_code == 2, result.output
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -175,16 +161,16 @@ def _refused(app, tmp_path, monkeypatch, args: list[str], *needles: str) -> None
     assert not any(p.exists() for p in out.values())
 
 
-def test_folder_without_a_schedule(app, tmp_path, monkeypatch):
+def test_folder_without_a_schedule(bench_app, tmp_path, monkeypatch):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 8}))
-    _refused(app, tmp_path, monkeypatch, ["--model", str(folder)], "no scheduler_config.json")
+    _refused(bench_app, tmp_path, monkeypatch, ["--model", str(folder)], "no scheduler_config.json")
 
 
-def test_wrong_output_shape(app, tmp_path, monkeypatch):
+def test_wrong_output_shape(bench_app, tmp_path, monkeypatch):
     _refused(
-        app,
+        bench_app,
         tmp_path,
         monkeypatch,
         ["--model", "bench_models:make_wrong_shape"],
@@ -193,11 +179,11 @@ def test_wrong_output_shape(app, tmp_path, monkeypatch):
     )
 
 
-def test_data_of_another_shape(app, tmp_path, monkeypatch):
+def test_data_of_another_shape(bench_app, tmp_path, monkeypatch):
     path = tmp_path / "data.pt"
     torch.save(torch.zeros(10, 3, 4, 4), path)
     _refused(
-        app,
+        bench_app,
         tmp_path,
         monkeypatch,
         ["--model", "bench_models:make_tiny", "--data", str(path)],
@@ -215,13 +201,13 @@ def test_data_of_another_shape(app, tmp_path, monkeypatch):
         ("no/such/folder", "no such file or folder"),
     ],
 )
-def test_import_paths_that_do_not_resolve(app, tmp_path, monkeypatch, spec, needle):
-    _refused(app, tmp_path, monkeypatch, ["--model", spec], needle)
+def test_import_paths_that_do_not_resolve(bench_app, tmp_path, monkeypatch, spec, needle):
+    _refused(bench_app, tmp_path, monkeypatch, ["--model", spec], needle)
 
 
-def test_factory_that_returns_no_model(app, tmp_path, monkeypatch):
+def test_factory_that_returns_no_model(bench_app, tmp_path, monkeypatch):
     _refused(
-        app,
+        bench_app,
         tmp_path,
         monkeypatch,
         ["--model", "bench_models:make_not_a_model"],
@@ -229,18 +215,18 @@ def test_factory_that_returns_no_model(app, tmp_path, monkeypatch):
     )
 
 
-def test_data_without_model_and_sidecar_missing(app, tmp_path, monkeypatch):
-    _refused(app, tmp_path, monkeypatch, ["--data", str(tmp_path)], "--data", "give --model")
+def test_data_without_model_and_sidecar_missing(bench_app, tmp_path, monkeypatch):
+    _refused(bench_app, tmp_path, monkeypatch, ["--data", str(tmp_path)], "--data", "give --model")
     ts = tmp_path / "net.ts"
     net = bench_models.TinyDenoiser()
     torch.jit.save(torch.jit.trace(net, (torch.randn(2, 1, 4, 4), torch.ones(2))), str(ts))
-    _refused(app, tmp_path, monkeypatch, ["--model", str(ts)], "side-car JSON")
+    _refused(bench_app, tmp_path, monkeypatch, ["--model", str(ts)], "side-car JSON")
 
 
-def test_cli_table_reports_the_reference(app, tmp_path):
+def test_cli_table_reports_the_reference(bench_app, tmp_path):
     path = tmp_path / "r.json"
     args = ["bench", "--model", "bench_models:make_tiny", "-s", "dpmpp_2m", "-n", "4,8", "--samples", "8"]
-    result = CliRunner().invoke(app, [*args, "--ode-samples", "4", "--quiet", "--json", str(path)])
+    result = CliRunner().invoke(bench_app, [*args, "--ode-samples", "4", "--quiet", "--json", str(path)])
     assert result.exit_code == 0, result.output
     assert "ODE reference" in result.output and "below the smallest ODE error" in result.output
     doc = json.loads(path.read_text())

@@ -7,13 +7,11 @@ import json
 import math
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 import samplers
 from samplers.bench import runner as R
 from samplers.bench import suites
-from samplers.bench.command import bench
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,18 +47,6 @@ ISSUE_13 = {
 DEFAULT_BENCH = ("ddim", "euler", "heun", "euler_ancestral", "ddpm")
 
 
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("bench")(bench)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command keeps `bench` a subcommand, as in samplers/cli.py
-        """Nothing."""
-
-    return app
-
-
 def test_popular_covers_issue_13_with_registered_names():
     registered = set(samplers.available())
     asked = [name for names in ISSUE_13.values() for name in names]
@@ -82,20 +68,20 @@ def test_resolve_union_and_unknown_suite():
         suites.resolve("populr", None)
 
 
-def test_default_bench_list_unchanged(app, tmp_path):
+def test_default_bench_list_unchanged(bench_app, tmp_path):
     assert R.problem_defaults("gmm2d")["schedulers"] == DEFAULT_BENCH
     js = tmp_path / "d.json"
     result = CliRunner().invoke(
-        app, ["bench", "-n", "2", "--samples", "40", "--ode-samples", "8", "-q", "--json", str(js)]
+        bench_app, ["bench", "-n", "2", "--samples", "40", "--ode-samples", "8", "-q", "--json", str(js)]
     )
     assert result.exit_code == 0, result.output
     assert [r["scheduler"] for r in json.loads(js.read_text())["rows"]] == list(DEFAULT_BENCH)
 
 
-def test_short_run_of_the_popular_suite(app, tmp_path):
+def test_short_run_of_the_popular_suite(bench_app, tmp_path):
     js = tmp_path / "p.json"
     args = ["bench", "--suite", "popular", "-s", "ddim", "-p", "gaussian", "-n", "4", "--samples", "64"]
-    result = CliRunner().invoke(app, [*args, "--ode-samples", "16", "-q", "--json", str(js)])
+    result = CliRunner().invoke(bench_app, [*args, "--ode-samples", "16", "-q", "--json", str(js)])
     assert result.exit_code == 0, result.output
     rows = json.loads(js.read_text())["rows"]
     assert [r["scheduler"] for r in rows] == [*suites.POPULAR, "ddim"]
@@ -106,8 +92,8 @@ def test_short_run_of_the_popular_suite(app, tmp_path):
             assert math.isfinite(r["metrics"]["ode_error"]), r
 
 
-def test_unknown_suite_is_one_clear_line(app):
-    result = CliRunner().invoke(app, ["bench", "--suite", "populr", "--samples", "100", "-q"])
+def test_unknown_suite_is_one_clear_line(bench_app):
+    result = CliRunner().invoke(bench_app, ["bench", "--suite", "populr", "--samples", "100", "-q"])
     assert result.exit_code == 2
     err = getattr(result, "stderr", "") or result.output
     assert "unknown suite 'populr' (known suites: popular)" in err and "Traceback" not in err

@@ -8,12 +8,10 @@ import json
 import math
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from samplers.bench import runner as R
 from samplers.bench import until as U
-from samplers.bench.command import bench
 from samplers.bench.distributed import DistContext
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -149,18 +147,6 @@ def test_until_values_and_bounds_parse():
     U.check_metrics(U.UntilSpec(0.01), ["ode_error"])  # a number can be reached on the ODE error alone
 
 
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("bench")(bench)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command keeps `bench` a subcommand, as in samplers/cli.py
-        """Nothing."""
-
-    return app
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -170,18 +156,18 @@ def app() -> typer.Typer:
         (["--until", "0.1", "--steps", "0,10"], "--steps with --until"),
     ],
 )
-def test_cli_refuses_bad_until_before_any_work(app, tmp_path, args, message):
+def test_cli_refuses_bad_until_before_any_work(bench_app, tmp_path, args, message):
     js = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["bench", "-p", "gaussian", "--samples", "100", "--json", str(js), *args])
+    result = CliRunner().invoke(bench_app, ["bench", "-p", "gaussian", "--samples", "100", "--json", str(js), *args])
     assert result.exit_code == 2, result.output
     assert message in (getattr(result, "stderr", "") or result.output)
     assert not js.exists()
 
 
-def test_cli_prints_json_and_csv_the_answer(app, tmp_path):
+def test_cli_prints_json_and_csv_the_answer(bench_app, tmp_path):
     js, cs, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
     args = ["bench", "-p", "gaussian", "-s", "heun,ddpm", "--samples", "300", "-n", "32", "--until", "floor", "-q"]
-    result = CliRunner().invoke(app, [*args, "--json", str(js), "--csv", str(cs), "--plot", str(png)])
+    result = CliRunner().invoke(bench_app, [*args, "--json", str(js), "--csv", str(cs), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     doc = json.loads(js.read_text())
     until = doc["until"]
