@@ -9,6 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from samplers.bench import runner as R
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -258,3 +260,14 @@ def test_problem_option_values_are_converted():
 
     assert get_problem("gmm2d:radius=3,components=none,std=1").dim == 2  # int -> float, none for Optional
     assert get_problem("gaussian", dim=3).dim == 3
+
+
+@pytest.mark.parametrize("name", ["ddim_inverse", "dpmpp_2m_inverse"])
+def test_inversions_are_refused_before_sampling_with_the_reason(name, monkeypatch):
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled before the input was checked")
+
+    monkeypatch.setattr(R, "sample_oracle", no_sampling)
+    with pytest.raises(R.BenchInputError, match="an inversion") as info:
+        R.run_benchmark(R.BenchConfig(schedulers=("ddim", name), steps=(4, 8), samples=16, ode_samples=4))
+    assert repr(name) in str(info.value) and "reconstruction" in str(info.value)

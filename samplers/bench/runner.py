@@ -436,10 +436,25 @@ def _resolve_schedulers(config: BenchConfig, problem: BenchProblem) -> list[Reso
     for rs in scheds:  # config and grid errors (e.g. a prediction type a schedule cannot invert) surface now
         for steps in sorted(set(config.steps)):
             try:
-                _build_scheduler(rs).set_timesteps(steps)
+                built = _build_scheduler(rs)
+                built.set_timesteps(steps)
             except (ValueError, TypeError) as exc:
                 raise BenchInputError(f"scheduler {rs.name!r} at {steps} steps: {exc}") from None
+            _refuse_inversion(rs.name, built)
     return scheds
+
+
+def _refuse_inversion(name: str, scheduler: Any) -> None:
+    """An inversion (its level rises: data to noise) has nothing the bench can score: it samples noise to data."""
+    plan = getattr(scheduler, "plan", None)
+    if plan is None or len(plan.model_sigma) < 2:
+        return
+    levels = plan.model_sigma / plan.model_alpha
+    if float(levels[-1]) > float(levels[0]):
+        raise BenchInputError(
+            f"scheduler {name!r} runs from data to noise (an inversion): the bench scores noise-to-data sampling; "
+            "check an inversion by reconstruction instead (invert, then sample back with the sampler it inverts)"
+        )
 
 
 def _metric_specs(config: BenchConfig, problem: OracleProblem) -> list[M.MetricSpec]:
