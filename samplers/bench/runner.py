@@ -1577,7 +1577,7 @@ class _ReferenceSolves:
             for e in self.entries.values()
         ]
         return {
-            "method": "RK4 in w = log tan(phi/2), float64, Richardson error estimate",
+            "method": "RK4 in w = log tan(phi/2), float64, Richardson error estimate at the observed order",
             "estimated_error": worst,
             "smallest_table_error": best,
             "margin": best / worst if finite and worst > 0 else math.inf,
