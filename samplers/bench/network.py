@@ -463,7 +463,8 @@ class SplineTime:
     Exact at the training timesteps (the knots) and twice continuously differentiable between them. The
     usual map (diffusers', k-diffusion's: linear in log-sigma per interval) has a kink at every timestep,
     which near ``t = 0`` of a linear-beta schedule is large enough to hold the fourth-order reference
-    solver to second order (and its Richardson estimate, which assumes the fourth, to an underestimate).
+    solver to second order. (The spline's third derivative still jumps at the knots, so the reference
+    settles near order 3; its error estimate uses the observed order, :mod:`samplers.bench.reference`.)
 
     Args:
         schedule: a :class:`~samplers.schedules.DiscreteVPSchedule` with at least 3 timesteps.
