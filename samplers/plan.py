@@ -177,6 +177,21 @@ class Plan:
         (no repeats): then calls may come in any order, and a timestep says which call it is."""
         return self._memoryless
 
+    @property
+    def call_levels(self) -> torch.Tensor:
+        """[N] float64: the sigma-space noise level ``sigma / alpha`` the model sees at each call."""
+        return self.model_sigma / self.model_alpha
+
+    @property
+    def inverts(self) -> bool:
+        """Whether this run goes from data to noise (an inversion such as ``ddim_inverse``): its noise level
+        ``sigma / alpha`` at the last call is above the first call's. False for a run of fewer than two calls
+        (no direction to read)."""
+        if len(self.model_sigma) < 2:
+            return False
+        levels = self.call_levels
+        return float(levels[-1]) > float(levels[0])
+
 
 def estimate_coefficients(
     prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor, input_scale: torch.Tensor, estimate: str = "x0"

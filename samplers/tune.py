@@ -316,8 +316,7 @@ class Objective:
         """An inversion (data to noise, its level rising over a 4-step plan) has no generation endpoint."""
         probe = self.build()
         probe.set_timesteps(4)
-        ratio = probe.plan.model_sigma / probe.plan.model_alpha
-        if float(ratio[-1]) > float(ratio[0]):
+        if probe.plan.inverts:
             raise TuneError(
                 f"{self.sampler!r} runs from data to noise (an inversion): there is no generation ODE endpoint to "
                 "tune its grid against; tune the sampler it inverts"
@@ -503,7 +502,7 @@ def _start_key(start: tuple[float, float, float, float]) -> tuple[tuple[str, str
 
 def _plan_levels(scheduler: Any) -> torch.Tensor:
     """Sigma-space levels of a scheduler's current run [N] (the distinct call levels of its plan)."""
-    lam_levels = (scheduler.plan.model_sigma / scheduler.plan.model_alpha).to(F64)
+    lam_levels = scheduler.plan.call_levels.to(F64)
     steps = scheduler.num_inference_steps
     if len(lam_levels) == steps:
         return lv.capped_levels(lam_levels)

@@ -159,6 +159,22 @@ def test_grids_are_visited_from_the_least_noisy_end() -> None:
     ]  # each call reads its output at the previous (less noisy) level
 
 
+def test_plan_says_which_runs_invert() -> None:
+    """``Plan.inverts`` (what the bench and ``samplers tune`` refuse on): true for the inversions registered with a
+    plain install, false for every sampler, and false for a one-call plan (no direction to read)."""
+    inverting = []
+    for name in samplers.available():
+        s = samplers.get(name)
+        s.set_timesteps(4)
+        if s.plan.inverts:
+            inverting.append(name)
+    assert sorted(inverting) == [n for n in sorted(samplers.available()) if n.endswith("_inverse")]
+    assert "ddim_inverse" in inverting
+    one = samplers.get("ddim_inverse")
+    one.set_timesteps(1)
+    assert len(one.plan) == 1 and not one.plan.inverts
+
+
 # ---- the conformance kit ---------------------------------------------------------------------------------
 
 

@@ -114,8 +114,7 @@ def _is_inversion(s: samplers.Scheduler) -> bool:
         except ValueError:
             return False
         plan = probe.plan
-    ratio = plan.model_sigma / plan.model_alpha
-    return float(ratio[-1]) > float(ratio[0])
+    return plan.inverts
 
 
 def _check_case(case) -> None:

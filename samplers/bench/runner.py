@@ -447,10 +447,7 @@ def _resolve_schedulers(config: BenchConfig, problem: BenchProblem) -> list[Reso
 def _refuse_inversion(name: str, scheduler: Any) -> None:
     """An inversion (its level rises: data to noise) has nothing the bench can score: it samples noise to data."""
     plan = getattr(scheduler, "plan", None)
-    if plan is None or len(plan.model_sigma) < 2:
-        return
-    levels = plan.model_sigma / plan.model_alpha
-    if float(levels[-1]) > float(levels[0]):
+    if plan is not None and plan.inverts:
         raise BenchInputError(
             f"scheduler {name!r} runs from data to noise (an inversion): the bench scores noise-to-data sampling; "
             "check an inversion by reconstruction instead (invert, then sample back with the sampler it inverts)"

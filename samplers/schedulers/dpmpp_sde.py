@@ -143,7 +143,7 @@ class DPMSolverSDEScheduler(SigmaSpaceScheduler):
         best, index = gap.min(dim=1)
         if not bool((best <= 1e-6 * plan.timesteps.abs().clamp(min=1.0)[index]).all()):
             return super().add_noise(original_samples, noise, timesteps)
-        level = (plan.model_sigma / plan.model_alpha)[index]
+        level = plan.call_levels[index]
         if level.numel() == 1:
             level = level.expand(original_samples.shape[0])
         view = (-1,) + (1,) * (original_samples.dim() - 1)

@@ -82,7 +82,7 @@ class PlanLevelNoising(Scheduler):
         hits = (plan.timesteps[None, :] - t[:, None]).abs() <= 1e-4 * t.abs().clamp(min=1.0)[:, None]
         if not bool(hits.any(dim=1).all()):
             return super().add_noise(original_samples, noise, timesteps)
-        level = (plan.model_sigma / plan.model_alpha)[hits.to(torch.int8).argmax(dim=1)]
+        level = plan.call_levels[hits.to(torch.int8).argmax(dim=1)]
         level = level.expand(original_samples.shape[0]).to(original_samples.device, original_samples.dtype)
         return original_samples + noise * level.view(-1, *([1] * (original_samples.dim() - 1)))
 

@@ -90,7 +90,7 @@ class PredictorCorrectorScheduler(SigmaSpaceScheduler):
     def make_plan(self, levels: Levels, mu: float | None = None) -> Plan:
         plan = super().make_plan(levels, mu)
         # Python floats, so that a compiled loop reads them as constants (a tensor read would be .item()).
-        plan.extras["levels"] = (plan.model_sigma / plan.model_alpha).tolist()
+        plan.extras["levels"] = plan.call_levels.tolist()
         plan.extras["streams"] = [int(s) for s in plan.rows[:, COEFF["stream"]].tolist()]
         return plan
 
