@@ -4,8 +4,9 @@ Parity tests run against the real ``k-diffusion`` package when it is installed (
 with ``pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5
 trampoline==0.1.2``). Importing ``k_diffusion`` itself pulls torchvision (for image helpers the
 samplers never touch), so :func:`_load_k_diffusion` loads its unmodified ``sampling`` and
-``external`` modules from the installed files under a private package name, with empty stand-ins
-for the image-only imports that are absent; the stand-ins are removed again right after loading.
+``external`` modules with the bench's loader (:func:`samplers.bench.foreign.import_k_diffusion`: the
+installed files under a private package name, with empty stand-ins for the absent image-only imports,
+removed again right after loading).
 The other tests need nothing beyond samplers.
 """
 
@@ -13,52 +14,29 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 import types
 
 import pytest
 import torch
 
 from samplers import get
+from samplers.bench.foreign import import_k_diffusion
 from samplers.bench.problems import OracleModel, make_gaussian, make_gmm2d
 from samplers.integrations import k_diffusion as kd
 from samplers.schedules import DiscreteVPSchedule, EDMSchedule, RectifiedFlowSchedule, VPCosineSchedule, make_betas
 
 F64 = torch.float64
 TOL = 1e-5  # max abs difference to k-diffusion, float32
-_IMAGE_ONLY = (
-    "torchvision",
-    "torchvision.transforms",
-    "torchvision.transforms.functional",
-    "safetensors",
-    "PIL",
-    "PIL.Image",
-)
 
 
 def _load_k_diffusion() -> types.SimpleNamespace:
-    spec = importlib.util.find_spec("k_diffusion")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
+    """k-diffusion's unmodified ``sampling`` and ``external`` modules, through the bench's loader (the one
+    ``samplers bench -s k-diffusion:...`` uses: no torchvision / PIL needed)."""
+    if importlib.util.find_spec("k_diffusion") is None:
         pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
     for dep in ("torchsde", "torchdiffeq", "scipy"):  # k_diffusion.sampling imports these at module level
         pytest.importorskip(dep)
-    package = types.ModuleType("_k_diffusion_reference")
-    package.__path__ = list(spec.submodule_search_locations)
-    missing = [n for n in _IMAGE_ONLY if n not in sys.modules and importlib.util.find_spec(n.split(".")[0]) is None]
-    stubs = {n: types.ModuleType(n) for n in missing}
-    for name, module in stubs.items():  # link submodules so "from a.b import c" resolves
-        parent, _, child = name.rpartition(".")
-        if parent in stubs:
-            setattr(stubs[parent], child, module)
-    sys.modules.update(stubs)
-    sys.modules[package.__name__] = package
-    try:
-        sampling = importlib.import_module(f"{package.__name__}.sampling")
-        external = importlib.import_module(f"{package.__name__}.external")
-    finally:
-        for name in stubs:  # nothing else in the session may mistake a stand-in for the real package
-            sys.modules.pop(name, None)
-    return types.SimpleNamespace(sampling=sampling, external=external)
+    return types.SimpleNamespace(sampling=import_k_diffusion("sampling"), external=import_k_diffusion("external"))
 
 
 @pytest.fixture(scope="module")

@@ -311,6 +311,14 @@ def _import_module(name: str) -> Any:
         return _k_diffusion_submodule(name.split(".", 1)[1], exc)
 
 
+def import_k_diffusion(sub: str) -> Any:
+    """k-diffusion's submodule ``sub`` (``"sampling"``, ``"external"``, ...), unmodified, as the bench loads it:
+    the installed package when it imports, else its files under a private package name with stand-ins for the
+    image-only imports it cannot find (a ``pip install --no-deps k-diffusion`` has no torchvision). Raises
+    ImportError when k-diffusion (or a dependency its samplers need, such as torchsde) is not installed."""
+    return _import_module(f"k_diffusion.{sub}")
+
+
 def _k_diffusion_submodule(sub: str, original: ImportError) -> Any:
     import importlib.util
     import sys
