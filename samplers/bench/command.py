@@ -347,9 +347,11 @@ def _schedule_file_run(
     option: list[str],
     model: str | None = None,
     data: str | None = None,
+    problem: str | None = None,
 ) -> tuple[str, str, str | None, list[str], str | None, str | None]:
     """``--schedule-file``: the file's sampler and step count, its schedule, ``sigma_schedule=file:PATH``, and the
-    ``--model`` / ``--data`` it was tuned on (``samplers tune --model``) unless given."""
+    ``--model`` / ``--data`` it was tuned on (``samplers tune --model``) unless ``--model`` or ``-p`` says where
+    to score it (a grid tuned on a network scored on an oracle problem runs there on that problem's schedule)."""
     from samplers import grids
 
     try:
@@ -369,9 +371,13 @@ def _schedule_file_run(
     if any(o.partition("=")[0].strip() in ("sigma_schedule", "sigma_schedule_kwargs") for o in option):
         raise R.BenchInputError("--schedule-file sets sigma_schedule itself; drop -o sigma_schedule=...")
     meta = tuned.meta if isinstance(tuned.meta, dict) else {}
-    if model is None and meta.get("model_spec") is not None:  # tuned on a network: bench that network
-        model, data = str(meta["model_spec"]), data if data is not None else meta.get("data")
-    return tuned.sampler, n, schedule or meta.get("schedule"), [*option, f"sigma_schedule=file:{path}"], model, data
+    tuned_schedule = meta.get("schedule")
+    if meta.get("model_spec") is not None:
+        if model is None and problem is None:  # tuned on a network: bench that network
+            model, data = str(meta["model_spec"]), data if data is not None else meta.get("data")
+        elif model is None:  # scored on an oracle problem: the network's training schedule is not there
+            tuned_schedule = None
+    return tuned.sampler, n, schedule or tuned_schedule, [*option, f"sigma_schedule=file:{path}"], model, data
 
 
 # The signature is the CLI's option list (typer reads it); the body below it is under 80 lines.
@@ -401,15 +407,16 @@ def bench(
         f"[default: {','.join(map(str, R.DEFAULT_STEPS))}; digits: "
         f"{','.join(map(str, R.PROBLEM_DEFAULTS['digits']['steps']))}].",
     ),
-    problem: str = typer.Option(
-        R.DEFAULT_PROBLEM,
+    problem: str | None = typer.Option(
+        None,
         "--problem",
         "-p",
         help="Oracle problem: gaussian, gaussian_nd, gmm2d, gmm_nd, swissroll; options as NAME:key=value,... "
         "(e.g. gmm2d:layout=ring, gmm_nd:dim=16; each option's range is in the error for a bad one). "
         "Real data (a trained denoiser on scikit-learn's 8x8 digits, scored against the data and a "
         "reference ODE solve): digits. Speed only (random-weight network, no metrics): dit "
-        "(dit:preset=dit-s, presets dit-tiny/dit-s/dit-b/dit-l/dit-xl, image_size=N, seed=N).",
+        "(dit:preset=dit-s, presets dit-tiny/dit-s/dit-b/dit-l/dit-xl, image_size=N, seed=N) "
+        f"[default: {R.DEFAULT_PROBLEM}; not with --model].",
     ),
     samples: int | None = typer.Option(
         None,
@@ -508,8 +515,14 @@ def bench(
     try:
         if schedule_file is not None:
             scheduler, steps, schedule, option, model, data = _schedule_file_run(
-                schedule_file, scheduler, steps, schedule, option, model, data
+                schedule_file, scheduler, steps, schedule, option, model, data, problem
             )
+        if model is not None and problem is not None:
+            raise R.BenchInputError(
+                f"-p/--problem {problem!r} and --model {model!r}: bench an oracle problem or a trained network, "
+                "not both"
+            )
+        problem = problem if problem is not None else R.DEFAULT_PROBLEM
         defaults = R.problem_defaults(problem)
         if model is not None:
             from samplers.bench.network import MODEL_DEFAULTS
