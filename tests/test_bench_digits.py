@@ -192,6 +192,24 @@ def test_reference_resumed_is_the_uninterrupted_solve():
     assert torch.equal(resumed.x0, direct.x0) and resumed.evaluations == direct.evaluations
 
 
+def test_reference_resumed_keeps_to_max_steps():
+    """A solve its step budget stopped, resumed at a tighter tolerance with the same budget, stays within the
+    budget: it returns what the budget reached, not converged, under the tolerance asked (it ran 2x over)."""
+    mu = torch.linspace(-0.5, 0.5, 4, dtype=F64)
+    denoiser, _ = _kinked_linear_denoiser(3, mu)
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    alpha, sigma = 0.3, math.sqrt(1 - 0.09)
+    capped = solve_reference(denoiser, z, alpha, sigma, tol=1e-12, steps_per_unit=2, max_steps=64)
+    assert capped.steps <= 64 < 2 * capped.steps and not capped.converged  # one more doubling would overrun
+    again = solve_reference(denoiser, z, alpha, sigma, tol=1e-13, steps_per_unit=2, max_steps=64, resume=capped)
+    assert again.steps <= 64 and not again.converged and again.tol == 1e-13
+    assert torch.equal(again.x0, capped.x0) and again.error == capped.error
+    # a looser solve resumed under a budget it can still use goes on to that budget
+    loose = solve_reference(denoiser, z, alpha, sigma, tol=1e-3, steps_per_unit=2)
+    tighter = solve_reference(denoiser, z, alpha, sigma, tol=1e-12, steps_per_unit=2, max_steps=512, resume=loose)
+    assert loose.steps < tighter.steps <= 512 < 2 * tighter.steps and not tighter.converged
+
+
 def test_reference_from_pure_noise_and_from_any_scale():
     """alpha = 0 (flow matching's start) is allowed, and (alpha, sigma) scaled together is the same point."""
     problem = get_problem("gaussian_nd:dim=4")

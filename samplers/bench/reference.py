@@ -41,6 +41,7 @@ No dependency beyond torch; deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +177,8 @@ def solve_reference(
             raise ValueError("resume: that solution is of another start, shape or s_end")
         if (resume.converged and resume.error <= tol) or resume.steps == 0:
             return resume
+        if 2 * resume.steps > max_steps:  # no tighter solve fits the budget: what it reached, short of tol
+            return dataclasses.replace(resume, converged=False, tol=tol)
         coarse, n, evaluations = resume.x0, resume.steps, resume.evaluations
         history: tuple[float, ...] = (*resume.orders, resume.difference)
     else:
