@@ -69,7 +69,7 @@ def tune(
     option: list[str] = typer.Option([], "--option", "-o", help="Scheduler config KEY=VALUE (repeatable)."),
     seed: int = typer.Option(1, "--seed", help="Base seed of the tuning noise (the bench's default 0 is held out)."),
     samples: int | None = typer.Option(
-        None, "--samples", help="Tuning samples [default: 256; digits 128; --model 32]."
+        None, "--samples", help="Tuning samples [default: 1000; digits 128; --model 32]."
     ),
     heldout_seed: int = typer.Option(0, "--heldout-seed", help="Base seed of the held-out noise."),
     heldout_samples: int | None = typer.Option(
@@ -77,7 +77,12 @@ def tune(
         "--heldout-samples",
         help="Held-out samples [default: the bench's ODE samples, 1000; digits 256; --model 64].",
     ),
-    max_evals: int = typer.Option(800, "--max-evals", help="Search budget in sampler runs."),
+    max_evals: int | None = typer.Option(
+        None,
+        "--max-evals",
+        help="Search budget in sampler runs, all stages (a quarter compass search, the rest Powell) [default: 4000; "
+        "against a distribution metric 800].",
+    ),
     time_limit: float | None = typer.Option(None, "--time-limit", help="Search budget in seconds."),
     start: str | None = typer.Option(None, "--start", help="Named grid to start from [default: the best one]."),
     metric: str | None = typer.Option(
@@ -98,9 +103,9 @@ def tune(
 ) -> None:
     """Find the grid of noise levels that minimises SAMPLER's ODE error (stochastic samplers: SW) at NFE calls.
 
-    Derivative-free coordinate search over log sigma, started from the best named grid; the error is
-    measured against the exact ODE endpoint (oracles) or a high-accuracy solve (digits, --model) from the
-    same noise. Scored on held-out seeds; the file it writes is read by every scheduler as
+    Derivative-free search over log sigma (compass search, then Powell's method), started from the best named
+    grid; the error is measured against the exact ODE endpoint (oracles) or a high-accuracy solve (digits,
+    --model) from the same noise. Scored on held-out seeds; the file it writes is read by every scheduler as
     sigma_schedule="file:PATH" and by `samplers bench --schedule-file PATH`.
     """
     import torch
@@ -206,7 +211,8 @@ def _print_result(
     reference = meta.get("reference_error")
     con.print(
         f"method: {T.METHOD}; {result.evaluations} runs in {result.seconds:.1f} s "
-        f"(load average at start: {load}; {torch.get_num_threads()} thread(s))"
+        f"(load average at start: {load}; {torch.get_num_threads()} thread(s)); each search's best (tuning): "
+        + ", ".join(f"{name} {_fmt(value)}" for name, value in result.search.stages.items())
         + (
             f"; the tuned grid's ODE reference: float64 RK4, estimated error {_fmt(reference)} (tuning seeds), "
             f"{_fmt(held.get('reference_error'))} (held out)"
