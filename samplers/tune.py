@@ -665,6 +665,15 @@ class _OutOfBudget(Exception):
     pass
 
 
+def _scipy_minimize() -> Any:
+    """``scipy.optimize.minimize``, or a :class:`TuneError` saying how to install it (the bench extra has it)."""
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        raise TuneError("samplers tune needs scipy (its Powell stage): pip install 'samplers[bench]'") from None
+    return minimize
+
+
 def powell_search(
     f: Callable[[torch.Tensor], float],
     levels: torch.Tensor,
@@ -681,10 +690,7 @@ def powell_search(
     levels together: on multistep samplers it reaches basins the compass search stops short of. Level 0 is held
     fixed. Stops at scipy's tolerances, ``max_evals`` evaluations or ``max_seconds``; returns the best grid seen.
     """
-    try:
-        from scipy.optimize import minimize
-    except ImportError as exc:  # pragma: no cover -- scipy comes with the bench extra
-        raise TuneError("samplers tune's Powell stage needs scipy: pip install 'samplers[bench]'") from exc
+    minimize = _scipy_minimize()
     levels = levels.to(F64)
     if len(levels) < 2:
         return SearchResult(levels, f(levels), 1, 0)
@@ -819,6 +825,7 @@ def tune(
         :class:`TuneResult`; ``result.schedule`` is ready for :func:`samplers.grids.save`.
     """
     t0 = time.perf_counter()
+    _scipy_minimize()  # before any work: a missing dependency is not found after minutes of tuning
     if seed == heldout_seed:
         raise TuneError(f"the tuning seed and the held-out seed must differ (both {seed}): nothing would be held out")
     obj = Objective(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -196,7 +197,8 @@ def test_powell_search_finds_a_known_minimum_and_keeps_to_its_budget() -> None:
 @pytest.mark.slow  # ~5,000 runs of a 10-NFE multistep sampler on 64 samples: ~25 s on the loaded 2-core CPU
 def test_powell_stage_reaches_a_basin_the_compass_search_stops_short_of() -> None:
     """DPM-Solver++(2M) on gmm2d at 10 NFE: the tuner's search (compass, then Powell from the start and from the
-    compass result) ends well below the compass search alone (benchmarks/tune_bound.py, 256 samples: 0.0016 vs 0.0057)."""
+    compass result) ends well below the compass search alone (benchmarks/tune_bound.py, 256 samples: 0.0016 against
+    0.0057)."""
     obj = T.Objective("dpmpp_2m", "gmm2d", samples=64)
     start = T.best_named(obj.named(T.steps_for_nfe(obj.scheduler, 10)))
     assert start.levels is not None
@@ -207,6 +209,16 @@ def test_powell_stage_reaches_a_basin_the_compass_search_stops_short_of() -> Non
     assert found.value == min(found.stages.values()) and found.evaluations <= 4000
     # 64 samples here (0.0033 vs 0.0059 when written); the compass search alone still gains 9x on its start
     assert found.value < 0.7 * compass.value < 0.7 * start.error / 5, (found.stages, compass.value, start.error)
+
+
+def test_missing_scipy_is_a_clear_error_before_any_work(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # what an install without the bench extra sees
+    t0 = time.perf_counter()
+    with pytest.raises(T.TuneError, match=r"samplers tune needs scipy .*pip install 'samplers\[bench\]'"):
+        T.tune("euler", 8, "gmm2d", samples=16)
+    assert time.perf_counter() - t0 < 1.0  # refused up front, not after the named grids and the search
 
 
 def test_compass_search_reaches_what_independent_optimisers_reach() -> None:
