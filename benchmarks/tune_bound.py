@@ -7,8 +7,8 @@ on the tuning seeds, :class:`samplers.tune.Objective`) with
 
 * ``compass``: ``samplers.tune.pattern_search`` with a larger budget (``--max-evals``);
 * ``nelder-mead`` and ``powell``: scipy's derivative-free optimisers, from the best named grid and from the
-  compass result, over the log-gaps of the grid (softmax of free weights: descending and above the lower end
-  by construction);
+  compass result, over the log-gaps of the grid (``samplers.tune.LogGapCoordinates``: softmax of free weights,
+  descending and above the lower end by construction);
 * ``lbfgs-autograd`` (Euler only): L-BFGS with exact gradients through an independent Euler loop written here in
   a few lines (sigma-space Euler, Karras et al. 2022 eq. 4 with ``D`` the problem's denoiser, differentiable on
   the oracles and on the digits network), from the best named grid. The loop is first checked against the
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -43,25 +42,6 @@ from samplers import tune as T
 
 F64 = torch.float64
 DEFAULT_ROWS = ("euler:gmm2d", "euler:digits", "dpmpp_2m:digits")
-
-
-class Gaps:
-    """A grid with a fixed first level ``top`` and levels in ``(lower, top)`` as free weights ``w`` [N]:
-    ``log level_i = log top - (log top - log lower) * cumsum(softmax(w))_i`` for i = 1..N-1 (the last weight
-    is the slack below the last level), so every ``w`` is a strictly descending grid above ``lower``."""
-
-    def __init__(self, top: float, lower: float) -> None:
-        self.top, self.lower = top, lower
-        self.span = math.log(top) - math.log(lower)
-
-    def levels(self, w: torch.Tensor) -> torch.Tensor:
-        frac = torch.cumsum(torch.softmax(w, 0), 0)[:-1]
-        return torch.cat([torch.tensor([self.top], dtype=F64), torch.exp(math.log(self.top) - self.span * frac)])
-
-    def weights(self, levels: torch.Tensor) -> torch.Tensor:
-        logs = torch.log(levels.to(F64))
-        gaps = torch.cat([logs[:-1] - logs[1:], (logs[-1] - math.log(self.lower)).reshape(1)])
-        return torch.log(gaps.clamp_min(1e-9 * self.span))
 
 
 def euler_loop(obj: T.Objective) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -119,7 +99,7 @@ def bound_row(
     named = obj.rescore(named)
     best = T.best_named(named)
     assert best.levels is not None
-    gaps = Gaps(float(best.levels[0]), T._lower_end(obj))
+    gaps = T.LogGapCoordinates(float(best.levels[0]), T._lower_end(obj))
     results: dict[str, tuple[float, torch.Tensor]] = {}
 
     def keep(name: str, levels: torch.Tensor) -> None:
