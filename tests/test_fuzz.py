@@ -33,7 +33,11 @@ F64 = torch.float64
 NAMES = [n for n, e in samplers.registry().entries.items() if e.source.distribution == "samplers"]
 GRID_KINDS = ("steps", "sigmas", "timesteps", "named")
 NAMED = ("karras", "exponential", "lu", "beta", "kl_optimal")
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+# derandomize: CI draws the same cases every run (a random draw found criterion gaps at random, failing unrelated
+# changes); to explore new cases, run locally with derandomize=False.
+SETTINGS = dict(
+    deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 
 
 @st.composite
@@ -134,7 +138,7 @@ def _check_case(case) -> None:
             amplification *= float((s.plan.model_alpha / s.plan.model_sigma).max())
         bound = 64 * unit * (1 + float(x64.abs().max())) * amplification * max(1.0, s.init_noise_sigma)
         assert float((x - x64).abs().max()) <= bound, f"{case}: {dtype} run drifts from float64"
-    levels = (s.plan.model_sigma / s.plan.model_alpha).tolist()
+    levels = s.plan.call_levels.tolist()
     on_default_grid = case["grid"] in ("steps", "named") and (s.num_inference_steps or 0) >= 10
     # Random custom grids may be coarse, and so are some named grids at 10 steps by design: diffusers'
     # beta grid is linear in sigma, so on a VP table (sigma_max 157) its last step jumps from 7.4 to
@@ -143,14 +147,27 @@ def _check_case(case) -> None:
     above_end = [v for v in levels if v > 0.05]
     resolves_data = levels[-1] <= 0.05 and bool(above_end) and above_end[-1] <= 1.5
     if not s.is_stochastic and on_default_grid and resolves_data:
-        # the exact ODE endpoint from the same start (model space), per coordinate
-        alpha0, sigma0 = float(s.plan.model_alpha[0]), float(s.plan.model_sigma[0])
-        start = _start(s, shape).reshape(-1, 4) * s.plan.scales[0]
-        exact = MU + STD / torch.sqrt(alpha0**2 * STD**2 + sigma0**2) * (start - alpha0 * MU)
-        spread = float((exact - MU).pow(2).mean().sqrt())
-        error = float((x64.reshape(-1, 4) - exact).pow(2).mean().sqrt())
-        assert error <= 0.5 * spread + 0.05, f"{case}: error {error:.3g} to the exact endpoint (spread {spread:.3g})"
+        error, spread = _endpoint_error(s, x64, shape)
+        if error > 0.5 * spread + 0.05:
+            # still coarse where the data lives (Karras at 10 steps on EDM: 1.5 -> 0.47 -> 0.12; beta at 13 on VE:
+            # 4.6 -> 1.5 -> 0.01): then the run must converge to the exact endpoint as the same grid refines
+            finer = _build(dict(case, steps=4 * case["steps"]))
+            finer_error, _ = _endpoint_error(finer, _run(finer, shape, F64, seeds), shape)
+            assert finer_error <= 0.5 * error, (
+                f"{case}: error {error:.3g} to the exact endpoint (spread {spread:.3g}) and {finer_error:.3g} at "
+                f"{4 * case['steps']} steps: not converging"
+            )
     _check_order(case)
+
+
+def _endpoint_error(s: samplers.Scheduler, x64: torch.Tensor, shape: tuple[int, ...]) -> tuple[float, float]:
+    """``(RMS error of the float64 run x64 to the exact ODE endpoint from the same start, RMS spread of that
+    endpoint around the data mean)``, per coordinate in model space."""
+    alpha0, sigma0 = float(s.plan.model_alpha[0]), float(s.plan.model_sigma[0])
+    start = _start(s, shape).reshape(-1, 4) * s.plan.scales[0]
+    exact = MU + STD / torch.sqrt(alpha0**2 * STD**2 + sigma0**2) * (start - alpha0 * MU)
+    spread = float((exact - MU).pow(2).mean().sqrt())
+    return float((x64.reshape(-1, 4) - exact).pow(2).mean().sqrt()), spread
 
 
 def _check_order(case) -> None:

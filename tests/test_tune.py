@@ -192,6 +192,15 @@ def test_powell_search_finds_a_known_minimum_and_keeps_to_its_budget() -> None:
     assert bool((res.levels[1:] < res.levels[:-1]).all())
     capped = T.powell_search(f, start, lower=0.05, max_evals=25)
     assert capped.evaluations == 25 and capped.value <= f(start)  # the best grid seen within the budget
+    # the tuner's search: compass, then Powell; from the optimum itself the compass search cannot move, so the
+    # whole rest of the budget goes to one Powell run from the start (no second run from the same grid)
+    at_optimum = torch.exp(target)
+    found = T.search(f, at_optimum, lower=0.05, max_evals=400)
+    assert set(found.stages) == {"compass", "powell from the start"} and found.evaluations <= 400
+    assert found.value == pytest.approx(0.0, abs=1e-12)
+    moved = T.search(f, start, lower=0.05, max_evals=400)
+    assert set(moved.stages) == {"compass", "powell from the start", "powell from compass"}
+    assert moved.evaluations <= 400 and moved.value == min(moved.stages.values()) < 1e-4
 
 
 @pytest.mark.slow  # ~5,000 runs of a 10-NFE multistep sampler on 64 samples: ~25 s on the loaded 2-core CPU
