@@ -207,7 +207,7 @@ def test_powell_search_finds_a_known_minimum_and_keeps_to_its_budget() -> None:
 def test_powell_stage_reaches_a_basin_the_compass_search_stops_short_of() -> None:
     """DPM-Solver++(2M) on gmm2d at 10 NFE: the tuner's search (compass, then Powell from the start and from the
     compass result) ends well below the compass search alone (benchmarks/tune_bound.py, 256 samples: 0.0016 against
-    0.0057)."""
+    the compass search's 0.0070)."""
     obj = T.Objective("dpmpp_2m", "gmm2d", samples=64)
     start = T.best_named(obj.named(T.steps_for_nfe(obj.scheduler, 10)))
     assert start.levels is not None
